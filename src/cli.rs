@@ -1,0 +1,76 @@
+//! The command line: global flags and one enum of commands (SPEC.md,
+//! "Command line"). Global flags may stand before or after the command.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "lanectl", version, about = "Keep worker containers in the state a directory of YAML manifests declares")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The lanes directory.
+    #[arg(long, global = true, default_value = "./lanes.d")]
+    pub dir: PathBuf,
+    /// Podman API URL (default: $CONTAINER_HOST, else the root or user socket).
+    #[arg(long, global = true)]
+    pub podman: Option<String>,
+    /// Which lanes directory owns the containers (default: from its path).
+    #[arg(long, global = true)]
+    pub instance: Option<String>,
+    /// How many lanes converge at once.
+    #[arg(long, global = true, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More logging: -v debug, -vv trace.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Accept manifests, directories and sources writable by others (as root).
+    #[arg(long, global = true)]
+    pub allow_insecure_permissions: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Converge once; one line per lane.
+    Apply {
+        /// Only these lanes.
+        lanes: Vec<String>,
+        /// Remove every container of this instance when the directory holds no manifest.
+        #[arg(long)]
+        allow_prune_all: bool,
+    },
+    /// Show what apply would do and why; changes nothing.
+    Plan {
+        lanes: Vec<String>,
+        /// Exit 0 for no changes, 2 for changes, 1 for errors.
+        #[arg(long)]
+        detailed_exitcode: bool,
+    },
+    /// The lanes' status files as a table.
+    Status {
+        /// A JSON array instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check manifests; file:line:col: message per problem.
+    Validate { paths: Vec<PathBuf> },
+    /// Print the manifest's JSON Schema.
+    Schema,
+    /// Remove this instance's containers (default all) and their status files.
+    Down { lanes: Vec<String> },
+}

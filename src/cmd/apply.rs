@@ -1,0 +1,91 @@
+//! `apply` and `plan`: one pass over the lanes, acting or only deciding.
+
+use crate::cli::Global;
+use crate::desired::LoadOptions;
+use crate::plan::Action;
+use crate::reconcile::{self, Mode, Outcome, PassOptions};
+use crate::status::Phase;
+use crate::{EXIT_CHANGES, EXIT_FAILURE};
+
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Apply,
+    Plan { detailed_exitcode: bool },
+}
+
+pub async fn run(global: &Global, lanes: Vec<String>, allow_prune_all: bool, kind: Kind) -> anyhow::Result<u8> {
+    let mode = match kind {
+        Kind::Apply => Mode::Apply,
+        Kind::Plan { .. } => Mode::Plan,
+    };
+    let ctx = super::context(global).await?;
+    let named = !lanes.is_empty();
+    let opts = PassOptions {
+        only: lanes,
+        jobs: usize::from(global.jobs),
+        allow_prune_all,
+        load: LoadOptions {
+            allow_insecure_permissions: global.allow_insecure_permissions,
+        },
+    };
+    let outcomes = reconcile::pass(ctx, mode, &opts).await?;
+    let width = outcomes.iter().map(|o| o.lane.len()).max().unwrap_or(0);
+    for o in &outcomes {
+        let line = match kind {
+            Kind::Apply => apply_line(o),
+            Kind::Plan { .. } => plan_line(o),
+        };
+        println!("{:width$}  {line}", o.lane);
+    }
+    Ok(match kind {
+        Kind::Apply => {
+            // A pruned lane is fine, unless it was named: then its manifest is missing.
+            let ok = |o: &Outcome| o.converged() || (!o.has_manifest && !named && o.phase != Phase::Failed);
+            if outcomes.iter().all(ok) {
+                0
+            } else {
+                EXIT_FAILURE
+            }
+        }
+        Kind::Plan { detailed_exitcode } => {
+            let errors = outcomes
+                .iter()
+                .any(|o| o.action.is_none() || (!o.has_manifest && o.action == Some(Action::Nothing)));
+            let changes = outcomes
+                .iter()
+                .any(|o| o.action.as_ref().is_some_and(Action::changes_something));
+            match (errors, changes, detailed_exitcode) {
+                (true, _, _) => EXIT_FAILURE,
+                (false, true, true) => EXIT_CHANGES,
+                _ => 0,
+            }
+        }
+    })
+}
+
+fn apply_line(o: &Outcome) -> String {
+    let done = match &o.action {
+        Some(Action::Nothing) => "nothing to do".to_string(),
+        Some(a) => a.to_string(),
+        None => String::new(),
+    };
+    let detail = match (&o.phase, &o.endpoint) {
+        (Phase::Ready, Some(endpoint)) => endpoint.clone(),
+        _ => o.message.clone(),
+    };
+    let phase = if o.has_manifest { o.phase.to_string() } else if o.phase == Phase::Failed { "failed".into() } else { "gone".into() };
+    match (detail.is_empty(), done.is_empty()) {
+        (true, true) => phase,
+        (true, false) => format!("{phase} ({done})"),
+        (false, true) => format!("{phase}: {detail}"),
+        (false, false) => format!("{phase} {detail} ({done})"),
+    }
+}
+
+fn plan_line(o: &Outcome) -> String {
+    match &o.action {
+        Some(Action::Nothing) if !o.has_manifest => "no manifest and no container".into(),
+        Some(a) => a.to_string(),
+        None => format!("{}: {}", o.phase, o.message),
+    }
+}

@@ -1,0 +1,69 @@
+//! `validate [PATH...]`: every problem of the manifests, `file:line:col:
+//! message` each, exit 1 on any. A directory is checked whole (with the
+//! cross-lane rules); a file is checked within its directory. Needs no Podman.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use crate::EXIT_FAILURE;
+use crate::cli::Global;
+use crate::desired::{self, Desired, LoadOptions};
+
+pub fn run(global: &Global, paths: &[PathBuf]) -> anyhow::Result<u8> {
+    let opts = LoadOptions {
+        allow_insecure_permissions: global.allow_insecure_permissions,
+    };
+    let targets: Vec<(PathBuf, Option<String>)> = if paths.is_empty() {
+        vec![(global.dir.clone(), None)]
+    } else {
+        paths.iter().map(|p| split(p)).collect()
+    };
+    let mut seen = HashSet::new();
+    let mut count = 0usize;
+    let mut lanes = 0usize;
+    for (dir, only) in targets {
+        let state = desired::load_dir(&dir, opts)?;
+        if let Some(name) = &only {
+            if !state.lanes.contains_key(name) {
+                anyhow::bail!("{}: not a lane manifest (lanes are <name>.yaml or .yml)", dir.join(name).display());
+            }
+        }
+        for (name, d) in &state.lanes {
+            if only.as_ref().is_some_and(|o| o != name) {
+                continue;
+            }
+            lanes += 1;
+            if let Desired::Invalid { problems, .. } = d {
+                for p in problems {
+                    let line = p.to_string();
+                    if seen.insert(line.clone()) {
+                        println!("{line}");
+                        count += 1;
+                    }
+                }
+            }
+        }
+    }
+    if count > 0 {
+        eprintln!("{count} problem(s) in {lanes} lane(s)");
+        return Ok(EXIT_FAILURE);
+    }
+    eprintln!("{lanes} lane(s) valid");
+    Ok(0)
+}
+
+/// A directory stands for all its lanes; a file for its own lane (the
+/// defaults file for all lanes of its directory).
+fn split(path: &Path) -> (PathBuf, Option<String>) {
+    if path.is_dir() {
+        return (path.to_path_buf(), None);
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let stem = name.strip_suffix(".yaml").or_else(|| name.strip_suffix(".yml")).unwrap_or(name);
+    if stem == "_defaults" {
+        (dir, None)
+    } else {
+        (dir, Some(stem.to_string()))
+    }
+}

@@ -1,0 +1,272 @@
+//! The lanes directory as a whole -> what each lane wants.
+//!
+//! Lists the directory, checks who may command lanectl (SPEC.md "Safety"),
+//! reads `_defaults.yaml` once, loads and resolves every lane, and applies the
+//! cross-lane rules. Each lane ends up either valid (a `LaneSpec`) or invalid
+//! (every problem, with positions); a problem of one lane never stops another.
+//! Nothing here talks to Podman.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::lane::{self, DirListing, ListError};
+use crate::manifest::{self, Loaded, Problem, Source};
+use crate::spec::{self, LaneSpec};
+
+/// What one lane wants, or why it cannot be known.
+#[derive(Debug, Clone)]
+pub enum Desired {
+    Valid {
+        spec: Box<LaneSpec>,
+        manifest_sha256: String,
+    },
+    Invalid {
+        problems: Vec<Problem>,
+        manifest_sha256: Option<String>,
+    },
+}
+
+/// Every lane of a directory.
+#[derive(Debug)]
+pub struct DirState {
+    pub lanes: BTreeMap<String, Desired>,
+    pub listing: DirListing,
+}
+
+/// Options that relax checks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    pub allow_insecure_permissions: bool,
+}
+
+/// Reads the whole directory. Only a directory that cannot be listed is an
+/// error; everything else is a lane's problem.
+pub fn load_dir(dir: &Path, opts: LoadOptions) -> Result<DirState, ListError> {
+    let listing = lane::list_dir(dir)?;
+    let check = !opts.allow_insecure_permissions && is_root();
+    let dir_problem = if check {
+        check_dir_chain(dir).err()
+    } else {
+        None
+    };
+
+    let defaults = listing.defaults.as_ref().map(|path| {
+        let perm = if check { check_file(path).err() } else { None };
+        match perm {
+            Some(p) => Err(vec![p]),
+            None => manifest::read_source(path),
+        }
+    });
+
+    let mut lanes = BTreeMap::new();
+    let mut loaded: BTreeMap<String, Loaded> = BTreeMap::new();
+    for (name, file) in &listing.lanes {
+        let mut problems = Vec::new();
+        if let Some(p) = &file.problem {
+            problems.push(Problem::in_file(&file.path, p.clone()));
+        }
+        if let Some(p) = &dir_problem {
+            problems.push(p.clone());
+        }
+        if check {
+            problems.extend(check_file(&file.path).err());
+        }
+        if let Some(Err(defaults_problems)) = &defaults {
+            problems.extend(defaults_problems.iter().cloned());
+        }
+        let source = manifest::read_source(&file.path);
+        let sha = source.as_ref().ok().map(|s| s.sha256.clone());
+        let invalid = |problems| Desired::Invalid {
+            problems,
+            manifest_sha256: sha.clone(),
+        };
+        let source = match source {
+            Ok(s) if problems.is_empty() => s,
+            Ok(_) => {
+                lanes.insert(name.clone(), invalid(problems));
+                continue;
+            }
+            Err(p) => {
+                problems.extend(p);
+                lanes.insert(name.clone(), invalid(problems));
+                continue;
+            }
+        };
+        let defaults_source: Option<&Source> = defaults.as_ref().and_then(|d| d.as_ref().ok());
+        match manifest::load(source, defaults_source) {
+            Ok(l) => {
+                loaded.insert(name.clone(), l);
+            }
+            Err(p) => {
+                lanes.insert(name.clone(), invalid(p));
+            }
+        }
+    }
+
+    let mut specs: BTreeMap<String, (LaneSpec, &Loaded)> = BTreeMap::new();
+    for (name, l) in &loaded {
+        let manifest_dir = l.path.parent().unwrap_or(dir);
+        match spec::resolve(name, l, manifest_dir) {
+            Ok(s) => {
+                specs.insert(name.clone(), (s, l));
+            }
+            Err(problems) => {
+                lanes.insert(
+                    name.clone(),
+                    Desired::Invalid {
+                        problems,
+                        manifest_sha256: Some(l.sha256.clone()),
+                    },
+                );
+            }
+        }
+    }
+    let across = spec::check_across(&specs);
+    for (name, (spec, l)) in specs {
+        let manifest_sha256 = l.sha256.clone();
+        let desired = match across.get(&name) {
+            Some(problem) => Desired::Invalid {
+                problems: vec![problem.clone()],
+                manifest_sha256: Some(manifest_sha256),
+            },
+            None => match check_sources(&spec, check) {
+                Err(problem) => Desired::Invalid {
+                    problems: vec![problem],
+                    manifest_sha256: Some(manifest_sha256),
+                },
+                Ok(()) => Desired::Valid {
+                    spec: Box::new(spec),
+                    manifest_sha256,
+                },
+            },
+        };
+        lanes.insert(name, desired);
+    }
+    Ok(DirState { lanes, listing })
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A file that only root (or the user lanectl runs as) can write.
+fn check_file(path: &Path) -> Result<(), Problem> {
+    check_owner_and_mode(path, false).map_err(|m| Problem::in_file(path, m))
+}
+
+/// The lanes directory, and its parents up to `/`.
+fn check_dir_chain(dir: &Path) -> Result<(), Problem> {
+    let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    check_owner_and_mode(&abs, false).map_err(|m| Problem::in_file(&abs, m))?;
+    for parent in abs.ancestors().skip(1) {
+        check_owner_and_mode(parent, true).map_err(|m| Problem::in_file(parent, m))?;
+    }
+    Ok(())
+}
+
+/// Codex and `track_content` sources: whoever can write there can put files
+/// into a root container.
+fn check_sources(spec: &LaneSpec, check: bool) -> Result<(), Problem> {
+    if !check {
+        return Ok(());
+    }
+    let sources: Vec<&PathBuf> = spec
+        .codex
+        .iter()
+        .map(|c| &c.source)
+        .chain(spec.mounts.iter().filter(|m| m.track_content).map(|m| &m.source))
+        .collect();
+    for source in sources {
+        check_owner_and_mode(source, false).map_err(|m| Problem::in_file(source, m))?;
+    }
+    Ok(())
+}
+
+const FIX: &str = "(fix with chmod go-w / chown root, or pass --allow-insecure-permissions)";
+
+fn check_owner_and_mode(path: &Path, parent: bool) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot stat: {e}"))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "owned by uid {}, not root: refused because a manifest can mount any host path into a root container {FIX}",
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode();
+    let sticky = mode & 0o1000 != 0;
+    if parent {
+        if mode & 0o002 != 0 && !sticky {
+            return Err(format!(
+                "writable by others without the sticky bit (mode {:o}): anyone could swap the lanes directory {FIX}",
+                mode & 0o7777
+            ));
+        }
+    } else if mode & 0o022 != 0 {
+        return Err(format!(
+            "writable by group or others (mode {:o}): refused because lanectl runs as root {FIX}",
+            mode & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn one_bad_lane_does_not_stop_the_others() {
+        let dir = dir_with(&[("a.yaml", "image: i\n"), ("b.yaml", "image: [\n")]);
+        let state = load_dir(dir.path(), LoadOptions::default()).unwrap();
+        assert!(matches!(state.lanes["a"], Desired::Valid { .. }));
+        assert!(matches!(state.lanes["b"], Desired::Invalid { .. }));
+    }
+
+    #[test]
+    fn two_lanes_with_one_container_name_are_both_invalid() {
+        let dir = dir_with(&[
+            ("a.yaml", "image: i\ncontainer_name: same\n"),
+            ("b.yaml", "image: i\ncontainer_name: same\n"),
+        ]);
+        let state = load_dir(dir.path(), LoadOptions::default()).unwrap();
+        for lane in ["a", "b"] {
+            let Desired::Invalid { problems, .. } = &state.lanes[lane] else {
+                panic!("{lane} should be invalid");
+            };
+            assert!(problems[0].to_string().contains(":2:"), "{:?}", problems);
+        }
+    }
+
+    #[test]
+    fn a_group_writable_manifest_is_refused_as_root() {
+        if !is_root() {
+            return; // the rule applies only to root; CI runs as root
+        }
+        let dir = dir_with(&[("a.yaml", "image: i\n")]);
+        let path = dir.path().join("a.yaml");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let state = load_dir(dir.path(), LoadOptions::default()).unwrap();
+        let Desired::Invalid { problems, .. } = &state.lanes["a"] else {
+            panic!("should be refused");
+        };
+        assert!(problems[0].message.contains("writable by group"));
+        let relaxed = LoadOptions {
+            allow_insecure_permissions: true,
+        };
+        let state = load_dir(dir.path(), relaxed).unwrap();
+        assert!(matches!(state.lanes["a"], Desired::Valid { .. }));
+    }
+}

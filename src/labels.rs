@@ -1,0 +1,60 @@
+//! The contract with Podman in one place: label keys and the instance id.
+//!
+//! Every container lanectl creates carries these labels; lanectl finds its
+//! containers by `io.lanectl.instance` alone and never touches one without it.
+//! Besides SPEC.md's labels, lanectl records the parts of the hash
+//! (`config-hash`, `image-id`, `tracked-hash`) so that `plan` can say *why* a
+//! lane would be recreated.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub const PREFIX: &str = "io.lanectl.";
+pub const MANAGED_BY: &str = "io.lanectl.managed-by";
+pub const INSTANCE: &str = "io.lanectl.instance";
+pub const LANE: &str = "io.lanectl.lane";
+pub const SPEC_HASH: &str = "io.lanectl.spec-hash";
+pub const CODEX_FINGERPRINT: &str = "io.lanectl.codex-fingerprint";
+pub const CONFIG_HASH: &str = "io.lanectl.config-hash";
+pub const IMAGE_ID: &str = "io.lanectl.image-id";
+pub const TRACKED_HASH: &str = "io.lanectl.tracked-hash";
+
+/// The default instance id: the first 12 hex of sha256 of the directory's
+/// canonical absolute path.
+pub fn default_instance(dir: &Path) -> std::io::Result<String> {
+    let canonical = std::fs::canonicalize(dir)?;
+    let hex = crate::hash::sha256_hex(canonical.as_os_str().as_encoded_bytes());
+    Ok(hex[..12].to_string())
+}
+
+/// The labels lanectl puts on a lane's container, besides the user's own.
+pub fn for_lane(instance: &str, lane: &str, hash: &crate::hash::LaneHash) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        (MANAGED_BY.to_string(), "lanectl".to_string()),
+        (INSTANCE.to_string(), instance.to_string()),
+        (LANE.to_string(), lane.to_string()),
+        (SPEC_HASH.to_string(), hash.full.clone()),
+        (CONFIG_HASH.to_string(), hash.config.clone()),
+        (IMAGE_ID.to_string(), hash.image_id.clone()),
+        (TRACKED_HASH.to_string(), hash.tracked.clone()),
+    ]);
+    if let Some(fp) = &hash.codex {
+        labels.insert(CODEX_FINGERPRINT.to_string(), fp.clone());
+    }
+    labels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_instance_id_is_twelve_hex_of_the_canonical_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = default_instance(dir.path()).unwrap();
+        assert_eq!(id.len(), 12);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+        let dotted = dir.path().join(".");
+        assert_eq!(default_instance(&dotted).unwrap(), id);
+    }
+}

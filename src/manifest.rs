@@ -1,0 +1,477 @@
+//! The manifest file format: what a user may write in `lanes.d/<lane>.yaml`.
+//!
+//! These types are the single source of the JSON Schema (`lanectl schema`)
+//! and are parsed leniently (everything optional, as written); `spec.rs`
+//! resolves them into a validated `LaneSpec`. Loading merges `_defaults.yaml`
+//! under the lane at the YAML level (maps key by key, the lane wins; lists and
+//! scalars replaced whole), keeps the merged node tree so that later problems
+//! can be pointed at `file:line:col`, and reports every problem of a file at
+//! once: each top-level key is typed on its own, so one bad key does not hide
+//! the next.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::yaml::{self, Node, Position, Value};
+
+/// A manifest larger than this is refused unread.
+pub const MAX_MANIFEST_BYTES: u64 = 256 * 1024;
+
+/// One lane's manifest, as written (after `_defaults.yaml` is merged under it).
+#[derive(Debug, Default, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "lanectl lane manifest")]
+pub struct RawManifest {
+    /// Local image reference; never pulled, it must exist locally.
+    pub image: Option<String>,
+    /// Container name; default `lane-<lane>`.
+    pub container_name: Option<String>,
+    /// User (name or uid[:gid]) the container runs as.
+    pub user: Option<String>,
+    /// A list, or a string split by shell rules (no expansion).
+    pub entrypoint: Option<Words>,
+    /// A list, or a string split by shell rules (no expansion).
+    pub command: Option<Words>,
+    /// Working directory inside the container (absolute).
+    pub workdir: Option<String>,
+    /// Environment; numbers and booleans are taken as written.
+    #[schemars(with = "Option<BTreeMap<String, EnvScalar>>")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Extra container labels (`io.lanectl.*` is reserved).
+    #[schemars(with = "Option<BTreeMap<String, EnvScalar>>")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Bind mounts; relative sources resolve against the manifest's directory.
+    pub mounts: Option<Vec<RawMount>>,
+    /// Published ports.
+    pub ports: Option<Vec<RawPort>>,
+    /// A directory copied (never mounted) into the container before its first start.
+    pub codex: Option<RawCodex>,
+    /// Readiness: HTTP GET until a 2xx answer.
+    pub probe: Option<RawProbe>,
+    /// Optional resource limits.
+    pub resources: Option<RawResources>,
+    /// SIGTERM, then SIGKILL after this long (default 10s).
+    pub stop_timeout: Option<DurationText>,
+    /// Whether the lane should run (default `running`).
+    pub state: Option<DesiredState>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMount {
+    /// Host path; relative to the manifest's directory unless absolute.
+    pub source: String,
+    /// Absolute path inside the container.
+    pub target: String,
+    /// Default false.
+    #[serde(default)]
+    pub read_only: bool,
+    /// SELinux relabelling; default `shared`.
+    #[serde(default)]
+    pub relabel: Relabel,
+    /// When true, the source's content is part of the lane's hash.
+    #[serde(default)]
+    pub track_content: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Relabel {
+    /// `:z`, the default.
+    #[default]
+    Shared,
+    /// `:Z`.
+    Private,
+    /// No relabelling.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPort {
+    /// Port inside the container.
+    pub container: u16,
+    /// Default 127.0.0.1.
+    pub host_ip: Option<String>,
+    /// Default 0: any free port.
+    pub host_port: Option<u16>,
+    /// Default tcp.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCodex {
+    /// Host directory; its contents appear under `target`.
+    pub source: String,
+    /// Absolute path inside the container.
+    pub target: String,
+    /// Env var set to the fingerprint, if given.
+    pub fingerprint_env: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawProbe {
+    /// Container port to probe; default the first port.
+    pub port: Option<u16>,
+    /// Default `/`.
+    pub path: Option<String>,
+    /// Default 30s.
+    pub timeout: Option<DurationText>,
+    /// Default 250ms.
+    pub interval: Option<DurationText>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawResources {
+    /// Bytes, or a number with b, k, m or g (powers of 1024): `512m`.
+    #[schemars(with = "Option<EnvScalar>")]
+    pub memory: Option<String>,
+    /// CPUs, may be fractional: `1.5`.
+    pub cpus: Option<f64>,
+    /// Maximum number of processes.
+    pub pids: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredState {
+    #[default]
+    Running,
+    Stopped,
+}
+
+/// A duration as text with a unit: `250ms`, `30s`, `1m30s`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(transparent)]
+#[schemars(with = "String")]
+pub struct DurationText(pub String);
+
+/// A scalar taken as its text (schema only).
+#[derive(JsonSchema)]
+#[schemars(untagged)]
+#[allow(dead_code)] // only its schema is used
+enum EnvScalar {
+    String(String),
+    Number(f64),
+    Bool(bool),
+}
+
+/// A command line: a list of words, or a string split by shell rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(untagged)]
+pub enum Words {
+    /// Split by shell rules (quotes, escapes), without expansion.
+    Line(String),
+    List(Vec<String>),
+}
+
+impl Words {
+    /// The words, or why a line cannot be split.
+    pub fn split(&self) -> Result<Vec<String>, String> {
+        match self {
+            Words::List(words) => Ok(words.clone()),
+            Words::Line(line) => {
+                shell_words::split(line).map_err(|e| format!("cannot split {line:?}: {e}"))
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Words {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct WordsVisitor;
+        impl<'de> Visitor<'de> for WordsVisitor {
+            type Value = Words;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Words, E> {
+                Ok(Words::Line(v.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Words, A::Error> {
+                let mut words = Vec::new();
+                while let Some(w) = seq.next_element::<String>()? {
+                    words.push(w);
+                }
+                Ok(Words::List(words))
+            }
+        }
+        d.deserialize_any(WordsVisitor)
+    }
+}
+
+/// The JSON Schema (draft-07) of a manifest, as `lanectl schema` prints it.
+pub fn schema_json() -> String {
+    let generator = schemars::generate::SchemaSettings::draft07().into_generator();
+    let schema = generator.into_root_schema_for::<RawManifest>();
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// A problem of a manifest, with a position where the YAML gives one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub pos: Option<Position>,
+    pub file: PathBuf,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.pos {
+            Some(pos) => write!(f, "{pos}: {}", self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl Problem {
+    pub fn in_file(file: &Path, message: impl Into<String>) -> Self {
+        Problem {
+            pos: None,
+            file: file.to_path_buf(),
+            message: message.into(),
+        }
+    }
+
+    fn from_yaml(file: &Path, err: yaml::Error) -> Self {
+        Problem {
+            pos: err.pos,
+            file: file.to_path_buf(),
+            message: err.message,
+        }
+    }
+}
+
+/// One segment of a path to a field, for pointing at a problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seg {
+    Key(&'static str),
+    Index(usize),
+}
+
+/// A file's bytes and its parsed tree (or why it has none).
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub tree: Option<Node>,
+}
+
+/// Reads a manifest-like file: bounded size, parsed into a node tree.
+pub fn read_source(path: &Path) -> Result<Source, Vec<Problem>> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| vec![Problem::in_file(path, format!("cannot read: {e}"))])?;
+    let mut bytes = Vec::new();
+    file.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| vec![Problem::in_file(path, format!("cannot read: {e}"))])?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(vec![Problem::in_file(
+            path,
+            format!("larger than {} KiB: not a manifest", MAX_MANIFEST_BYTES / 1024),
+        )]);
+    }
+    let sha256 = crate::hash::sha256_hex(&bytes);
+    let text = String::from_utf8(bytes)
+        .map_err(|e| vec![Problem::in_file(path, format!("not UTF-8: {e}"))])?;
+    let name: Arc<Path> = Arc::from(path);
+    let tree = yaml::parse(&text, &name).map_err(|e| vec![Problem::from_yaml(path, e)])?;
+    if let Some(tree) = &tree {
+        if !matches!(tree.value, Value::Map(_)) {
+            return Err(vec![Problem {
+                pos: Some(tree.pos.clone()),
+                file: path.to_path_buf(),
+                message: "a manifest is a mapping of keys to values".into(),
+            }]);
+        }
+    }
+    Ok(Source {
+        path: path.to_path_buf(),
+        sha256,
+        tree,
+    })
+}
+
+/// A lane's manifest merged over the defaults and typed, with the tree kept
+/// for positions.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub raw: RawManifest,
+    pub tree: Option<Node>,
+    pub path: PathBuf,
+    /// sha256 of the lane file's bytes.
+    pub sha256: String,
+}
+
+impl Loaded {
+    /// Where a field is, as precisely as the tree knows: the deepest existing
+    /// node on the path (which may lie in `_defaults.yaml`).
+    pub fn locate(&self, path: &[Seg]) -> Option<Position> {
+        let mut node = self.tree.as_ref()?;
+        for seg in path {
+            let next = match (seg, &node.value) {
+                (Seg::Key(k), Value::Map(_)) => node.get(k),
+                (Seg::Index(i), Value::Seq(items)) => items.get(*i),
+                _ => None,
+            };
+            match next {
+                Some(n) => node = n,
+                None => break,
+            }
+        }
+        Some(node.pos.clone())
+    }
+
+    /// A problem about the field at `path`.
+    pub fn problem(&self, path: &[Seg], message: impl Into<String>) -> Problem {
+        Problem {
+            pos: self.locate(path),
+            file: self.path.clone(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Merges the lane over the defaults and types the result, reporting every
+/// top-level key's problem.
+pub fn load(lane: Source, defaults: Option<&Source>) -> Result<Loaded, Vec<Problem>> {
+    let tree = match (lane.tree, defaults.and_then(|d| d.tree.as_ref())) {
+        (Some(lane), Some(base)) => Some(lane.merged_over(base)),
+        (Some(lane), None) => Some(lane),
+        (None, base) => base.cloned(),
+    };
+    let raw = match &tree {
+        None => RawManifest::default(),
+        Some(tree) => type_tree(tree, &lane.path)?,
+    };
+    Ok(Loaded {
+        raw,
+        tree,
+        path: lane.path,
+        sha256: lane.sha256,
+    })
+}
+
+/// Types each top-level entry on its own (so that all problems are found),
+/// then the whole.
+fn type_tree(tree: &Node, path: &Path) -> Result<RawManifest, Vec<Problem>> {
+    let Value::Map(entries) = &tree.value else {
+        return Err(vec![Problem::in_file(path, "a manifest is a mapping")]);
+    };
+    let problems: Vec<Problem> = entries
+        .iter()
+        .filter_map(|(k, v)| {
+            let single = Node {
+                value: Value::Map(vec![(k.clone(), v.clone())]),
+                pos: tree.pos.clone(),
+            };
+            yaml::from_node::<RawManifest>(&single).err()
+        })
+        .map(|e| Problem::from_yaml(path, e))
+        .collect();
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    yaml::from_node::<RawManifest>(tree).map_err(|e| vec![Problem::from_yaml(path, e)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(name: &str, text: &str) -> Source {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let mut s = read_source(&path).unwrap();
+        s.path = PathBuf::from(name);
+        s
+    }
+
+    #[test]
+    fn every_bad_key_of_a_file_is_reported_at_once() {
+        let s = source("a.yaml", "image: x\nbogus: 1\nmounts: [{source: a, target: /a, sorce: b}]\nstate: sleeping\n");
+        let problems = load(s, None).unwrap_err();
+        let lines: Vec<_> = problems.iter().map(|p| p.pos.as_ref().unwrap().line).collect();
+        assert_eq!(lines, vec![2, 3, 4], "{problems:?}");
+        assert!(problems[1].message.contains("sorce"));
+    }
+
+    #[test]
+    fn defaults_merge_under_the_lane() {
+        let d = source("_defaults.yaml", "image: base\nenv: {A: '1', B: '2'}\nports: [{container: 80}]\n");
+        let l = source("a.yaml", "env: {B: three}\nports: [{container: 81}]\n");
+        let loaded = load(l, Some(&d)).unwrap();
+        assert_eq!(loaded.raw.image.as_deref(), Some("base"));
+        let env = loaded.raw.env.unwrap();
+        assert_eq!(env["A"], "1");
+        assert_eq!(env["B"], "three");
+        assert_eq!(loaded.raw.ports.unwrap()[0].container, 81);
+    }
+
+    #[test]
+    fn a_problem_in_the_defaults_points_into_the_defaults_file() {
+        let d = source("_defaults.yaml", "image: base\nuser: [x]\n");
+        let l = source("a.yaml", "env: {}\n");
+        let problems = load(l, Some(&d)).unwrap_err();
+        let pos = problems[0].pos.as_ref().unwrap();
+        assert!(pos.file.ends_with("_defaults.yaml"), "{}", problems[0]);
+        assert_eq!(pos.line, 2);
+    }
+
+    #[test]
+    fn words_are_a_list_or_a_shell_line() {
+        let s = source("a.yaml", "entrypoint: \"/bin/sh -c 'echo hi'\"\ncommand: [a, '1']\n");
+        let raw = load(s, None).unwrap().raw;
+        assert_eq!(raw.entrypoint.unwrap().split().unwrap(), ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(raw.command.unwrap().split().unwrap(), ["a", "1"]);
+    }
+
+    #[test]
+    fn a_large_file_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.yaml");
+        std::fs::write(&path, "#".repeat(MAX_MANIFEST_BYTES as usize + 10)).unwrap();
+        let problems = read_source(&path).unwrap_err();
+        assert!(problems[0].message.contains("larger than"));
+    }
+
+    #[test]
+    fn the_schema_is_draft_07_and_closed() {
+        let schema: serde_json::Value = serde_json::from_str(&schema_json()).unwrap();
+        assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+        assert_eq!(schema["additionalProperties"], false);
+    }
+}

@@ -1,0 +1,270 @@
+//! Pure decisions: (desired lane, observed containers) -> one [`Action`].
+//!
+//! `plan` prints these and `apply` carries them out, so what `plan` says is
+//! exactly what `apply` does. Convergence rules 2-6 of SPEC.md live here and
+//! only here; rule 1 (an invalid manifest leaves its container alone) is the
+//! caller's: an invalid lane is never planned.
+
+use std::fmt;
+
+use crate::hash::LaneHash;
+use crate::labels;
+use crate::manifest::DesiredState;
+use crate::podman::{Observed, State};
+
+/// What one lane needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Nothing,
+    Create,
+    Recreate(Why),
+    /// Start the existing container (it ran before and exited or was stopped).
+    Start,
+    Stop,
+    /// The manifest is gone: remove the lane's containers and status file.
+    Remove,
+}
+
+/// Why a container must be replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    SpecChanged,
+    ImageRebuilt,
+    CodexChanged,
+    TrackedContentChanged,
+    /// Created but never started (a crash between create and start): its
+    /// codex copy may be incomplete, so it is never started.
+    HalfMade,
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Why::SpecChanged => "spec changed",
+            Why::ImageRebuilt => "image rebuilt",
+            Why::CodexChanged => "codex changed",
+            Why::TrackedContentChanged => "tracked content changed",
+            Why::HalfMade => "half-made",
+        })
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Nothing => f.write_str("nothing"),
+            Action::Create => f.write_str("create"),
+            Action::Recreate(why) => write!(f, "recreate: {why}"),
+            Action::Start => f.write_str("start"),
+            Action::Stop => f.write_str("stop"),
+            Action::Remove => f.write_str("remove: manifest deleted"),
+        }
+    }
+}
+
+impl Action {
+    pub fn changes_something(&self) -> bool {
+        *self != Action::Nothing
+    }
+}
+
+/// What the manifest asks for, as far as planning needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Desired<'a> {
+    pub state: DesiredState,
+    pub hash: &'a LaneHash,
+}
+
+/// The decision for one lane, with the container it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub action: Action,
+    /// The container the action applies to (the one to keep, start, stop or replace).
+    pub current: Option<Observed>,
+    /// Further containers of the same lane (left by a crash): removed first.
+    pub extras: Vec<Observed>,
+}
+
+/// Decides one lane. `desired` is `None` when the manifest is gone;
+/// `observed` are this instance's containers labelled with the lane.
+pub fn decide(desired: Option<Desired<'_>>, mut observed: Vec<Observed>) -> Plan {
+    // Keep the best container: matching hash first, then running, then newest
+    // in list order; any others are extras.
+    if let Some(d) = &desired {
+        observed.sort_by_key(|c| {
+            let same = c.labels.get(labels::SPEC_HASH) == Some(&d.hash.full);
+            (!same, c.state != State::Running)
+        });
+    }
+    let mut containers = observed.into_iter();
+    let current = containers.next();
+    let extras: Vec<Observed> = containers.collect();
+    let plan = |action| Plan {
+        action,
+        current: current.clone(),
+        extras: extras.clone(),
+    };
+
+    let Some(desired) = desired else {
+        return plan(if current.is_some() {
+            Action::Remove
+        } else {
+            Action::Nothing
+        });
+    };
+    let Some(c) = &current else {
+        return plan(match desired.state {
+            DesiredState::Running => Action::Create,
+            DesiredState::Stopped => Action::Nothing,
+        });
+    };
+    let action = match desired.state {
+        DesiredState::Stopped if c.state == State::Running => Action::Stop,
+        DesiredState::Stopped => Action::Nothing,
+        DesiredState::Running => match why_different(c, desired.hash) {
+            Some(why) => Action::Recreate(why),
+            None if c.state == State::Created && !c.ever_started => Action::Recreate(Why::HalfMade),
+            None if c.state == State::Running => Action::Nothing,
+            None => Action::Start,
+        },
+    };
+    plan(action)
+}
+
+/// Why the container's hash differs from the desired one, if it does.
+fn why_different(c: &Observed, hash: &LaneHash) -> Option<Why> {
+    let label = |key| c.labels.get(key).map(String::as_str);
+    if label(labels::SPEC_HASH) == Some(hash.full.as_str()) {
+        return None;
+    }
+    Some(if label(labels::CONFIG_HASH) != Some(hash.config.as_str()) {
+        Why::SpecChanged
+    } else if label(labels::IMAGE_ID) != Some(hash.image_id.as_str()) {
+        Why::ImageRebuilt
+    } else if label(labels::CODEX_FINGERPRINT) != hash.codex.as_deref() {
+        Why::CodexChanged
+    } else if label(labels::TRACKED_HASH).unwrap_or("") != hash.tracked {
+        Why::TrackedContentChanged
+    } else {
+        Why::SpecChanged
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn hash() -> LaneHash {
+        LaneHash {
+            full: "sha256:full".into(),
+            config: "cfg".into(),
+            image_id: "img".into(),
+            codex: Some("cx".into()),
+            tracked: String::new(),
+        }
+    }
+
+    fn container(state: State, ever_started: bool, h: &LaneHash) -> Observed {
+        let labels = crate::labels::for_lane("inst", "alpha", h);
+        Observed {
+            id: format!("id-{state:?}"),
+            name: "lane-alpha".into(),
+            labels,
+            state,
+            ever_started,
+            exit_code: None,
+            ports: Vec::new(),
+        }
+    }
+
+    fn running(state: DesiredState, h: &LaneHash) -> Option<Desired<'_>> {
+        Some(Desired { state, hash: h })
+    }
+
+    #[test]
+    fn plan_creates_when_there_is_no_container() {
+        let h = hash();
+        assert_eq!(decide(running(DesiredState::Running, &h), vec![]).action, Action::Create);
+    }
+
+    #[test]
+    fn plan_does_nothing_when_hash_matches_and_running() {
+        let h = hash();
+        let c = container(State::Running, true, &h);
+        assert_eq!(decide(running(DesiredState::Running, &h), vec![c]).action, Action::Nothing);
+    }
+
+    #[test]
+    fn plan_names_the_part_of_the_hash_that_changed() {
+        let old = hash();
+        let cases = [
+            (LaneHash { config: "cfg2".into(), ..hash() }, Why::SpecChanged),
+            (LaneHash { image_id: "img2".into(), ..hash() }, Why::ImageRebuilt),
+            (LaneHash { codex: Some("cx2".into()), ..hash() }, Why::CodexChanged),
+            (LaneHash { tracked: "t".into(), ..hash() }, Why::TrackedContentChanged),
+        ];
+        for (mut new, why) in cases {
+            new.full = "sha256:other".into();
+            let c = container(State::Running, true, &old);
+            assert_eq!(
+                decide(running(DesiredState::Running, &new), vec![c]).action,
+                Action::Recreate(why)
+            );
+        }
+    }
+
+    #[test]
+    fn plan_recreates_a_half_made_container_and_never_starts_it() {
+        let h = hash();
+        let c = container(State::Created, false, &h);
+        assert_eq!(
+            decide(running(DesiredState::Running, &h), vec![c]).action,
+            Action::Recreate(Why::HalfMade)
+        );
+    }
+
+    #[test]
+    fn plan_starts_an_exited_container_with_the_same_hash() {
+        let h = hash();
+        let c = container(State::Exited, true, &h);
+        assert_eq!(decide(running(DesiredState::Running, &h), vec![c]).action, Action::Start);
+    }
+
+    #[test]
+    fn plan_stops_a_running_lane_declared_stopped_whatever_its_hash() {
+        let h = hash();
+        let mut c = container(State::Running, true, &h);
+        c.labels = BTreeMap::new();
+        assert_eq!(decide(running(DesiredState::Stopped, &h), vec![c]).action, Action::Stop);
+    }
+
+    #[test]
+    fn plan_creates_nothing_for_a_stopped_lane() {
+        let h = hash();
+        assert_eq!(decide(running(DesiredState::Stopped, &h), vec![]).action, Action::Nothing);
+        let old = LaneHash { full: "sha256:old".into(), ..hash() };
+        let c = container(State::Exited, true, &old);
+        assert_eq!(decide(running(DesiredState::Stopped, &h), vec![c]).action, Action::Nothing);
+    }
+
+    #[test]
+    fn plan_removes_when_the_manifest_is_gone() {
+        let h = hash();
+        let c = container(State::Running, true, &h);
+        assert_eq!(decide(None, vec![c]).action, Action::Remove);
+        assert_eq!(decide(None, vec![]).action, Action::Nothing);
+    }
+
+    #[test]
+    fn plan_keeps_the_matching_container_and_lists_extras() {
+        let h = hash();
+        let old = LaneHash { full: "sha256:old".into(), ..hash() };
+        let stale = container(State::Exited, true, &old);
+        let good = container(State::Running, true, &h);
+        let plan = decide(running(DesiredState::Running, &h), vec![stale.clone(), good.clone()]);
+        assert_eq!(plan.action, Action::Nothing);
+        assert_eq!(plan.current, Some(good));
+        assert_eq!(plan.extras, vec![stale]);
+    }
+}

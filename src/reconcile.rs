@@ -1,0 +1,584 @@
+//! The one function that takes a lane from what its manifest says to what
+//! Podman runs and what its status file reports: [`reconcile`]. `apply`,
+//! `plan` and (later) the daemon call it; [`pass`] runs it over a whole
+//! directory with bounded parallelism.
+//!
+//! Per lane: resolve the image ID (never pulled), fingerprint the codex and
+//! tracked content, hash, decide (`plan.rs`), carry out (`exec.rs`), probe,
+//! write the status. Every failure is that lane's `failed` or `invalid`
+//! status with the reason; the other lanes go on. The reconcile re-reads
+//! everything it needs each time: it is level-triggered.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OnceCell, Semaphore};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::desired::{self, Desired, LoadOptions};
+use crate::exec::{self, ExecError};
+use crate::hash::{self, LaneHash};
+use crate::labels;
+use crate::lane::ListError;
+use crate::manifest::DesiredState;
+use crate::observe;
+use crate::plan::{self, Action};
+use crate::podman::{Observed, Podman, PodmanError, PublishedPort, State};
+use crate::probe;
+use crate::spec::LaneSpec;
+use crate::status::{self, Phase, Status};
+
+/// Whether a pass only decides or also acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Plan,
+    Apply,
+}
+
+/// What is shared by the lanes of one pass.
+pub struct Ctx {
+    pub podman: Podman,
+    pub dir: PathBuf,
+    pub instance: String,
+    /// One image lookup per distinct image per pass.
+    images: Mutex<HashMap<String, Arc<OnceCell<Result<Option<String>, String>>>>>,
+}
+
+impl Ctx {
+    pub fn new(podman: Podman, dir: PathBuf, instance: String) -> Self {
+        Ctx {
+            podman,
+            dir,
+            instance,
+            images: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Forgets what the last pass learnt (image IDs).
+    pub fn new_pass(&self) {
+        if let Ok(mut images) = self.images.lock() {
+            images.clear();
+        }
+    }
+
+    async fn image_id(&self, reference: &str) -> Result<Option<String>, String> {
+        let cell = match self.images.lock() {
+            Ok(mut images) => images.entry(reference.to_string()).or_default().clone(),
+            Err(_) => Arc::new(OnceCell::new()),
+        };
+        cell.get_or_init(|| async {
+            self.podman
+                .image_id(reference)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .clone()
+    }
+}
+
+/// How one lane ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub lane: String,
+    /// What was (or, for `plan`, would be) done; `None` when nothing could be
+    /// planned (an invalid manifest, a missing image).
+    pub action: Option<Action>,
+    pub phase: Phase,
+    pub endpoint: Option<String>,
+    pub message: String,
+    /// The lane has a manifest (a named lane without one is a failure).
+    pub has_manifest: bool,
+}
+
+impl Outcome {
+    fn new(lane: &str, action: Option<Action>, phase: Phase, message: impl Into<String>) -> Self {
+        Outcome {
+            lane: lane.to_string(),
+            action,
+            phase,
+            endpoint: None,
+            message: message.into(),
+            has_manifest: true,
+        }
+    }
+
+    /// True when this lane is where its manifest wants it.
+    pub fn converged(&self) -> bool {
+        self.has_manifest && matches!(self.phase, Phase::Ready | Phase::Stopped)
+    }
+}
+
+/// Why a whole pass could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error(transparent)]
+    Dir(#[from] ListError),
+    #[error(transparent)]
+    Podman(#[from] PodmanError),
+    #[error(
+        "{dir} holds no manifest while this instance still has {count} container(s): \
+         not pruning them (a bad checkout must not wipe a host); pass --allow-prune-all to remove them"
+    )]
+    RefusePruneAll { dir: String, count: usize },
+}
+
+/// Options of one pass.
+#[derive(Debug, Clone, Default)]
+pub struct PassOptions {
+    /// Only these lanes (all when empty).
+    pub only: Vec<String>,
+    pub jobs: usize,
+    pub allow_prune_all: bool,
+    pub load: LoadOptions,
+}
+
+/// One pass over the directory: every lane (or the named ones) reconciled,
+/// at most `jobs` at once; outcomes in lane-name order.
+pub async fn pass(ctx: Arc<Ctx>, mode: Mode, opts: &PassOptions) -> Result<Vec<Outcome>, PassError> {
+    ctx.new_pass();
+    let state = desired::load_dir(&ctx.dir, opts.load)?;
+    let mut observed = observe::observe(&ctx.podman, &ctx.instance).await?;
+    observed.remove(""); // instance label without lane label: not ours to judge
+
+    let count: usize = observed.values().map(Vec::len).sum();
+    if state.lanes.is_empty() && count > 0 && !opts.allow_prune_all {
+        return Err(PassError::RefusePruneAll {
+            dir: ctx.dir.display().to_string(),
+            count,
+        });
+    }
+
+    let mut names: BTreeSet<String> = state.lanes.keys().cloned().collect();
+    names.extend(observed.keys().cloned());
+    names.extend(state.listing.status_files.iter().cloned());
+    if !opts.only.is_empty() {
+        names = opts.only.iter().cloned().collect();
+    }
+
+    let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut lanes = state.lanes;
+    for name in names {
+        let desired = lanes.remove(&name);
+        let containers = observed.remove(&name).unwrap_or_default();
+        let (ctx, jobs) = (ctx.clone(), jobs.clone());
+        let span = info_span!("reconcile", lane = %name);
+        tasks.spawn(
+            async move {
+                let _permit = jobs.acquire_owned().await;
+                reconcile(&ctx, &name, desired, containers, mode).await
+            }
+            .instrument(span),
+        );
+    }
+    let mut outcomes = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(e) => warn!(error = %e, "a lane's reconcile task ended abnormally"),
+        }
+    }
+    outcomes.sort_by(|a, b| a.lane.cmp(&b.lane));
+    Ok(outcomes)
+}
+
+/// Reconciles one lane: decide, and in `Apply` mode act, probe and write status.
+pub async fn reconcile(
+    ctx: &Ctx,
+    lane: &str,
+    desired: Option<Desired>,
+    observed: Vec<Observed>,
+    mode: Mode,
+) -> Outcome {
+    let previous = status::read(&ctx.dir, lane);
+    match desired {
+        None => remove_lane(ctx, lane, observed, previous.is_some(), mode).await,
+        Some(Desired::Invalid {
+            problems,
+            manifest_sha256,
+        }) => {
+            let message = problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            let mut st = base_status(lane, Phase::Invalid, observed.first(), manifest_sha256);
+            st.message.clone_from(&message);
+            st.restarts = previous.map_or(0, |p| p.restarts);
+            if mode == Mode::Apply {
+                write_status(ctx, st);
+            }
+            Outcome::new(lane, None, Phase::Invalid, message)
+        }
+        Some(Desired::Valid {
+            spec,
+            manifest_sha256,
+        }) => converge(ctx, &spec, manifest_sha256, observed, previous, mode).await,
+    }
+}
+
+async fn remove_lane(ctx: &Ctx, lane: &str, observed: Vec<Observed>, has_status: bool, mode: Mode) -> Outcome {
+    let action = if observed.is_empty() && !has_status {
+        Action::Nothing
+    } else {
+        Action::Remove
+    };
+    let mut outcome = Outcome::new(lane, Some(action.clone()), Phase::Stopped, "");
+    outcome.has_manifest = false;
+    outcome.message = "no manifest".into();
+    if mode == Mode::Plan || action == Action::Nothing {
+        return outcome;
+    }
+    for c in &observed {
+        if let Err(e) = ctx.podman.remove(&c.id).await {
+            outcome.phase = Phase::Failed;
+            outcome.message = format!("removing container {}: {e}", c.name);
+            return outcome;
+        }
+        info!(container = %c.name, "removed the container of a deleted manifest");
+    }
+    if let Err(e) = status::remove(&ctx.dir, lane) {
+        outcome.phase = Phase::Failed;
+        outcome.message = e.to_string();
+    } else {
+        outcome.message = "removed".into();
+    }
+    outcome
+}
+
+/// Why a valid lane could not be hashed.
+enum Unready {
+    Invalid(String),
+    Failed(String),
+}
+
+/// Image ID, codex fingerprint and tracked content -> the lane hash.
+async fn hash_lane(ctx: &Ctx, spec: &LaneSpec) -> Result<LaneHash, Unready> {
+    let image_id = match ctx.image_id(&spec.image).await {
+        Ok(Some(id)) => id,
+        Ok(None) => {
+            return Err(Unready::Failed(format!(
+                "image {} is not present locally (lanectl never pulls: build or load it)",
+                spec.image
+            )));
+        }
+        Err(e) => return Err(Unready::Failed(e)),
+    };
+    let codex_source = spec.codex.as_ref().map(|c| c.source.clone());
+    let tracked_sources: Vec<(String, PathBuf)> = spec
+        .mounts
+        .iter()
+        .filter(|m| m.track_content)
+        .map(|m| (m.target.clone(), m.source.clone()))
+        .collect();
+    let hashed = tokio::task::spawn_blocking(move || {
+        let codex = codex_source
+            .map(|s| hash::codex_fingerprint(&s))
+            .transpose()
+            .map_err(|e| format!("codex: {}", error_chain(&e)))?;
+        let tracked = tracked_sources
+            .into_iter()
+            .map(|(target, source)| {
+                hash::tracked_content(&source)
+                    .map(|h| (target, h))
+                    .map_err(|e| format!("track_content: {}", error_chain(&e)))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok::<_, String>((codex, tracked))
+    })
+    .await
+    .map_err(|e| Unready::Failed(format!("hashing task: {e}")))?;
+    let (codex, tracked) = hashed.map_err(Unready::Invalid)?;
+    Ok(hash::lane_hash(spec, &image_id, codex.as_deref(), &tracked))
+}
+
+async fn converge(
+    ctx: &Ctx,
+    spec: &LaneSpec,
+    manifest_sha256: String,
+    observed: Vec<Observed>,
+    previous: Option<Status>,
+    mode: Mode,
+) -> Outcome {
+    let lane = spec.lane.as_str();
+    let sha = Some(manifest_sha256);
+    let hash = match hash_lane(ctx, spec).await {
+        Ok(h) => h,
+        Err(unready) => {
+            let (phase, message) = match unready {
+                Unready::Invalid(m) => (Phase::Invalid, m),
+                Unready::Failed(m) => (Phase::Failed, m),
+            };
+            if mode == Mode::Apply {
+                let mut st = base_status(lane, phase, observed.first(), sha);
+                st.message.clone_from(&message);
+                st.restarts = previous.map_or(0, |p| p.restarts);
+                write_status(ctx, st);
+            }
+            return Outcome::new(lane, None, phase, message);
+        }
+    };
+    let plan = plan::decide(
+        Some(plan::Desired {
+            state: spec.state,
+            hash: &hash,
+        }),
+        observed,
+    );
+    debug!(action = %plan.action, "decided");
+    let mut outcome = Outcome::new(lane, Some(plan.action.clone()), Phase::Pending, "");
+    if mode == Mode::Plan {
+        return outcome;
+    }
+
+    for extra in &plan.extras {
+        if let Err(e) = ctx.podman.remove(&extra.id).await {
+            warn!(container = %extra.name, error = %e, "could not remove an extra container");
+        }
+    }
+    let same_container = |id: &str| previous.as_ref().filter(|p| p.container_id.as_deref() == Some(id));
+    let mut restarts = plan
+        .current
+        .as_ref()
+        .and_then(|c| same_container(&c.id))
+        .map_or(0, |p| p.restarts);
+
+    // Carry out the action; what remains is the container the lane now has.
+    let result: Result<Option<Now>, ExecError> = match &plan.action {
+        Action::Nothing => Ok(plan.current.as_ref().map(Now::from)),
+        Action::Create | Action::Recreate(_) => {
+            let mut pending = base_status(lane, Phase::Pending, plan.current.as_ref(), sha.clone());
+            pending.message = plan.action.to_string();
+            write_status(ctx, pending);
+            let removed = match &plan.current {
+                Some(old) => ctx.podman.remove(&old.id).await.map_err(ExecError::from),
+                None => Ok(()),
+            };
+            restarts = 0;
+            match removed {
+                Ok(()) => match exec::create_and_start(&ctx.podman, spec, &hash, &ctx.instance).await {
+                    Ok(c) => Ok(Some(Now::from_inspected(&c, &hash))),
+                    Err(e) => Err(explain_name_conflict(ctx, e).await),
+                },
+                Err(e) => Err(e),
+            }
+        }
+        Action::Start => match &plan.current {
+            Some(c) => {
+                let lanectl_stopped = same_container(&c.id).is_some_and(|p| p.phase == Phase::Stopped);
+                if c.ever_started && !lanectl_stopped {
+                    restarts += 1;
+                }
+                ctx.podman.start(&c.id).await.map(|()| Some(Now::from(c).running())).map_err(Into::into)
+            }
+            None => Ok(None),
+        },
+        Action::Stop => match &plan.current {
+            Some(c) => ctx.podman.stop(&c.id).await.map(|()| Some(Now::from(c).stopped())).map_err(Into::into),
+            None => Ok(None),
+        },
+        Action::Remove => Ok(None),
+    };
+    if plan.action.changes_something() {
+        info!(action = %plan.action, "acted");
+    }
+
+    let now = match result {
+        Ok(now) => now,
+        Err(e) => {
+            let message = format!("{}: {}", plan.action, error_chain(&e));
+            let keep = match plan.action {
+                Action::Create | Action::Recreate(_) => None,
+                _ => plan.current.as_ref(),
+            };
+            let mut st = base_status(lane, Phase::Failed, keep, sha);
+            st.message.clone_from(&message);
+            st.restarts = restarts;
+            write_status(ctx, st);
+            outcome.phase = Phase::Failed;
+            outcome.message = message;
+            return outcome;
+        }
+    };
+
+    let mut st = base_status(lane, Phase::Ready, None, sha);
+    st.restarts = restarts;
+    if let Some(now) = &now {
+        st.container = Some(now.name.clone());
+        st.container_id = Some(now.id.clone());
+        st.spec_hash = now.spec_hash.clone();
+        st.codex_fingerprint = now.codex.clone();
+    }
+    let running = now.as_ref().is_some_and(|n| n.running);
+    if spec.state == DesiredState::Stopped {
+        st.phase = Phase::Stopped;
+    } else if !running {
+        st.phase = Phase::Failed;
+        st.message = "the container is not running".into();
+    } else if let Some(now) = &now {
+        st.endpoints = endpoints(&now.ports);
+        st.endpoint = endpoint(spec, &now.ports);
+        if let Some(p) = &spec.probe {
+            let host_port = host_port_of(&now.ports, p.port);
+            let probed = match host_port {
+                Some(port) => probe::wait_ready(port, &p.path, p.timeout, p.interval).await,
+                None => Err(format!("port {}/tcp is not published", p.port)),
+            };
+            if let Err(e) = probed {
+                st.phase = Phase::Failed;
+                st.message = e;
+            }
+        }
+    }
+    outcome.phase = st.phase;
+    outcome.endpoint.clone_from(&st.endpoint);
+    outcome.message.clone_from(&st.message);
+    write_status(ctx, st);
+    outcome
+}
+
+/// The container a lane has after its action.
+struct Now {
+    id: String,
+    name: String,
+    running: bool,
+    ports: Vec<PublishedPort>,
+    spec_hash: Option<String>,
+    codex: Option<String>,
+}
+
+impl From<&Observed> for Now {
+    fn from(c: &Observed) -> Self {
+        Now {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            running: c.state == State::Running,
+            ports: c.ports.clone(),
+            spec_hash: c.labels.get(labels::SPEC_HASH).cloned(),
+            codex: c.labels.get(labels::CODEX_FINGERPRINT).cloned(),
+        }
+    }
+}
+
+impl Now {
+    fn from_inspected(c: &crate::podman::Inspected, hash: &LaneHash) -> Self {
+        Now {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            running: c.state == State::Running,
+            ports: c.ports.clone(),
+            spec_hash: Some(hash.full.clone()),
+            codex: hash.codex.clone(),
+        }
+    }
+    fn running(mut self) -> Self {
+        self.running = true;
+        self
+    }
+    fn stopped(mut self) -> Self {
+        self.running = false;
+        self
+    }
+}
+
+/// A status with the lane's container (if any) filled in.
+fn base_status(lane: &str, phase: Phase, container: Option<&Observed>, manifest_sha256: Option<String>) -> Status {
+    let mut st = Status::new(lane, phase);
+    if let Some(c) = container {
+        st.container = Some(c.name.clone());
+        st.container_id = Some(c.id.clone());
+        st.spec_hash = c.labels.get(labels::SPEC_HASH).cloned();
+        st.codex_fingerprint = c.labels.get(labels::CODEX_FINGERPRINT).cloned();
+    }
+    st.manifest_sha256 = manifest_sha256;
+    st
+}
+
+fn write_status(ctx: &Ctx, st: Status) {
+    let lane = st.lane.clone();
+    match status::write_if_changed(&ctx.dir, st) {
+        Ok(true) => debug!(lane = %lane, "status written"),
+        Ok(false) => {}
+        Err(e) => warn!(lane = %lane, error = %e, "could not write status"),
+    }
+}
+
+/// The URL of each published tcp port, `<port>/tcp` -> URL.
+fn endpoints(ports: &[PublishedPort]) -> BTreeMap<String, String> {
+    ports
+        .iter()
+        .filter(|p| p.protocol == "tcp" && p.host_port != 0)
+        .map(|p| (format!("{}/tcp", p.container_port), url(p)))
+        .collect()
+}
+
+/// The probe port's URL, else the first tcp port's.
+fn endpoint(spec: &LaneSpec, ports: &[PublishedPort]) -> Option<String> {
+    let wanted = spec
+        .probe
+        .as_ref()
+        .map(|p| p.port)
+        .or_else(|| spec.ports.iter().find(|p| p.protocol == crate::manifest::Protocol::Tcp).map(|p| p.container))?;
+    ports
+        .iter()
+        .find(|p| p.container_port == wanted && p.protocol == "tcp" && p.host_port != 0)
+        .map(url)
+}
+
+fn url(p: &PublishedPort) -> String {
+    let host = match p.host_ip.as_str() {
+        "" | "0.0.0.0" | "::" => "127.0.0.1",
+        ip if ip.contains(':') => return format!("http://[{ip}]:{}", p.host_port),
+        ip => ip,
+    };
+    format!("http://{host}:{}", p.host_port)
+}
+
+fn host_port_of(ports: &[PublishedPort], container_port: u16) -> Option<u16> {
+    ports
+        .iter()
+        .find(|p| p.container_port == container_port && p.protocol == "tcp" && p.host_port != 0)
+        .map(|p| p.host_port)
+}
+
+/// A name held by another container: say whose (its instance label), never
+/// touch it.
+async fn explain_name_conflict(ctx: &Ctx, e: ExecError) -> ExecError {
+    let ExecError::Podman(PodmanError::NameInUse { name }) = &e else {
+        return e;
+    };
+    let holder = match ctx.podman.find_by_name(name).await {
+        Ok(Some(c)) => match c.labels.get(labels::INSTANCE) {
+            Some(other) => format!("container {} of lanectl instance {other}", short(&c.id)),
+            None => format!("container {} without a lanectl instance label", short(&c.id)),
+        },
+        Ok(None) => "a container that is gone now".to_string(),
+        Err(e) => format!("a container that could not be looked up ({e})"),
+    };
+    ExecError::Other(format!(
+        "container name {name} is held by {holder}, not by this instance ({}); lanectl leaves it alone: \
+         remove or rename it, or set another container_name",
+        ctx.instance
+    ))
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// `err` and its sources, joined with ": ".
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}

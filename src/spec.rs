@@ -1,0 +1,513 @@
+//! `RawManifest` -> `LaneSpec`: defaults applied, paths resolved, every rule
+//! of SPEC.md's "Manifest" section checked, and every problem returned.
+//!
+//! What the files alone show is decided here (an `invalid` lane); what needs
+//! Podman (a missing image, a name held by someone else) is not. Cross-lane
+//! rules (two lanes with one container name) live in [`check_across`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::labels;
+use crate::manifest::{DesiredState, DurationText, Loaded, Problem, Protocol, Relabel, Seg};
+
+/// A lane's desired container, resolved and valid.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LaneSpec {
+    pub lane: String,
+    pub image: String,
+    pub container_name: String,
+    pub user: Option<String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub command: Option<Vec<String>>,
+    pub workdir: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub mounts: Vec<Mount>,
+    pub ports: Vec<Port>,
+    pub codex: Option<Codex>,
+    pub resources: Resources,
+    #[serde(skip)]
+    pub probe: Option<Probe>,
+    #[serde(skip)]
+    pub stop_timeout: Duration,
+    #[serde(skip)]
+    pub state: DesiredState,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Mount {
+    /// Absolute, made so lexically (symlinks are not resolved).
+    pub source: PathBuf,
+    pub target: String,
+    pub read_only: bool,
+    pub relabel: Relabel,
+    pub track_content: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Port {
+    pub container: u16,
+    pub host_ip: String,
+    pub host_port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Codex {
+    #[serde(skip)]
+    pub source: PathBuf,
+    pub target: String,
+    pub fingerprint_env: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct Resources {
+    pub memory_bytes: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    /// The container port; always one of the lane's published tcp ports.
+    pub port: u16,
+    pub path: String,
+    pub timeout: Duration,
+    pub interval: Duration,
+}
+
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Resolves a loaded manifest; `dir` is the manifest's directory.
+pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<Problem>> {
+    let raw = &loaded.raw;
+    let mut problems = Vec::new();
+    let mut bad = |path: &[Seg], msg: String| problems.push(loaded.problem(path, msg));
+
+    let image = match raw.image.as_deref().map(str::trim) {
+        Some(i) if !i.is_empty() => i.to_string(),
+        _ => {
+            bad(&[Seg::Key("image")], "`image` is required (here or in _defaults.yaml)".into());
+            String::new()
+        }
+    };
+    let container_name = raw
+        .container_name
+        .clone()
+        .unwrap_or_else(|| format!("lane-{lane}"));
+    if !valid_container_name(&container_name) {
+        bad(
+            &[Seg::Key("container_name")],
+            format!("container name {container_name:?} must match [a-zA-Z0-9][a-zA-Z0-9_.-]*"),
+        );
+    }
+    let mut words = |key: &'static str, w: &Option<crate::manifest::Words>| {
+        w.as_ref().and_then(|w| match w.split() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                bad(&[Seg::Key(key)], e);
+                None
+            }
+        })
+    };
+    let entrypoint = words("entrypoint", &raw.entrypoint);
+    let command = words("command", &raw.command);
+
+    if let Some(w) = &raw.workdir {
+        if !w.starts_with('/') {
+            bad(&[Seg::Key("workdir")], format!("workdir {w:?} must be an absolute path"));
+        }
+    }
+    let env = raw.env.clone().unwrap_or_default();
+    for key in env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            bad(&[Seg::Key("env")], format!("env name {key:?} must be non-empty without '='"));
+        }
+    }
+    let user_labels = raw.labels.clone().unwrap_or_default();
+    for key in user_labels.keys() {
+        if key.starts_with(labels::PREFIX) {
+            bad(&[Seg::Key("labels")], format!("label {key:?}: {}* is reserved for lanectl", labels::PREFIX));
+        }
+    }
+
+    let codex = raw.codex.as_ref().map(|c| {
+        let at = |k| [Seg::Key("codex"), Seg::Key(k)];
+        if !c.target.starts_with('/') {
+            bad(&at("target"), format!("codex target {:?} must be an absolute path", c.target));
+        }
+        let source = absolute(dir, &c.source);
+        if !source.is_dir() {
+            bad(&at("source"), format!("codex source {} is not a directory", source.display()));
+        }
+        if let Some(name) = &c.fingerprint_env {
+            if env.contains_key(name) {
+                bad(&at("fingerprint_env"), format!("{name} is also set in env: pick one"));
+            }
+        }
+        Codex {
+            source,
+            target: normalize_target(&c.target),
+            fingerprint_env: c.fingerprint_env.clone(),
+        }
+    });
+
+    let mut mounts = Vec::new();
+    for (i, m) in raw.mounts.iter().flatten().enumerate() {
+        let at = |k| [Seg::Key("mounts"), Seg::Index(i), Seg::Key(k)];
+        let source = absolute(dir, &m.source);
+        if !source.exists() {
+            bad(&at("source"), format!("mount source {} does not exist", source.display()));
+        }
+        if !m.target.starts_with('/') {
+            bad(&at("target"), format!("mount target {:?} must be an absolute path", m.target));
+        }
+        let target = normalize_target(&m.target);
+        if mounts.iter().any(|o: &Mount| o.target == target) {
+            bad(&at("target"), format!("two mounts at {target}"));
+        }
+        if let Some(c) = &codex {
+            if overlaps(&target, &c.target) {
+                bad(
+                    &at("target"),
+                    format!("mount at {target} would hide or be inside the codex target {}", c.target),
+                );
+            }
+        }
+        mounts.push(Mount {
+            source,
+            target,
+            read_only: m.read_only,
+            relabel: m.relabel,
+            track_content: m.track_content,
+        });
+    }
+
+    let mut ports: Vec<Port> = Vec::new();
+    for (i, p) in raw.ports.iter().flatten().enumerate() {
+        let at = |k| [Seg::Key("ports"), Seg::Index(i), Seg::Key(k)];
+        if p.container == 0 {
+            bad(&at("container"), "container port must be 1-65535".into());
+        }
+        let host_ip = p.host_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
+        if host_ip.parse::<IpAddr>().is_err() {
+            bad(&at("host_ip"), format!("host_ip {host_ip:?} is not an IP address"));
+        }
+        if ports.iter().any(|o| o.container == p.container && o.protocol == p.protocol) {
+            bad(&at("container"), format!("port {}/{} listed twice", p.container, p.protocol));
+        }
+        ports.push(Port {
+            container: p.container,
+            host_ip,
+            host_port: p.host_port.unwrap_or(0),
+            protocol: p.protocol,
+        });
+    }
+
+    let mut duration = |path: &[Seg], text: &Option<DurationText>, default: Duration| match text {
+        None => default,
+        Some(DurationText(t)) => match humantime::parse_duration(t) {
+            Ok(d) => d,
+            Err(e) => {
+                bad(path, format!("duration {t:?}: {e} (write e.g. 250ms, 30s, 1m)"));
+                default
+            }
+        },
+    };
+    let stop_timeout = duration(&[Seg::Key("stop_timeout")], &raw.stop_timeout, DEFAULT_STOP_TIMEOUT);
+    let probe = raw.probe.as_ref().map(|p| {
+        let at = |k| [Seg::Key("probe"), Seg::Key(k)];
+        Probe {
+            port: p.port.or_else(|| ports.first().map(|p| p.container)).unwrap_or(0),
+            path: p.path.clone().unwrap_or_else(|| "/".into()),
+            timeout: duration(&at("timeout"), &p.timeout, DEFAULT_PROBE_TIMEOUT),
+            interval: duration(&at("interval"), &p.interval, DEFAULT_PROBE_INTERVAL),
+        }
+    });
+    if let Some(p) = &probe {
+        let published = ports.iter().any(|q| q.container == p.port && q.protocol == Protocol::Tcp);
+        if !published {
+            bad(
+                &[Seg::Key("probe"), Seg::Key("port")],
+                format!("probe port {} is not a published tcp port of this lane", p.port),
+            );
+        }
+        if !p.path.starts_with('/') {
+            bad(&[Seg::Key("probe"), Seg::Key("path")], "probe path must start with /".into());
+        }
+    }
+
+    let mut resources = Resources::default();
+    if let Some(r) = &raw.resources {
+        let at = |k| [Seg::Key("resources"), Seg::Key(k)];
+        if let Some(m) = &r.memory {
+            match parse_memory(m) {
+                Some(b) => resources.memory_bytes = Some(b),
+                None => bad(&at("memory"), format!("memory {m:?}: write bytes or e.g. 512m, 2g")),
+            }
+        }
+        if let Some(c) = r.cpus {
+            if !(c > 0.0 && c.is_finite()) {
+                bad(&at("cpus"), "cpus must be a positive number".into());
+            }
+            resources.cpus = Some(c);
+        }
+        if r.pids == Some(0) {
+            bad(&at("pids"), "pids must be positive".into());
+        }
+        resources.pids = r.pids;
+    }
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(LaneSpec {
+        lane: lane.to_string(),
+        image,
+        container_name,
+        user: raw.user.clone(),
+        entrypoint,
+        command,
+        workdir: raw.workdir.clone(),
+        env,
+        labels: user_labels,
+        mounts,
+        ports,
+        codex,
+        resources,
+        probe,
+        stop_timeout,
+        state: raw.state.unwrap_or_default(),
+    })
+}
+
+/// Cross-lane rules: two lanes with one container name are both invalid.
+pub fn check_across(specs: &BTreeMap<String, (LaneSpec, &Loaded)>) -> HashMap<String, Problem> {
+    let mut by_name: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (lane, (spec, _)) in specs {
+        by_name.entry(&spec.container_name).or_default().push(lane);
+    }
+    let mut out = HashMap::new();
+    for (name, lanes) in by_name.into_iter().filter(|(_, l)| l.len() > 1) {
+        for lane in &lanes {
+            let others: Vec<&str> = lanes.iter().copied().filter(|l| l != lane).collect();
+            let loaded = specs[*lane].1;
+            out.insert(
+                lane.to_string(),
+                loaded.problem(
+                    &[Seg::Key("container_name")],
+                    format!("container name {name} is also used by lane {}", others.join(", ")),
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// `source` against `dir` when relative, with `.` and `..` folded lexically.
+pub fn absolute(dir: &Path, source: &str) -> PathBuf {
+    let joined = dir.join(source);
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// A container path without `.`/`..`/double slashes or a trailing slash.
+fn normalize_target(target: &str) -> String {
+    let s = absolute(Path::new("/"), target.trim_start_matches('/'));
+    s.to_string_lossy().into_owned()
+}
+
+/// True when one path is the other or lies inside it.
+fn overlaps(a: &str, b: &str) -> bool {
+    let inside = |x: &str, y: &str| x == y || y == "/" || x.starts_with(&format!("{y}/"));
+    inside(a, b) || inside(b, a)
+}
+
+fn valid_container_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && name.len() <= 128
+}
+
+/// `512m` -> bytes (powers of 1024); a bare number is bytes.
+fn parse_memory(text: &str) -> Option<u64> {
+    let t = text.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t); // 512mb, 1024b
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: u64 = digits.parse().ok()?;
+    let mult = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult).filter(|b| *b > 0)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::manifest::{load, read_source};
+
+    /// A fixed spec with every field set, for the hash's golden test.
+    pub(crate) fn golden_spec() -> LaneSpec {
+        LaneSpec {
+            lane: "alpha".into(),
+            image: "localhost/lane-worker:dev".into(),
+            container_name: "lane-alpha".into(),
+            user: Some("root".into()),
+            entrypoint: Some(vec!["/usr/local/bin/lane-worker".into()]),
+            command: Some(vec!["serve".into()]),
+            workdir: Some("/workspace".into()),
+            env: BTreeMap::from([("INBOX_LANE_ID".into(), "alpha".into())]),
+            labels: BTreeMap::from([("team".into(), "infra".into())]),
+            mounts: vec![Mount {
+                source: PathBuf::from("/srv/worktrees/alpha"),
+                target: "/workspace".into(),
+                read_only: false,
+                relabel: Relabel::Shared,
+                track_content: true,
+            }],
+            ports: vec![Port {
+                container: 31417,
+                host_ip: "127.0.0.1".into(),
+                host_port: 0,
+                protocol: Protocol::Tcp,
+            }],
+            codex: Some(Codex {
+                source: PathBuf::from("/srv/codex/alpha"),
+                target: "/root/.codex".into(),
+                fingerprint_env: Some("INBOX_RUNTIME_CODEX_SHA".into()),
+            }),
+            resources: Resources {
+                memory_bytes: Some(512 << 20),
+                cpus: Some(1.5),
+                pids: Some(256),
+            },
+            probe: None,
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            state: DesiredState::Running,
+        }
+    }
+
+    #[test]
+    fn state_probe_and_stop_timeout_are_not_in_the_hash() {
+        let a = golden_spec();
+        let mut b = golden_spec();
+        b.state = DesiredState::Stopped;
+        b.stop_timeout = Duration::from_secs(99);
+        b.probe = Some(Probe {
+            port: 31417,
+            path: "/x".into(),
+            timeout: Duration::from_secs(1),
+            interval: Duration::from_secs(1),
+        });
+        b.codex.as_mut().unwrap().source = PathBuf::from("/elsewhere");
+        let h = |s: &LaneSpec| crate::hash::lane_hash(s, "img", None, &[]);
+        assert_eq!(h(&a), h(&b));
+        b.env.insert("NEW".into(), "1".into());
+        assert_ne!(h(&a), h(&b));
+    }
+
+    fn resolve_text(text: &str) -> Result<LaneSpec, Vec<Problem>> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("codex")).unwrap();
+        std::fs::create_dir(dir.path().join("work")).unwrap();
+        let path = dir.path().join("alpha.yaml");
+        std::fs::write(&path, text).unwrap();
+        let loaded = load(read_source(&path).unwrap(), None).unwrap();
+        resolve("alpha", &loaded, dir.path())
+    }
+
+    #[test]
+    fn defaults_are_applied() {
+        let spec = resolve_text("image: img\nports: [{container: 80}]\nprobe: {}\n").unwrap();
+        assert_eq!(spec.container_name, "lane-alpha");
+        assert_eq!(spec.ports[0].host_ip, "127.0.0.1");
+        assert_eq!(spec.ports[0].host_port, 0);
+        let probe = spec.probe.unwrap();
+        assert_eq!((probe.port, probe.path.as_str()), (80, "/"));
+        assert_eq!(probe.timeout, Duration::from_secs(30));
+        assert_eq!(probe.interval, Duration::from_millis(250));
+        assert_eq!(spec.stop_timeout, Duration::from_secs(10));
+        assert_eq!(spec.state, DesiredState::Running);
+    }
+
+    #[test]
+    fn relative_sources_resolve_against_the_manifest_directory() {
+        let spec = resolve_text("image: i\nmounts: [{source: ./work/../work, target: /w}]\n").unwrap();
+        assert!(spec.mounts[0].source.is_absolute());
+        assert!(spec.mounts[0].source.ends_with("work"));
+        assert!(!spec.mounts[0].source.to_string_lossy().contains(".."));
+    }
+
+    #[test]
+    fn every_rule_violation_is_reported_with_its_line() {
+        let problems = resolve_text(
+            "image: i\n\
+             mounts:\n  - {source: nope, target: rel}\n  - {source: work, target: /root}\n\
+             codex: {source: codex, target: /root/.codex}\n\
+             ports: [{container: 80, protocol: udp}]\n\
+             probe: {port: 80}\n\
+             stop_timeout: 10\n",
+        )
+        .unwrap_err();
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let joined = text.join("\n");
+        assert!(joined.contains(":3:") && joined.contains("does not exist"), "{joined}");
+        assert!(joined.contains("must be an absolute path"), "{joined}");
+        assert!(joined.contains(":4:") && joined.contains("codex target"), "{joined}");
+        assert!(joined.contains("not a published tcp port"), "{joined}");
+        assert!(joined.contains(":8:") && joined.contains("duration"), "{joined}");
+    }
+
+    #[test]
+    fn a_missing_image_is_invalid() {
+        let problems = resolve_text("user: root\n").unwrap_err();
+        assert!(problems[0].message.contains("image"));
+    }
+
+    #[test]
+    fn reserved_labels_are_refused() {
+        assert!(resolve_text("image: i\nlabels: {io.lanectl.lane: x}\n").is_err());
+    }
+
+    #[test]
+    fn memory_sizes_parse() {
+        assert_eq!(parse_memory("512m"), Some(512 << 20));
+        assert_eq!(parse_memory("2G"), Some(2 << 30));
+        assert_eq!(parse_memory("1024"), Some(1024));
+        assert_eq!(parse_memory("10mb"), Some(10 << 20));
+        assert_eq!(parse_memory("lots"), None);
+        assert_eq!(parse_memory("0"), None);
+    }
+
+    #[test]
+    fn overlapping_paths() {
+        assert!(overlaps("/root", "/root/.codex"));
+        assert!(overlaps("/root/.codex/x", "/root/.codex"));
+        assert!(overlaps("/", "/root/.codex"));
+        assert!(!overlaps("/root/.codexx", "/root/.codex"));
+    }
+}

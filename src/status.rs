@@ -1,0 +1,232 @@
+//! The status file `lanes.d/<lane>.status.yaml`: its type, how it is read,
+//! and how it is written.
+//!
+//! Writes are atomic (a temporary file in the same directory, fsync, rename
+//! over the old one), so a reader never sees a partial file, and a symlink
+//! planted at the path is replaced, never followed. A status is rewritten only
+//! when something besides `since` changed, so a no-op pass touches no file.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::lane;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Pending,
+    Ready,
+    Stopped,
+    Failed,
+    Invalid,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Pending => "pending",
+            Phase::Ready => "ready",
+            Phase::Stopped => "stopped",
+            Phase::Failed => "failed",
+            Phase::Invalid => "invalid",
+        })
+    }
+}
+
+/// One lane's status, field for field as SPEC.md shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    pub lane: String,
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoints: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codex_fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_sha256: Option<String>,
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default)]
+    pub message: String,
+    pub since: String,
+}
+
+impl Status {
+    /// A status with nothing known but the lane and its phase.
+    pub fn new(lane: &str, phase: Phase) -> Self {
+        Status {
+            lane: lane.to_string(),
+            phase,
+            endpoint: None,
+            endpoints: BTreeMap::new(),
+            container: None,
+            container_id: None,
+            spec_hash: None,
+            codex_fingerprint: None,
+            manifest_sha256: None,
+            restarts: 0,
+            message: String::new(),
+            since: now_rfc3339(),
+        }
+    }
+
+    /// True when the two differ in anything but `since`.
+    pub fn differs_from(&self, other: &Status) -> bool {
+        let mut a = self.clone();
+        a.since.clone_from(&other.since);
+        a != *other
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("cannot write status file {}: {source}", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot serialize status of lane {lane}: {message}")]
+    Serialize { lane: String, message: String },
+    #[error("cannot remove status file {}: {source}", path.display())]
+    Remove { path: PathBuf, source: std::io::Error },
+}
+
+/// Reads a lane's status file; `None` when absent or unreadable (a status
+/// file is lanectl's own cache of what it last saw, never an input that can
+/// stop a reconcile).
+pub fn read(dir: &Path, lane: &str) -> Option<Status> {
+    let path = lane::status_path(dir, lane);
+    let meta = std::fs::symlink_metadata(&path).ok()?;
+    if !meta.is_file() || meta.len() > 64 * 1024 {
+        return None;
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
+    crate::yaml::from_str(&text, &std::sync::Arc::from(path.as_path())).ok()
+}
+
+/// Writes `new` unless the file already says the same apart from `since`;
+/// keeps the old `since` when the phase did not change. Returns whether it wrote.
+pub fn write_if_changed(dir: &Path, mut new: Status) -> Result<bool, StatusError> {
+    let old = read(dir, &new.lane);
+    if let Some(old) = &old {
+        if old.phase == new.phase {
+            new.since.clone_from(&old.since);
+        }
+        if !new.differs_from(old) {
+            return Ok(false);
+        }
+    }
+    write(dir, &new)?;
+    Ok(true)
+}
+
+/// Writes atomically: temp file in the same directory, fsync, rename.
+pub fn write(dir: &Path, status: &Status) -> Result<(), StatusError> {
+    let path = lane::status_path(dir, &status.lane);
+    let text = crate::yaml::to_string(status).map_err(|e| StatusError::Serialize {
+        lane: status.lane.clone(),
+        message: e.to_string(),
+    })?;
+    let io = |source| StatusError::Write {
+        path: path.clone(),
+        source,
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.status.", status.lane))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    // Readable by all, like the manifests beside it; it holds no secrets.
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(io)?;
+    tmp.write_all(text.as_bytes()).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    // rename(2) replaces a symlink at the path itself, never its target.
+    tmp.persist(&path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// Removes a lane's status file; absent is fine.
+pub fn remove(dir: &Path, lane: &str) -> Result<(), StatusError> {
+    let path = lane::status_path(dir, lane);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(StatusError::Remove { path, source: e })
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        let mut s = Status::new("alpha", Phase::Ready);
+        s.endpoint = Some("http://127.0.0.1:41234".into());
+        s.endpoints
+            .insert("31417/tcp".into(), "http://127.0.0.1:41234".into());
+        s.container = Some("lane-alpha".into());
+        s.container_id = Some("4f3c".into());
+        s.spec_hash = Some("sha256:ab".into());
+        s
+    }
+
+    #[test]
+    fn a_status_round_trips_through_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &sample()).unwrap();
+        assert_eq!(read(dir.path(), "alpha").unwrap(), sample());
+        let text = std::fs::read_to_string(dir.path().join("alpha.status.yaml")).unwrap();
+        assert!(text.contains("phase: ready"), "{text}");
+        assert!(!text.contains("codex_fingerprint"), "{text}");
+    }
+
+    #[test]
+    fn an_unchanged_status_is_not_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(write_if_changed(dir.path(), sample()).unwrap());
+        let mut later = sample();
+        later.since = "2030-01-01T00:00:00Z".into();
+        assert!(!write_if_changed(dir.path(), later).unwrap());
+        let mut changed = sample();
+        changed.restarts = 1;
+        assert!(write_if_changed(dir.path(), changed).unwrap());
+    }
+
+    #[test]
+    fn a_planted_symlink_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("alpha.status.yaml")).unwrap();
+        write(dir.path(), &sample()).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        let meta = std::fs::symlink_metadata(dir.path().join("alpha.status.yaml")).unwrap();
+        assert!(meta.is_file());
+    }
+
+    #[test]
+    fn no_temporary_file_stays_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &sample()).unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec!["alpha.status.yaml"]);
+    }
+}
