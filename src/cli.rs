@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "lanectl", version, about = "Keep worker containers in the state a directory of YAML manifests declares")]
+#[command(
+    name = "lanectl",
+    version,
+    about = "Keep worker containers in the state a directory of YAML manifests declares"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,

@@ -176,7 +176,12 @@ fn check_sources(spec: &LaneSpec, check: bool) -> Result<(), Problem> {
         .codex
         .iter()
         .map(|c| &c.source)
-        .chain(spec.mounts.iter().filter(|m| m.track_content).map(|m| &m.source))
+        .chain(
+            spec.mounts
+                .iter()
+                .filter(|m| m.track_content)
+                .map(|m| &m.source),
+        )
         .collect();
     for source in sources {
         check_owner_and_mode(source, false).map_err(|m| Problem::in_file(source, m))?;

@@ -14,7 +14,9 @@ use tracing::{debug, warn};
 use crate::hash::{self, HashError, LaneHash};
 use crate::labels;
 use crate::manifest;
-use crate::podman::{self, CreateRequest, Inspected, MountRequest, Podman, PodmanError, PortRequest};
+use crate::podman::{
+    self, CreateRequest, Inspected, MountRequest, Podman, PodmanError, PortRequest,
+};
 use crate::spec::LaneSpec;
 
 /// Attempts at create+start when the random host port was taken.
@@ -52,10 +54,12 @@ pub async fn create_and_start(
         .await;
         match started {
             Ok(()) => {
-                return podman
-                    .inspect(&id)
-                    .await?
-                    .ok_or_else(|| ExecError::Other(format!("container {} vanished after its start", spec.container_name)));
+                return podman.inspect(&id).await?.ok_or_else(|| {
+                    ExecError::Other(format!(
+                        "container {} vanished after its start",
+                        spec.container_name
+                    ))
+                });
             }
             Err(e) => {
                 // Never leave a half-made container behind.
@@ -73,7 +77,12 @@ pub async fn create_and_start(
 }
 
 /// Builds the codex tar in one pass with its fingerprint and copies it in.
-async fn copy_codex(podman: &Podman, id: &str, spec: &LaneSpec, hash: &LaneHash) -> Result<(), ExecError> {
+async fn copy_codex(
+    podman: &Podman,
+    id: &str,
+    spec: &LaneSpec,
+    hash: &LaneHash,
+) -> Result<(), ExecError> {
     let Some(codex) = &spec.codex else {
         return Ok(());
     };
@@ -147,7 +156,10 @@ pub fn create_request(spec: &LaneSpec, hash: &LaneHash, instance: &str) -> Creat
                 protocol: p.protocol.to_string(),
             })
             .collect(),
-        memory_bytes: spec.resources.memory_bytes.and_then(|m| i64::try_from(m).ok()),
+        memory_bytes: spec
+            .resources
+            .memory_bytes
+            .and_then(|m| i64::try_from(m).ok()),
         nano_cpus: spec.resources.cpus.map(|c| (c * 1e9).round() as u64),
         pids: spec.resources.pids.map(i64::from),
         stop_timeout_secs: spec.stop_timeout.as_secs_f64().ceil() as u64,

@@ -743,14 +743,29 @@ mod tests {
         // An accidental change here recreates every lane of every user on
         // upgrade: change CANONICAL_VERSION knowingly, never this value.
         let spec = crate::spec::tests::golden_spec();
-        let h = lane_hash(&spec, "0123abcd", Some("51d2ba91"), &[("/data".into(), "e3b0".into())]);
+        let h = lane_hash(
+            &spec,
+            "0123abcd",
+            Some("51d2ba91"),
+            &[("/data".into(), "e3b0".into())],
+        );
         assert_eq!(
             h.full,
             "sha256:b2a630d65e639b45677d1d9a94ebcb6570d62710d99d28caa2eb0ff96cd9ba14"
         );
-        let again = lane_hash(&spec, "0123abcd", Some("51d2ba91"), &[("/data".into(), "e3b0".into())]);
+        let again = lane_hash(
+            &spec,
+            "0123abcd",
+            Some("51d2ba91"),
+            &[("/data".into(), "e3b0".into())],
+        );
         assert_eq!(h, again);
-        let other_image = lane_hash(&spec, "0123abce", Some("51d2ba91"), &[("/data".into(), "e3b0".into())]);
+        let other_image = lane_hash(
+            &spec,
+            "0123abce",
+            Some("51d2ba91"),
+            &[("/data".into(), "e3b0".into())],
+        );
         assert_ne!(h.full, other_image.full);
         assert_eq!(h.config, other_image.config);
     }

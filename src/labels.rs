@@ -28,7 +28,11 @@ pub fn default_instance(dir: &Path) -> std::io::Result<String> {
 }
 
 /// The labels lanectl puts on a lane's container, besides the user's own.
-pub fn for_lane(instance: &str, lane: &str, hash: &crate::hash::LaneHash) -> BTreeMap<String, String> {
+pub fn for_lane(
+    instance: &str,
+    lane: &str,
+    hash: &crate::hash::LaneHash,
+) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::from([
         (MANAGED_BY.to_string(), "lanectl".to_string()),
         (INSTANCE.to_string(), instance.to_string()),

@@ -16,9 +16,8 @@ pub fn check_name(name: &str) -> Result<(), String> {
     let first_ok = chars
         .next()
         .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let rest_ok = chars.all(|c| {
-        c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-')
-    });
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'));
     if first_ok && rest_ok && name.len() <= 63 {
         Ok(())
     } else {
@@ -142,7 +141,17 @@ mod tests {
         for ok in ["a", "alpha", "0", "a.b_c-d", &"a".repeat(63)] {
             assert!(check_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "A", "-a", ".a", "../x", "a/b", "а", &"a".repeat(64), "a b"] {
+        for bad in [
+            "",
+            "A",
+            "-a",
+            ".a",
+            "../x",
+            "a/b",
+            "а",
+            &"a".repeat(64),
+            "a b",
+        ] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
     }
@@ -151,9 +160,19 @@ mod tests {
     fn only_yaml_files_that_are_not_hidden_are_lanes() {
         assert!(matches!(classify("alpha.yaml"), Kind::Lane("alpha")));
         assert!(matches!(classify("alpha.yml"), Kind::Lane("alpha")));
-        assert!(matches!(classify("alpha.status.yaml"), Kind::Status("alpha")));
+        assert!(matches!(
+            classify("alpha.status.yaml"),
+            Kind::Status("alpha")
+        ));
         assert!(matches!(classify("_defaults.yml"), Kind::Defaults));
-        for not in [".alpha.yaml", "_x.yaml", "alpha.yaml~", "a.bak", ".a.yaml.swp", "4913"] {
+        for not in [
+            ".alpha.yaml",
+            "_x.yaml",
+            "alpha.yaml~",
+            "a.bak",
+            ".a.yaml.swp",
+            "4913",
+        ] {
             assert!(matches!(classify(not), Kind::NotALane), "{not}");
         }
     }
@@ -165,7 +184,13 @@ mod tests {
         std::fs::write(dir.path().join("x.yml"), "").unwrap();
         std::fs::write(dir.path().join("Bad.yaml"), "").unwrap();
         let listing = list_dir(dir.path()).unwrap();
-        assert!(listing.lanes["x"].problem.as_deref().unwrap().contains("keep one"));
+        assert!(
+            listing.lanes["x"]
+                .problem
+                .as_deref()
+                .unwrap()
+                .contains("keep one")
+        );
         assert!(listing.lanes["Bad"].problem.is_some());
     }
 

@@ -300,7 +300,10 @@ pub fn read_source(path: &Path) -> Result<Source, Vec<Problem>> {
     if bytes.len() as u64 > MAX_MANIFEST_BYTES {
         return Err(vec![Problem::in_file(
             path,
-            format!("larger than {} KiB: not a manifest", MAX_MANIFEST_BYTES / 1024),
+            format!(
+                "larger than {} KiB: not a manifest",
+                MAX_MANIFEST_BYTES / 1024
+            ),
         )]);
     }
     let sha256 = crate::hash::sha256_hex(&bytes);
@@ -422,16 +425,25 @@ mod tests {
 
     #[test]
     fn every_bad_key_of_a_file_is_reported_at_once() {
-        let s = source("a.yaml", "image: x\nbogus: 1\nmounts: [{source: a, target: /a, sorce: b}]\nstate: sleeping\n");
+        let s = source(
+            "a.yaml",
+            "image: x\nbogus: 1\nmounts: [{source: a, target: /a, sorce: b}]\nstate: sleeping\n",
+        );
         let problems = load(s, None).unwrap_err();
-        let lines: Vec<_> = problems.iter().map(|p| p.pos.as_ref().unwrap().line).collect();
+        let lines: Vec<_> = problems
+            .iter()
+            .map(|p| p.pos.as_ref().unwrap().line)
+            .collect();
         assert_eq!(lines, vec![2, 3, 4], "{problems:?}");
         assert!(problems[1].message.contains("sorce"));
     }
 
     #[test]
     fn defaults_merge_under_the_lane() {
-        let d = source("_defaults.yaml", "image: base\nenv: {A: '1', B: '2'}\nports: [{container: 80}]\n");
+        let d = source(
+            "_defaults.yaml",
+            "image: base\nenv: {A: '1', B: '2'}\nports: [{container: 80}]\n",
+        );
         let l = source("a.yaml", "env: {B: three}\nports: [{container: 81}]\n");
         let loaded = load(l, Some(&d)).unwrap();
         assert_eq!(loaded.raw.image.as_deref(), Some("base"));
@@ -453,9 +465,15 @@ mod tests {
 
     #[test]
     fn words_are_a_list_or_a_shell_line() {
-        let s = source("a.yaml", "entrypoint: \"/bin/sh -c 'echo hi'\"\ncommand: [a, '1']\n");
+        let s = source(
+            "a.yaml",
+            "entrypoint: \"/bin/sh -c 'echo hi'\"\ncommand: [a, '1']\n",
+        );
         let raw = load(s, None).unwrap().raw;
-        assert_eq!(raw.entrypoint.unwrap().split().unwrap(), ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(
+            raw.entrypoint.unwrap().split().unwrap(),
+            ["/bin/sh", "-c", "echo hi"]
+        );
         assert_eq!(raw.command.unwrap().split().unwrap(), ["a", "1"]);
     }
 

@@ -9,7 +9,10 @@ use crate::podman::{Observed, Podman, PodmanError};
 /// This instance's containers by lane name. A container with the instance
 /// label but no lane label is kept under "" so that it is never mistaken for
 /// nothing (and never touched).
-pub async fn observe(podman: &Podman, instance: &str) -> Result<BTreeMap<String, Vec<Observed>>, PodmanError> {
+pub async fn observe(
+    podman: &Podman,
+    instance: &str,
+) -> Result<BTreeMap<String, Vec<Observed>>, PodmanError> {
     let containers = podman.list_instance(instance).await?;
     Ok(group(containers, instance))
 }

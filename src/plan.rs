@@ -137,17 +137,19 @@ fn why_different(c: &Observed, hash: &LaneHash) -> Option<Why> {
     if label(labels::SPEC_HASH) == Some(hash.full.as_str()) {
         return None;
     }
-    Some(if label(labels::CONFIG_HASH) != Some(hash.config.as_str()) {
-        Why::SpecChanged
-    } else if label(labels::IMAGE_ID) != Some(hash.image_id.as_str()) {
-        Why::ImageRebuilt
-    } else if label(labels::CODEX_FINGERPRINT) != hash.codex.as_deref() {
-        Why::CodexChanged
-    } else if label(labels::TRACKED_HASH).unwrap_or("") != hash.tracked {
-        Why::TrackedContentChanged
-    } else {
-        Why::SpecChanged
-    })
+    Some(
+        if label(labels::CONFIG_HASH) != Some(hash.config.as_str()) {
+            Why::SpecChanged
+        } else if label(labels::IMAGE_ID) != Some(hash.image_id.as_str()) {
+            Why::ImageRebuilt
+        } else if label(labels::CODEX_FINGERPRINT) != hash.codex.as_deref() {
+            Why::CodexChanged
+        } else if label(labels::TRACKED_HASH).unwrap_or("") != hash.tracked {
+            Why::TrackedContentChanged
+        } else {
+            Why::SpecChanged
+        },
+    )
 }
 
 #[cfg(test)]
@@ -185,24 +187,54 @@ mod tests {
     #[test]
     fn plan_creates_when_there_is_no_container() {
         let h = hash();
-        assert_eq!(decide(running(DesiredState::Running, &h), vec![]).action, Action::Create);
+        assert_eq!(
+            decide(running(DesiredState::Running, &h), vec![]).action,
+            Action::Create
+        );
     }
 
     #[test]
     fn plan_does_nothing_when_hash_matches_and_running() {
         let h = hash();
         let c = container(State::Running, true, &h);
-        assert_eq!(decide(running(DesiredState::Running, &h), vec![c]).action, Action::Nothing);
+        assert_eq!(
+            decide(running(DesiredState::Running, &h), vec![c]).action,
+            Action::Nothing
+        );
     }
 
     #[test]
     fn plan_names_the_part_of_the_hash_that_changed() {
         let old = hash();
         let cases = [
-            (LaneHash { config: "cfg2".into(), ..hash() }, Why::SpecChanged),
-            (LaneHash { image_id: "img2".into(), ..hash() }, Why::ImageRebuilt),
-            (LaneHash { codex: Some("cx2".into()), ..hash() }, Why::CodexChanged),
-            (LaneHash { tracked: "t".into(), ..hash() }, Why::TrackedContentChanged),
+            (
+                LaneHash {
+                    config: "cfg2".into(),
+                    ..hash()
+                },
+                Why::SpecChanged,
+            ),
+            (
+                LaneHash {
+                    image_id: "img2".into(),
+                    ..hash()
+                },
+                Why::ImageRebuilt,
+            ),
+            (
+                LaneHash {
+                    codex: Some("cx2".into()),
+                    ..hash()
+                },
+                Why::CodexChanged,
+            ),
+            (
+                LaneHash {
+                    tracked: "t".into(),
+                    ..hash()
+                },
+                Why::TrackedContentChanged,
+            ),
         ];
         for (mut new, why) in cases {
             new.full = "sha256:other".into();
@@ -228,7 +260,10 @@ mod tests {
     fn plan_starts_an_exited_container_with_the_same_hash() {
         let h = hash();
         let c = container(State::Exited, true, &h);
-        assert_eq!(decide(running(DesiredState::Running, &h), vec![c]).action, Action::Start);
+        assert_eq!(
+            decide(running(DesiredState::Running, &h), vec![c]).action,
+            Action::Start
+        );
     }
 
     #[test]
@@ -236,16 +271,28 @@ mod tests {
         let h = hash();
         let mut c = container(State::Running, true, &h);
         c.labels = BTreeMap::new();
-        assert_eq!(decide(running(DesiredState::Stopped, &h), vec![c]).action, Action::Stop);
+        assert_eq!(
+            decide(running(DesiredState::Stopped, &h), vec![c]).action,
+            Action::Stop
+        );
     }
 
     #[test]
     fn plan_creates_nothing_for_a_stopped_lane() {
         let h = hash();
-        assert_eq!(decide(running(DesiredState::Stopped, &h), vec![]).action, Action::Nothing);
-        let old = LaneHash { full: "sha256:old".into(), ..hash() };
+        assert_eq!(
+            decide(running(DesiredState::Stopped, &h), vec![]).action,
+            Action::Nothing
+        );
+        let old = LaneHash {
+            full: "sha256:old".into(),
+            ..hash()
+        };
         let c = container(State::Exited, true, &old);
-        assert_eq!(decide(running(DesiredState::Stopped, &h), vec![c]).action, Action::Nothing);
+        assert_eq!(
+            decide(running(DesiredState::Stopped, &h), vec![c]).action,
+            Action::Nothing
+        );
     }
 
     #[test]
@@ -259,10 +306,16 @@ mod tests {
     #[test]
     fn plan_keeps_the_matching_container_and_lists_extras() {
         let h = hash();
-        let old = LaneHash { full: "sha256:old".into(), ..hash() };
+        let old = LaneHash {
+            full: "sha256:old".into(),
+            ..hash()
+        };
         let stale = container(State::Exited, true, &old);
         let good = container(State::Running, true, &h);
-        let plan = decide(running(DesiredState::Running, &h), vec![stale.clone(), good.clone()]);
+        let plan = decide(
+            running(DesiredState::Running, &h),
+            vec![stale.clone(), good.clone()],
+        );
         assert_eq!(plan.action, Action::Nothing);
         assert_eq!(plan.current, Some(good));
         assert_eq!(plan.extras, vec![stale]);

@@ -43,7 +43,8 @@ async fn attempt(port: u16, path: &str) -> Result<u16, String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: lanectl\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: lanectl\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .await
@@ -97,9 +98,14 @@ mod tests {
     #[tokio::test]
     async fn a_500_answer_fails_with_the_code_after_the_timeout() {
         let port = server("HTTP/1.1 500 Oops\r\n\r\n").await;
-        let err = wait_ready(port, "/x", Duration::from_millis(300), Duration::from_millis(50))
-            .await
-            .unwrap_err();
+        let err = wait_ready(
+            port,
+            "/x",
+            Duration::from_millis(300),
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap_err();
         assert!(err.contains("answered 500") && err.contains("/x"), "{err}");
     }
 
@@ -109,9 +115,14 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let err = wait_ready(port, "/", Duration::from_millis(200), Duration::from_millis(50))
-            .await
-            .unwrap_err();
+        let err = wait_ready(
+            port,
+            "/",
+            Duration::from_millis(200),
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap_err();
         assert!(err.contains("connect"), "{err}");
     }
 }

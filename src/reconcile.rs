@@ -136,7 +136,11 @@ pub struct PassOptions {
 
 /// One pass over the directory: every lane (or the named ones) reconciled,
 /// at most `jobs` at once; outcomes in lane-name order.
-pub async fn pass(ctx: Arc<Ctx>, mode: Mode, opts: &PassOptions) -> Result<Vec<Outcome>, PassError> {
+pub async fn pass(
+    ctx: Arc<Ctx>,
+    mode: Mode,
+    opts: &PassOptions,
+) -> Result<Vec<Outcome>, PassError> {
     ctx.new_pass();
     let state = desired::load_dir(&ctx.dir, opts.load)?;
     let mut observed = observe::observe(&ctx.podman, &ctx.instance).await?;
@@ -219,7 +223,13 @@ pub async fn reconcile(
     }
 }
 
-async fn remove_lane(ctx: &Ctx, lane: &str, observed: Vec<Observed>, has_status: bool, mode: Mode) -> Outcome {
+async fn remove_lane(
+    ctx: &Ctx,
+    lane: &str,
+    observed: Vec<Observed>,
+    has_status: bool,
+    mode: Mode,
+) -> Outcome {
     let action = if observed.is_empty() && !has_status {
         Action::Nothing
     } else {
@@ -338,7 +348,11 @@ async fn converge(
             warn!(container = %extra.name, error = %e, "could not remove an extra container");
         }
     }
-    let same_container = |id: &str| previous.as_ref().filter(|p| p.container_id.as_deref() == Some(id));
+    let same_container = |id: &str| {
+        previous
+            .as_ref()
+            .filter(|p| p.container_id.as_deref() == Some(id))
+    };
     let mut restarts = plan
         .current
         .as_ref()
@@ -358,25 +372,37 @@ async fn converge(
             };
             restarts = 0;
             match removed {
-                Ok(()) => match exec::create_and_start(&ctx.podman, spec, &hash, &ctx.instance).await {
-                    Ok(c) => Ok(Some(Now::from_inspected(&c, &hash))),
-                    Err(e) => Err(explain_name_conflict(ctx, e).await),
-                },
+                Ok(()) => {
+                    match exec::create_and_start(&ctx.podman, spec, &hash, &ctx.instance).await {
+                        Ok(c) => Ok(Some(Now::from_inspected(&c, &hash))),
+                        Err(e) => Err(explain_name_conflict(ctx, e).await),
+                    }
+                }
                 Err(e) => Err(e),
             }
         }
         Action::Start => match &plan.current {
             Some(c) => {
-                let lanectl_stopped = same_container(&c.id).is_some_and(|p| p.phase == Phase::Stopped);
+                let lanectl_stopped =
+                    same_container(&c.id).is_some_and(|p| p.phase == Phase::Stopped);
                 if c.ever_started && !lanectl_stopped {
                     restarts += 1;
                 }
-                ctx.podman.start(&c.id).await.map(|()| Some(Now::from(c).running())).map_err(Into::into)
+                ctx.podman
+                    .start(&c.id)
+                    .await
+                    .map(|()| Some(Now::from(c).running()))
+                    .map_err(Into::into)
             }
             None => Ok(None),
         },
         Action::Stop => match &plan.current {
-            Some(c) => ctx.podman.stop(&c.id).await.map(|()| Some(Now::from(c).stopped())).map_err(Into::into),
+            Some(c) => ctx
+                .podman
+                .stop(&c.id)
+                .await
+                .map(|()| Some(Now::from(c).stopped()))
+                .map_err(Into::into),
             None => Ok(None),
         },
         Action::Remove => Ok(None),
@@ -484,7 +510,12 @@ impl Now {
 }
 
 /// A status with the lane's container (if any) filled in.
-fn base_status(lane: &str, phase: Phase, container: Option<&Observed>, manifest_sha256: Option<String>) -> Status {
+fn base_status(
+    lane: &str,
+    phase: Phase,
+    container: Option<&Observed>,
+    manifest_sha256: Option<String>,
+) -> Status {
     let mut st = Status::new(lane, phase);
     if let Some(c) = container {
         st.container = Some(c.name.clone());
@@ -516,11 +547,12 @@ fn endpoints(ports: &[PublishedPort]) -> BTreeMap<String, String> {
 
 /// The probe port's URL, else the first tcp port's.
 fn endpoint(spec: &LaneSpec, ports: &[PublishedPort]) -> Option<String> {
-    let wanted = spec
-        .probe
-        .as_ref()
-        .map(|p| p.port)
-        .or_else(|| spec.ports.iter().find(|p| p.protocol == crate::manifest::Protocol::Tcp).map(|p| p.container))?;
+    let wanted = spec.probe.as_ref().map(|p| p.port).or_else(|| {
+        spec.ports
+            .iter()
+            .find(|p| p.protocol == crate::manifest::Protocol::Tcp)
+            .map(|p| p.container)
+    })?;
     ports
         .iter()
         .find(|p| p.container_port == wanted && p.protocol == "tcp" && p.host_port != 0)
@@ -552,7 +584,10 @@ async fn explain_name_conflict(ctx: &Ctx, e: ExecError) -> ExecError {
     let holder = match ctx.podman.find_by_name(name).await {
         Ok(Some(c)) => match c.labels.get(labels::INSTANCE) {
             Some(other) => format!("container {} of lanectl instance {other}", short(&c.id)),
-            None => format!("container {} without a lanectl instance label", short(&c.id)),
+            None => format!(
+                "container {} without a lanectl instance label",
+                short(&c.id)
+            ),
         },
         Ok(None) => "a container that is gone now".to_string(),
         Err(e) => format!("a container that could not be looked up ({e})"),

@@ -94,7 +94,10 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
     let image = match raw.image.as_deref().map(str::trim) {
         Some(i) if !i.is_empty() => i.to_string(),
         _ => {
-            bad(&[Seg::Key("image")], "`image` is required (here or in _defaults.yaml)".into());
+            bad(
+                &[Seg::Key("image")],
+                "`image` is required (here or in _defaults.yaml)".into(),
+            );
             String::new()
         }
     };
@@ -122,34 +125,52 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
 
     if let Some(w) = &raw.workdir {
         if !w.starts_with('/') {
-            bad(&[Seg::Key("workdir")], format!("workdir {w:?} must be an absolute path"));
+            bad(
+                &[Seg::Key("workdir")],
+                format!("workdir {w:?} must be an absolute path"),
+            );
         }
     }
     let env = raw.env.clone().unwrap_or_default();
     for key in env.keys() {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
-            bad(&[Seg::Key("env")], format!("env name {key:?} must be non-empty without '='"));
+            bad(
+                &[Seg::Key("env")],
+                format!("env name {key:?} must be non-empty without '='"),
+            );
         }
     }
     let user_labels = raw.labels.clone().unwrap_or_default();
     for key in user_labels.keys() {
         if key.starts_with(labels::PREFIX) {
-            bad(&[Seg::Key("labels")], format!("label {key:?}: {}* is reserved for lanectl", labels::PREFIX));
+            bad(
+                &[Seg::Key("labels")],
+                format!("label {key:?}: {}* is reserved for lanectl", labels::PREFIX),
+            );
         }
     }
 
     let codex = raw.codex.as_ref().map(|c| {
         let at = |k| [Seg::Key("codex"), Seg::Key(k)];
         if !c.target.starts_with('/') {
-            bad(&at("target"), format!("codex target {:?} must be an absolute path", c.target));
+            bad(
+                &at("target"),
+                format!("codex target {:?} must be an absolute path", c.target),
+            );
         }
         let source = absolute(dir, &c.source);
         if !source.is_dir() {
-            bad(&at("source"), format!("codex source {} is not a directory", source.display()));
+            bad(
+                &at("source"),
+                format!("codex source {} is not a directory", source.display()),
+            );
         }
         if let Some(name) = &c.fingerprint_env {
             if env.contains_key(name) {
-                bad(&at("fingerprint_env"), format!("{name} is also set in env: pick one"));
+                bad(
+                    &at("fingerprint_env"),
+                    format!("{name} is also set in env: pick one"),
+                );
             }
         }
         Codex {
@@ -164,10 +185,16 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
         let at = |k| [Seg::Key("mounts"), Seg::Index(i), Seg::Key(k)];
         let source = absolute(dir, &m.source);
         if !source.exists() {
-            bad(&at("source"), format!("mount source {} does not exist", source.display()));
+            bad(
+                &at("source"),
+                format!("mount source {} does not exist", source.display()),
+            );
         }
         if !m.target.starts_with('/') {
-            bad(&at("target"), format!("mount target {:?} must be an absolute path", m.target));
+            bad(
+                &at("target"),
+                format!("mount target {:?} must be an absolute path", m.target),
+            );
         }
         let target = normalize_target(&m.target);
         if mounts.iter().any(|o: &Mount| o.target == target) {
@@ -177,7 +204,10 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
             if overlaps(&target, &c.target) {
                 bad(
                     &at("target"),
-                    format!("mount at {target} would hide or be inside the codex target {}", c.target),
+                    format!(
+                        "mount at {target} would hide or be inside the codex target {}",
+                        c.target
+                    ),
                 );
             }
         }
@@ -198,10 +228,19 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
         }
         let host_ip = p.host_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
         if host_ip.parse::<IpAddr>().is_err() {
-            bad(&at("host_ip"), format!("host_ip {host_ip:?} is not an IP address"));
+            bad(
+                &at("host_ip"),
+                format!("host_ip {host_ip:?} is not an IP address"),
+            );
         }
-        if ports.iter().any(|o| o.container == p.container && o.protocol == p.protocol) {
-            bad(&at("container"), format!("port {}/{} listed twice", p.container, p.protocol));
+        if ports
+            .iter()
+            .any(|o| o.container == p.container && o.protocol == p.protocol)
+        {
+            bad(
+                &at("container"),
+                format!("port {}/{} listed twice", p.container, p.protocol),
+            );
         }
         ports.push(Port {
             container: p.container,
@@ -216,31 +255,49 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
         Some(DurationText(t)) => match humantime::parse_duration(t) {
             Ok(d) => d,
             Err(e) => {
-                bad(path, format!("duration {t:?}: {e} (write e.g. 250ms, 30s, 1m)"));
+                bad(
+                    path,
+                    format!("duration {t:?}: {e} (write e.g. 250ms, 30s, 1m)"),
+                );
                 default
             }
         },
     };
-    let stop_timeout = duration(&[Seg::Key("stop_timeout")], &raw.stop_timeout, DEFAULT_STOP_TIMEOUT);
+    let stop_timeout = duration(
+        &[Seg::Key("stop_timeout")],
+        &raw.stop_timeout,
+        DEFAULT_STOP_TIMEOUT,
+    );
     let probe = raw.probe.as_ref().map(|p| {
         let at = |k| [Seg::Key("probe"), Seg::Key(k)];
         Probe {
-            port: p.port.or_else(|| ports.first().map(|p| p.container)).unwrap_or(0),
+            port: p
+                .port
+                .or_else(|| ports.first().map(|p| p.container))
+                .unwrap_or(0),
             path: p.path.clone().unwrap_or_else(|| "/".into()),
             timeout: duration(&at("timeout"), &p.timeout, DEFAULT_PROBE_TIMEOUT),
             interval: duration(&at("interval"), &p.interval, DEFAULT_PROBE_INTERVAL),
         }
     });
     if let Some(p) = &probe {
-        let published = ports.iter().any(|q| q.container == p.port && q.protocol == Protocol::Tcp);
+        let published = ports
+            .iter()
+            .any(|q| q.container == p.port && q.protocol == Protocol::Tcp);
         if !published {
             bad(
                 &[Seg::Key("probe"), Seg::Key("port")],
-                format!("probe port {} is not a published tcp port of this lane", p.port),
+                format!(
+                    "probe port {} is not a published tcp port of this lane",
+                    p.port
+                ),
             );
         }
         if !p.path.starts_with('/') {
-            bad(&[Seg::Key("probe"), Seg::Key("path")], "probe path must start with /".into());
+            bad(
+                &[Seg::Key("probe"), Seg::Key("path")],
+                "probe path must start with /".into(),
+            );
         }
     }
 
@@ -250,7 +307,10 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
         if let Some(m) = &r.memory {
             match parse_memory(m) {
                 Some(b) => resources.memory_bytes = Some(b),
-                None => bad(&at("memory"), format!("memory {m:?}: write bytes or e.g. 512m, 2g")),
+                None => bad(
+                    &at("memory"),
+                    format!("memory {m:?}: write bytes or e.g. 512m, 2g"),
+                ),
             }
         }
         if let Some(c) = r.cpus {
@@ -303,7 +363,10 @@ pub fn check_across(specs: &BTreeMap<String, (LaneSpec, &Loaded)>) -> HashMap<St
                 lane.to_string(),
                 loaded.problem(
                     &[Seg::Key("container_name")],
-                    format!("container name {name} is also used by lane {}", others.join(", ")),
+                    format!(
+                        "container name {name} is also used by lane {}",
+                        others.join(", ")
+                    ),
                 ),
             );
         }
@@ -456,7 +519,8 @@ pub(crate) mod tests {
 
     #[test]
     fn relative_sources_resolve_against_the_manifest_directory() {
-        let spec = resolve_text("image: i\nmounts: [{source: ./work/../work, target: /w}]\n").unwrap();
+        let spec =
+            resolve_text("image: i\nmounts: [{source: ./work/../work, target: /w}]\n").unwrap();
         assert!(spec.mounts[0].source.is_absolute());
         assert!(spec.mounts[0].source.ends_with("work"));
         assert!(!spec.mounts[0].source.to_string_lossy().contains(".."));
@@ -475,11 +539,20 @@ pub(crate) mod tests {
         .unwrap_err();
         let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         let joined = text.join("\n");
-        assert!(joined.contains(":3:") && joined.contains("does not exist"), "{joined}");
+        assert!(
+            joined.contains(":3:") && joined.contains("does not exist"),
+            "{joined}"
+        );
         assert!(joined.contains("must be an absolute path"), "{joined}");
-        assert!(joined.contains(":4:") && joined.contains("codex target"), "{joined}");
+        assert!(
+            joined.contains(":4:") && joined.contains("codex target"),
+            "{joined}"
+        );
         assert!(joined.contains("not a published tcp port"), "{joined}");
-        assert!(joined.contains(":8:") && joined.contains("duration"), "{joined}");
+        assert!(
+            joined.contains(":8:") && joined.contains("duration"),
+            "{joined}"
+        );
     }
 
     #[test]

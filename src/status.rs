@@ -99,11 +99,17 @@ pub fn now_rfc3339() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     #[error("cannot write status file {}: {source}", path.display())]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot serialize status of lane {lane}: {message}")]
     Serialize { lane: String, message: String },
     #[error("cannot remove status file {}: {source}", path.display())]
-    Remove { path: PathBuf, source: std::io::Error },
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Reads a lane's status file; `None` when absent or unreadable (a status
@@ -226,7 +232,10 @@ mod tests {
     fn no_temporary_file_stays_behind() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), &sample()).unwrap();
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec!["alpha.status.yaml"]);
     }
 }

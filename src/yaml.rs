@@ -50,7 +50,10 @@ pub struct Node {
 pub enum Value {
     /// A scalar as written; `plain` is false for quoted and block scalars
     /// (and for an explicit `!!str` tag), which are always strings.
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
 }
@@ -205,7 +208,11 @@ pub fn parse(text: &str, file: &Arc<Path>) -> Result<Option<Node>, Error> {
             }
             Event::SequenceStart(_, anchor, _) => {
                 if stack.len() >= MAX_DEPTH {
-                    return Err(fail(format!("nesting deeper than {MAX_DEPTH} levels"), line, col));
+                    return Err(fail(
+                        format!("nesting deeper than {MAX_DEPTH} levels"),
+                        line,
+                        col,
+                    ));
                 }
                 let node = Node {
                     value: Value::Seq(Vec::new()),
@@ -216,7 +223,11 @@ pub fn parse(text: &str, file: &Arc<Path>) -> Result<Option<Node>, Error> {
             }
             Event::MappingStart(_, anchor, _) => {
                 if stack.len() >= MAX_DEPTH {
-                    return Err(fail(format!("nesting deeper than {MAX_DEPTH} levels"), line, col));
+                    return Err(fail(
+                        format!("nesting deeper than {MAX_DEPTH} levels"),
+                        line,
+                        col,
+                    ));
                 }
                 let node = Node {
                     value: Value::Map(Vec::new()),
@@ -226,9 +237,7 @@ pub fn parse(text: &str, file: &Arc<Path>) -> Result<Option<Node>, Error> {
                 continue;
             }
             Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
-                Some(Open::Seq(node, anchor)) | Some(Open::Map(node, anchor, _)) => {
-                    (node, anchor)
-                }
+                Some(Open::Seq(node, anchor)) | Some(Open::Map(node, anchor, _)) => (node, anchor),
                 None => continue,
             },
             Event::Alias(id) => {
@@ -417,7 +426,9 @@ fn parse_bool(text: &str) -> Option<bool> {
 fn looks_like_float(text: &str) -> bool {
     let t = text.trim_start_matches(['+', '-']);
     !t.is_empty()
-        && t.chars().next().is_some_and(|c| c.is_ascii_digit() || c == '.')
+        && t.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit() || c == '.')
         && t.chars()
             .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'))
 }
@@ -450,7 +461,10 @@ struct Map<'a> {
 impl<'de> MapAccess<'de> for Map<'de> {
     type Error = Error;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Error> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Error> {
         match self.entries.next() {
             Some((key, value)) => {
                 self.value = Some(value);
@@ -463,7 +477,9 @@ impl<'de> MapAccess<'de> for Map<'de> {
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
         match self.value.take() {
             Some(node) => seed.deserialize(node).map_err(|e| e.at(node)),
-            None => Err(<Error as de::Error>::custom("a value was asked for before its key")),
+            None => Err(<Error as de::Error>::custom(
+                "a value was asked for before its key",
+            )),
         }
     }
 }
@@ -546,7 +562,9 @@ mod tests {
 
     #[test]
     fn merge_keeps_lane_values_and_merges_maps() {
-        let lane = parse("env: {A: lane}\nimage: l\n", &file()).unwrap().unwrap();
+        let lane = parse("env: {A: lane}\nimage: l\n", &file())
+            .unwrap()
+            .unwrap();
         let defaults = parse("env: {A: d, B: d}\nimage: d\nuser: root\n", &file())
             .unwrap()
             .unwrap();

@@ -13,7 +13,12 @@ pub enum Kind {
     Plan { detailed_exitcode: bool },
 }
 
-pub async fn run(global: &Global, lanes: Vec<String>, allow_prune_all: bool, kind: Kind) -> anyhow::Result<u8> {
+pub async fn run(
+    global: &Global,
+    lanes: Vec<String>,
+    allow_prune_all: bool,
+    kind: Kind,
+) -> anyhow::Result<u8> {
     let mode = match kind {
         Kind::Apply => Mode::Apply,
         Kind::Plan { .. } => Mode::Plan,
@@ -40,7 +45,9 @@ pub async fn run(global: &Global, lanes: Vec<String>, allow_prune_all: bool, kin
     Ok(match kind {
         Kind::Apply => {
             // A pruned lane is fine, unless it was named: then its manifest is missing.
-            let ok = |o: &Outcome| o.converged() || (!o.has_manifest && !named && o.phase != Phase::Failed);
+            let ok = |o: &Outcome| {
+                o.converged() || (!o.has_manifest && !named && o.phase != Phase::Failed)
+            };
             if outcomes.iter().all(ok) {
                 0
             } else {
@@ -48,9 +55,9 @@ pub async fn run(global: &Global, lanes: Vec<String>, allow_prune_all: bool, kin
             }
         }
         Kind::Plan { detailed_exitcode } => {
-            let errors = outcomes
-                .iter()
-                .any(|o| o.action.is_none() || (!o.has_manifest && o.action == Some(Action::Nothing)));
+            let errors = outcomes.iter().any(|o| {
+                o.action.is_none() || (!o.has_manifest && o.action == Some(Action::Nothing))
+            });
             let changes = outcomes
                 .iter()
                 .any(|o| o.action.as_ref().is_some_and(Action::changes_something));
@@ -69,16 +76,12 @@ fn apply_line(o: &Outcome) -> String {
         Some(a) => a.to_string(),
         None => String::new(),
     };
-    let detail = match (&o.phase, &o.endpoint) {
-        (Phase::Ready, Some(endpoint)) => endpoint.clone(),
-        _ => o.message.clone(),
-    };
-    let phase = if o.has_manifest { o.phase.to_string() } else if o.phase == Phase::Failed { "failed".into() } else { "gone".into() };
-    match (detail.is_empty(), done.is_empty()) {
-        (true, true) => phase,
-        (true, false) => format!("{phase} ({done})"),
-        (false, true) => format!("{phase}: {detail}"),
-        (false, false) => format!("{phase} {detail} ({done})"),
+    match (o.has_manifest, o.phase, &o.endpoint) {
+        (false, Phase::Failed, _) => format!("failed: {}", o.message),
+        (false, _, _) => format!("{} ({done})", o.message),
+        (true, Phase::Ready, Some(endpoint)) => format!("ready {endpoint} ({done})"),
+        (true, Phase::Ready | Phase::Stopped, _) => format!("{} ({done})", o.phase),
+        (true, phase, _) => format!("{phase}: {}", o.message),
     }
 }
 

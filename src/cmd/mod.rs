@@ -27,7 +27,12 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Apply {
             lanes,
             allow_prune_all,
-        } => runtime()?.block_on(apply::run(&global, lanes, allow_prune_all, apply::Kind::Apply)),
+        } => runtime()?.block_on(apply::run(
+            &global,
+            lanes,
+            allow_prune_all,
+            apply::Kind::Apply,
+        )),
         Command::Plan {
             lanes,
             detailed_exitcode,

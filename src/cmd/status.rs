@@ -22,7 +22,15 @@ pub fn run(global: &Global, json: bool) -> anyhow::Result<u8> {
     }
     let mut table = Table::new();
     table.load_preset(presets::NOTHING);
-    table.set_header(["LANE", "PHASE", "ENDPOINT", "CONTAINER", "RESTARTS", "SINCE", "MESSAGE"]);
+    table.set_header([
+        "LANE",
+        "PHASE",
+        "ENDPOINT",
+        "CONTAINER",
+        "RESTARTS",
+        "SINCE",
+        "MESSAGE",
+    ]);
     for s in &statuses {
         table.add_row([
             s.lane.clone(),
@@ -34,8 +42,19 @@ pub fn run(global: &Global, json: bool) -> anyhow::Result<u8> {
             s.message.clone(),
         ]);
     }
-    for name in names.iter().filter(|n| !statuses.iter().any(|s| &s.lane == *n)) {
-        table.add_row([name.clone(), "unknown".into(), String::new(), String::new(), String::new(), String::new(), "no status yet: run lanectl apply".into()]);
+    for name in names
+        .iter()
+        .filter(|n| !statuses.iter().any(|s| &s.lane == *n))
+    {
+        table.add_row([
+            name.clone(),
+            "unknown".into(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            "no status yet: run lanectl apply".into(),
+        ]);
     }
     println!("{table}");
     Ok(0)

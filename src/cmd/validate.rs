@@ -25,7 +25,10 @@ pub fn run(global: &Global, paths: &[PathBuf]) -> anyhow::Result<u8> {
         let state = desired::load_dir(&dir, opts)?;
         if let Some(name) = &only {
             if !state.lanes.contains_key(name) {
-                anyhow::bail!("{}: not a lane manifest (lanes are <name>.yaml or .yml)", dir.join(name).display());
+                anyhow::bail!(
+                    "{}: not a lane manifest (lanes are <name>.yaml or .yml)",
+                    dir.join(name).display()
+                );
             }
         }
         for (name, d) in &state.lanes {
@@ -58,9 +61,19 @@ fn split(path: &Path) -> (PathBuf, Option<String>) {
     if path.is_dir() {
         return (path.to_path_buf(), None);
     }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    let stem = name.strip_suffix(".yaml").or_else(|| name.strip_suffix(".yml")).unwrap_or(name);
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let stem = name
+        .strip_suffix(".yaml")
+        .or_else(|| name.strip_suffix(".yml"))
+        .unwrap_or(name);
     if stem == "_defaults" {
         (dir, None)
     } else {

@@ -1,0 +1,102 @@
+//! Commands that need no Podman: validate, schema, status, usage errors.
+
+use crate::common::Lanes;
+
+#[test]
+fn validate_reports_an_unknown_key_with_file_line_and_column() {
+    let lanes = Lanes::new("validate-unknown");
+    lanes.write("alpha", "image: x\nimgae: y\n");
+    let run = lanes.lanectl(&["validate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let expected = format!(
+        "{}:2:1: unknown field `imgae`",
+        lanes.dir().join("alpha.yaml").display()
+    );
+    assert!(run.stdout.contains(&expected), "{run:?}");
+}
+
+#[test]
+fn validate_reports_every_problem_of_a_file_at_once() {
+    let lanes = Lanes::new("validate-all");
+    lanes.write(
+        "alpha",
+        "image: x\nstate: sleeping\nports: [{container: 80, protocl: tcp}]\nmounts: [{source: nowhere, target: /x}]\nstop_timeout: soon\n",
+    );
+    let run = lanes.lanectl(&["validate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    for line in [":2:8:", ":3:", "protocl"] {
+        assert!(run.stdout.contains(line), "missing {line}: {run:?}");
+    }
+    // The semantic problems appear once the structure is right.
+    lanes.write(
+        "alpha",
+        "image: x\nmounts: [{source: nowhere, target: rel}]\nstop_timeout: soon\n",
+    );
+    let run = lanes.lanectl(&["validate", lanes.dir().join("alpha.yaml").to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.stdout.lines().count(), 3, "{run:?}");
+    assert!(run.stdout.contains(":2:19: mount source"), "{run:?}");
+    assert!(run.stdout.contains(":3:15: duration"), "{run:?}");
+}
+
+#[test]
+fn validate_accepts_a_good_directory_and_checks_lane_names() {
+    let lanes = Lanes::new("validate-ok");
+    lanes.write("alpha", "image: x\n");
+    let run = lanes.lanectl(&["validate"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    lanes.write("Bad_Name", "image: x\n");
+    let run = lanes.lanectl(&["validate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("lane name \"Bad_Name\""), "{run:?}");
+}
+
+#[test]
+fn the_example_lanes_validate() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let lanes = Lanes::new("validate-examples");
+    let dir = std::path::Path::new(repo).join("lanes.d");
+    let run = lanes.lanectl_in(
+        &dir,
+        &lanes.instance,
+        &["--allow-insecure-permissions", "validate"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+}
+
+#[test]
+fn the_checked_in_schema_is_what_lanectl_schema_prints() {
+    let lanes = Lanes::new("schema");
+    let run = lanes.lanectl(&["schema"]);
+    assert_eq!(run.code, 0);
+    let checked_in = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/schema/lane.schema.json"
+    ))
+    .expect("schema/lane.schema.json");
+    assert!(
+        run.stdout == checked_in,
+        "schema/lane.schema.json is stale: run `cargo run -- schema > schema/lane.schema.json`"
+    );
+    let schema: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+}
+
+#[test]
+fn usage_errors_exit_64_never_2() {
+    let lanes = Lanes::new("usage");
+    assert_eq!(lanes.lanectl(&["apply", "--bogus"]).code, 64);
+    assert_eq!(lanes.lanectl(&["--jobs", "zero", "plan"]).code, 64);
+    assert_eq!(lanes.lanectl(&["frobnicate"]).code, 64);
+}
+
+#[test]
+fn status_json_is_an_array_even_for_no_lanes() {
+    let lanes = Lanes::new("status-empty");
+    let run = lanes.lanectl(&["status", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&run.stdout).unwrap(),
+        serde_json::json!([])
+    );
+}

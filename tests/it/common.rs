@@ -1,0 +1,247 @@
+//! The fixtures of the integration tests: a Podman reached through
+//! `$CONTAINER_HOST` (scripts/test starts one with its own storage), a
+//! temporary lanes directory per test with its own instance id, the lanectl
+//! binary, and a Drop guard that removes the test's containers even when the
+//! test fails. The podman CLI (in remote mode, against the same service) is
+//! the independent witness of what lanectl did.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+pub const SETUP: &str = "these tests need a Podman service and the worker image: run scripts/test \
+     (it starts both), or export CONTAINER_HOST, LANECTL_TEST_IMAGE and LANECTL_TEST_WORKER yourself";
+
+pub fn host() -> String {
+    std::env::var("CONTAINER_HOST").expect(SETUP)
+}
+
+pub fn image() -> String {
+    std::env::var("LANECTL_TEST_IMAGE").expect(SETUP)
+}
+
+pub fn worker() -> PathBuf {
+    let path = PathBuf::from(std::env::var("LANECTL_TEST_WORKER").expect(SETUP));
+    assert!(path.is_file(), "{} is missing: {SETUP}", path.display());
+    path
+}
+
+/// Runs the podman CLI against the test service; panics on failure.
+pub fn podman(args: &[&str]) -> String {
+    let out = podman_output(args);
+    assert!(
+        out.status.success(),
+        "podman {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn podman_output(args: &[&str]) -> Output {
+    Command::new("podman")
+        .arg("--remote")
+        .arg("--url")
+        .arg(host())
+        .args(args)
+        .output()
+        .expect("podman CLI not found: run scripts/install-deps")
+}
+
+/// `podman inspect` of one container.
+pub fn inspect(id: &str) -> Value {
+    let v: Value =
+        serde_json::from_str(&podman(&["container", "inspect", id])).expect("inspect JSON");
+    v[0].clone()
+}
+
+/// IDs of the containers carrying an instance label.
+pub fn containers_of(instance: &str) -> Vec<String> {
+    let filter = format!("label=io.lanectl.instance={instance}");
+    let mut ids: Vec<String> = podman(&["ps", "-a", "-q", "--no-trunc", "--filter", &filter])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    ids.sort();
+    ids
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A lanes directory owned by one test, with its own instance id.
+pub struct Lanes {
+    /// Holds `lanes.d/`, `codex/`, `work/` of this test.
+    pub root: tempfile::TempDir,
+    pub instance: String,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Lanes {
+    pub fn new(test: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let instance = format!("it-{test}-{}-{n}", std::process::id());
+        let root = tempfile::Builder::new()
+            .prefix("lanectl-it-")
+            .tempdir()
+            .expect("tempdir");
+        for d in ["lanes.d", "codex", "work"] {
+            std::fs::create_dir(root.path().join(d)).expect("mkdir");
+        }
+        Lanes { root, instance }
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.root.path().join("lanes.d")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.path().join(rel)
+    }
+
+    /// Writes `lanes.d/<lane>.yaml`. Tests run in parallel on one Podman, so
+    /// a worker lane without a `container_name` gets one unique to this test
+    /// (appended, so that line numbers stay as written).
+    pub fn write(&self, lane: &str, yaml: &str) {
+        let yaml =
+            if yaml.contains("/usr/local/bin/lane-worker") && !yaml.contains("container_name:") {
+                format!("{yaml}\ncontainer_name: {}-{lane}\n", self.instance)
+            } else {
+                yaml.to_string()
+            };
+        write_file(&self.dir().join(format!("{lane}.yaml")), &yaml);
+    }
+
+    /// Writes a file under the test's root (e.g. `codex/alpha/config.toml`).
+    pub fn file(&self, rel: &str, text: &str) -> PathBuf {
+        let path = self.path(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        write_file(&path, text);
+        path
+    }
+
+    /// Runs lanectl on this directory and instance.
+    pub fn lanectl(&self, args: &[&str]) -> Run {
+        self.lanectl_in(&self.dir(), &self.instance, args)
+    }
+
+    pub fn lanectl_in(&self, dir: &Path, instance: &str, args: &[&str]) -> Run {
+        let out = Command::new(env!("CARGO_BIN_EXE_lanectl"))
+            .arg("--dir")
+            .arg(dir)
+            .arg("--instance")
+            .arg(instance)
+            .args(args)
+            .env("CONTAINER_HOST", host())
+            .output()
+            .expect("run lanectl");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `apply`, asserting exit 0.
+    pub fn apply_ok(&self) -> Run {
+        let run = self.lanectl(&["apply"]);
+        assert_eq!(run.code, 0, "apply failed: {run:?}");
+        run
+    }
+
+    /// A lane's status file as JSON, or `None` when absent.
+    pub fn status(&self, lane: &str) -> Option<Value> {
+        let path = self.dir().join(format!("{lane}.status.yaml"));
+        let text = std::fs::read_to_string(path).ok()?;
+        Some(serde_saphyr::from_str(&text).expect("status file parses"))
+    }
+
+    pub fn status_mtime(&self, lane: &str) -> std::time::SystemTime {
+        std::fs::metadata(self.dir().join(format!("{lane}.status.yaml")))
+            .and_then(|m| m.modified())
+            .expect("status file exists")
+    }
+
+    pub fn container_id(&self, lane: &str) -> String {
+        let status = self.status(lane).expect("status file");
+        status["container_id"]
+            .as_str()
+            .expect("container_id")
+            .to_string()
+    }
+
+    pub fn containers(&self) -> Vec<String> {
+        containers_of(&self.instance)
+    }
+
+    /// A worker lane: the example worker bind-mounted, its port published and
+    /// probed; `extra` is appended (more keys at the top level).
+    pub fn worker_lane(&self, extra: &str) -> String {
+        format!(
+            "image: {image}\n\
+             user: root\n\
+             entrypoint: [/usr/local/bin/lane-worker]\n\
+             command: [serve]\n\
+             mounts:\n  - {{source: {worker}, target: /usr/local/bin/lane-worker, read_only: true}}\n\
+             ports: [{{container: 31417}}]\n\
+             probe: {{path: /healthz, timeout: 10s, interval: 50ms}}\n\
+             stop_timeout: 2s\n{extra}",
+            image = image(),
+            worker = worker().display(),
+        )
+    }
+
+    /// GET on a lane's endpoint: the worker's JSON report.
+    pub fn worker_report(&self, lane: &str) -> Value {
+        let status = self.status(lane).expect("status");
+        let endpoint = status["endpoint"].as_str().expect("endpoint").to_string();
+        serde_json::from_str(&http_get(&endpoint, "/")).expect("worker JSON")
+    }
+}
+
+impl Drop for Lanes {
+    fn drop(&mut self) {
+        let ids = containers_of(&self.instance);
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "--force", "--time", "0"];
+            args.extend(ids.iter().map(String::as_str));
+            let _ = podman_output(&args);
+        }
+    }
+}
+
+fn write_file(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+}
+
+/// A minimal HTTP GET returning the body.
+pub fn http_get(base: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to endpoint");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}

@@ -1,0 +1,128 @@
+//! Failures that are one lane's own: the others converge regardless.
+
+use crate::common::{Lanes, image, podman};
+
+#[test]
+fn a_missing_image_a_failing_probe_and_a_foreign_name_fail_only_their_own_lane() {
+    let lanes = Lanes::new("isolation");
+    let foreign_name = format!("{}-foreign", lanes.instance);
+    let foreign = podman(&["create", "--name", &foreign_name, &image(), "/bin/sh"]);
+    let foreign = foreign.trim().to_string();
+    let _cleanup = RemoveOnDrop(foreign.clone());
+
+    lanes.write("good", &lanes.worker_lane(""));
+    lanes.write(
+        "noimage",
+        &lanes
+            .worker_lane("")
+            .replace(&image(), "localhost/lanectl-no-such-image:1"),
+    );
+    lanes.write(
+        "badprobe",
+        &lanes
+            .worker_lane("")
+            .replace("path: /healthz, timeout: 10s", "path: /nope, timeout: 1s"),
+    );
+    lanes.write(
+        "taken",
+        &lanes.worker_lane(&format!("container_name: {foreign_name}\n")),
+    );
+
+    let run = lanes.lanectl(&["apply"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(lanes.status("good").unwrap()["phase"], "ready");
+
+    let noimage = lanes.status("noimage").unwrap();
+    assert_eq!(noimage["phase"], "failed");
+    let message = noimage["message"].as_str().unwrap();
+    assert!(
+        message.contains("localhost/lanectl-no-such-image:1") && message.contains("never pulls"),
+        "{message}"
+    );
+
+    let badprobe = lanes.status("badprobe").unwrap();
+    assert_eq!(badprobe["phase"], "failed");
+    assert!(
+        badprobe["message"]
+            .as_str()
+            .unwrap()
+            .contains("answered 404"),
+        "{badprobe}"
+    );
+    assert!(
+        badprobe["container_id"].is_string(),
+        "a lane whose probe fails stays up"
+    );
+
+    let taken = lanes.status("taken").unwrap();
+    assert_eq!(taken["phase"], "failed");
+    let message = taken["message"].as_str().unwrap();
+    assert!(
+        message.contains(&foreign_name) && message.contains("without a lanectl instance label"),
+        "{message}"
+    );
+    // The foreign container is untouched.
+    let still = podman(&[
+        "ps",
+        "-a",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("name=^{foreign_name}$"),
+    ]);
+    assert_eq!(still.trim(), foreign);
+
+    // And a plan says so too, with exit 1.
+    let plan = lanes.lanectl(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 1, "{plan:?}");
+    let line = plan
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("noimage "))
+        .unwrap_or_default();
+    assert!(line.contains(" failed: image"), "{plan:?}");
+}
+
+#[test]
+fn a_probe_that_fails_is_retried_on_the_next_pass() {
+    let lanes = Lanes::new("reprobe");
+    let yaml = lanes
+        .worker_lane("")
+        .replace("path: /healthz, timeout: 10s", "path: /nope, timeout: 1s");
+    lanes.write("a", &yaml);
+    assert_eq!(lanes.lanectl(&["apply"]).code, 1);
+    let id = lanes.container_id("a");
+    // Probe settings are not in the hash: fixing them reuses the container.
+    lanes.write("a", &lanes.worker_lane(""));
+    let run = lanes.apply_ok();
+    assert!(run.stdout.contains("a  ready"), "{run:?}");
+    assert_eq!(lanes.container_id("a"), id);
+}
+
+#[test]
+fn a_codex_symlink_leading_out_of_the_directory_makes_the_lane_invalid() {
+    let lanes = Lanes::new("codex-escape");
+    lanes.file("codex/a/ok.txt", "ok\n");
+    std::os::unix::fs::symlink("/etc/hostname", lanes.path("codex/a/stolen")).unwrap();
+    lanes.write(
+        "a",
+        &lanes.worker_lane("codex: {source: ../codex/a, target: /root/.codex}\n"),
+    );
+    let run = lanes.lanectl(&["apply"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let status = lanes.status("a").unwrap();
+    assert_eq!(status["phase"], "invalid");
+    assert!(
+        status["message"].as_str().unwrap().contains("stolen"),
+        "{status}"
+    );
+    assert!(lanes.containers().is_empty(), "nothing was created");
+}
+
+struct RemoveOnDrop(String);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = crate::common::podman_output(&["rm", "--force", &self.0]);
+    }
+}

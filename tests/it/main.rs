@@ -1,0 +1,9 @@
+//! lanectl's integration tests: the real binary against a real Podman (see
+//! `common.rs` for the fixtures, and scripts/test for how Podman is provided).
+
+mod common;
+
+mod cli;
+mod converge;
+mod failures;
+mod plan;

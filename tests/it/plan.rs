@@ -1,0 +1,86 @@
+//! plan: one line per lane naming the cause, nothing changed, exit codes.
+
+use crate::common::{Lanes, inspect, podman};
+
+#[test]
+fn plan_changes_nothing_and_its_exit_code_tells_changes_from_errors() {
+    let lanes = Lanes::new("plan-codes");
+    lanes.write("a", &lanes.worker_lane(""));
+    let run = lanes.lanectl(&["plan", "--detailed-exitcode"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(run.stdout.trim(), "a  create");
+    assert!(lanes.containers().is_empty(), "plan created nothing");
+    assert!(lanes.status("a").is_none(), "plan wrote no status");
+    assert_eq!(
+        lanes.lanectl(&["plan"]).code,
+        0,
+        "without the flag, changes exit 0"
+    );
+
+    lanes.apply_ok();
+    let run = lanes.lanectl(&["plan", "--detailed-exitcode"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout.trim(), "a  nothing");
+
+    lanes.write("b", "image: [\n");
+    let run = lanes.lanectl(&["plan", "--detailed-exitcode"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("b  invalid: "), "{run:?}");
+}
+
+#[test]
+fn plan_exits_1_when_podman_cannot_be_reached() {
+    let lanes = Lanes::new("plan-unreachable");
+    lanes.write("a", &lanes.worker_lane(""));
+    let sock = lanes.path("nothing.sock");
+    let url = format!("unix://{}", sock.display());
+    let run = lanes.lanectl(&["--podman", &url, "plan", "--detailed-exitcode"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("cannot reach podman"), "{run:?}");
+}
+
+#[test]
+fn a_half_made_container_is_recreated_never_started() {
+    let lanes = Lanes::new("half-made");
+    lanes.write("a", &lanes.worker_lane(""));
+    lanes.apply_ok();
+    let id = lanes.container_id("a");
+    // Replace it by a never-started twin with the same labels: what a crash
+    // between create and start leaves.
+    let container = inspect(&id);
+    let labels = container["Config"]["Labels"].clone();
+    let name = container["Name"].as_str().unwrap().to_string();
+    podman(&["rm", "--force", "--time", "0", &id]);
+    let mut args = vec!["create".to_string(), "--name".into(), name];
+    for (k, v) in labels.as_object().unwrap() {
+        args.push("--label".into());
+        args.push(format!("{k}={}", v.as_str().unwrap()));
+    }
+    args.push(crate::common::image());
+    args.push("/bin/sh".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let half = podman(&args).trim().to_string();
+    let plan = lanes.lanectl(&["plan"]);
+    assert!(plan.stdout.contains("a  recreate: half-made"), "{plan:?}");
+    lanes.apply_ok();
+    assert_ne!(lanes.container_id("a"), half);
+    assert_eq!(lanes.containers().len(), 1);
+}
+
+#[test]
+fn plan_names_tracked_content_changes() {
+    let lanes = Lanes::new("plan-tracked");
+    lanes.file("work/secret.txt", "one\n");
+    let yaml = lanes.worker_lane("").replace(
+        "read_only: true}\n",
+        "read_only: true}\n  - {source: ../work/secret.txt, target: /run/secret.txt, read_only: true, track_content: true}\n",
+    );
+    lanes.write("a", &yaml);
+    lanes.apply_ok();
+    lanes.file("work/secret.txt", "two\n");
+    let plan = lanes.lanectl(&["plan"]);
+    assert!(
+        plan.stdout.contains("a  recreate: tracked content changed"),
+        "{plan:?}"
+    );
+}
