@@ -116,10 +116,10 @@ fn owner_of(user: Option<&str>) -> (u64, u64) {
 /// fingerprint env.
 pub fn create_request(spec: &LaneSpec, hash: &LaneHash, instance: &str) -> CreateRequest {
     let mut env = spec.env.clone();
-    if let (Some(codex), Some(fp)) = (&spec.codex, &hash.codex) {
-        if let Some(name) = &codex.fingerprint_env {
-            env.insert(name.clone(), fp.clone());
-        }
+    if let (Some(codex), Some(fp)) = (&spec.codex, &hash.codex)
+        && let Some(name) = &codex.fingerprint_env
+    {
+        env.insert(name.clone(), fp.clone());
     }
     let mut all_labels = spec.labels.clone();
     all_labels.extend(labels::for_lane(instance, &spec.lane, hash));

@@ -311,14 +311,14 @@ pub fn read_source(path: &Path) -> Result<Source, Vec<Problem>> {
         .map_err(|e| vec![Problem::in_file(path, format!("not UTF-8: {e}"))])?;
     let name: Arc<Path> = Arc::from(path);
     let tree = yaml::parse(&text, &name).map_err(|e| vec![Problem::from_yaml(path, e)])?;
-    if let Some(tree) = &tree {
-        if !matches!(tree.value, Value::Map(_)) {
-            return Err(vec![Problem {
-                pos: Some(tree.pos.clone()),
-                file: path.to_path_buf(),
-                message: "a manifest is a mapping of keys to values".into(),
-            }]);
-        }
+    if let Some(tree) = &tree
+        && !matches!(tree.value, Value::Map(_))
+    {
+        return Err(vec![Problem {
+            pos: Some(tree.pos.clone()),
+            file: path.to_path_buf(),
+            message: "a manifest is a mapping of keys to values".into(),
+        }]);
     }
     Ok(Source {
         path: path.to_path_buf(),

@@ -36,13 +36,16 @@ pub enum Mode {
     Apply,
 }
 
+/// An image reference's local ID (`None`: absent), looked up at most once.
+type ImageCell = OnceCell<Result<Option<String>, String>>;
+
 /// What is shared by the lanes of one pass.
 pub struct Ctx {
     pub podman: Podman,
     pub dir: PathBuf,
     pub instance: String,
     /// One image lookup per distinct image per pass.
-    images: Mutex<HashMap<String, Arc<OnceCell<Result<Option<String>, String>>>>>,
+    images: Mutex<HashMap<String, Arc<ImageCell>>>,
 }
 
 impl Ctx {

@@ -123,13 +123,13 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
     let entrypoint = words("entrypoint", &raw.entrypoint);
     let command = words("command", &raw.command);
 
-    if let Some(w) = &raw.workdir {
-        if !w.starts_with('/') {
-            bad(
-                &[Seg::Key("workdir")],
-                format!("workdir {w:?} must be an absolute path"),
-            );
-        }
+    if let Some(w) = &raw.workdir
+        && !w.starts_with('/')
+    {
+        bad(
+            &[Seg::Key("workdir")],
+            format!("workdir {w:?} must be an absolute path"),
+        );
     }
     let env = raw.env.clone().unwrap_or_default();
     for key in env.keys() {
@@ -165,13 +165,13 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
                 format!("codex source {} is not a directory", source.display()),
             );
         }
-        if let Some(name) = &c.fingerprint_env {
-            if env.contains_key(name) {
-                bad(
-                    &at("fingerprint_env"),
-                    format!("{name} is also set in env: pick one"),
-                );
-            }
+        if let Some(name) = &c.fingerprint_env
+            && env.contains_key(name)
+        {
+            bad(
+                &at("fingerprint_env"),
+                format!("{name} is also set in env: pick one"),
+            );
         }
         Codex {
             source,
@@ -200,16 +200,16 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
         if mounts.iter().any(|o: &Mount| o.target == target) {
             bad(&at("target"), format!("two mounts at {target}"));
         }
-        if let Some(c) = &codex {
-            if overlaps(&target, &c.target) {
-                bad(
-                    &at("target"),
-                    format!(
-                        "mount at {target} would hide or be inside the codex target {}",
-                        c.target
-                    ),
-                );
-            }
+        if let Some(c) = &codex
+            && overlaps(&target, &c.target)
+        {
+            bad(
+                &at("target"),
+                format!(
+                    "mount at {target} would hide or be inside the codex target {}",
+                    c.target
+                ),
+            );
         }
         mounts.push(Mount {
             source,

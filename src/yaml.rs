@@ -276,13 +276,13 @@ pub fn parse(text: &str, file: &Arc<Path>) -> Result<Option<Node>, Error> {
                 None => *pending = Some(node),
                 Some(key) => {
                     if let Value::Map(entries) = &mut map.value {
-                        if let Some(k) = key.as_str() {
-                            if entries.iter().any(|(e, _)| e.as_str() == Some(k)) {
-                                return Err(Error {
-                                    message: format!("duplicate key `{k}`"),
-                                    pos: Some(key.pos.clone()),
-                                });
-                            }
+                        if let Some(k) = key.as_str()
+                            && entries.iter().any(|(e, _)| e.as_str() == Some(k))
+                        {
+                            return Err(Error {
+                                message: format!("duplicate key `{k}`"),
+                                pos: Some(key.pos.clone()),
+                            });
                         }
                         entries.push((key, node));
                     }

@@ -23,13 +23,13 @@ pub fn run(global: &Global, paths: &[PathBuf]) -> anyhow::Result<u8> {
     let mut lanes = 0usize;
     for (dir, only) in targets {
         let state = desired::load_dir(&dir, opts)?;
-        if let Some(name) = &only {
-            if !state.lanes.contains_key(name) {
-                anyhow::bail!(
-                    "{}: not a lane manifest (lanes are <name>.yaml or .yml)",
-                    dir.join(name).display()
-                );
-            }
+        if let Some(name) = &only
+            && !state.lanes.contains_key(name)
+        {
+            anyhow::bail!(
+                "{}: not a lane manifest (lanes are <name>.yaml or .yml)",
+                dir.join(name).display()
+            );
         }
         for (name, d) in &state.lanes {
             if only.as_ref().is_some_and(|o| o != name) {
