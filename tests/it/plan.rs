@@ -84,3 +84,55 @@ fn plan_names_tracked_content_changes() {
         "{plan:?}"
     );
 }
+
+#[test]
+fn without_a_podman_url_lanectl_starts_a_private_service_and_stops_it() {
+    let lanes = Lanes::new("private-service");
+    lanes.write("a", &lanes.worker_lane(""));
+    // Private storage for the service lanectl starts: never the system's.
+    let storage = lanes.file(
+        "storage.conf",
+        &format!(
+            "[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/graph\"\nrunroot = \"{0}/run\"\n",
+            lanes.path("podman").display()
+        ),
+    );
+    let conf = lanes.file(
+        "containers.conf",
+        &format!(
+            "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+             [engine]\nruntime = \"runc\"\ntmp_dir = \"{}/tmp\"\n",
+            lanes.path("podman").display()
+        ),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lanectl"))
+        .args([
+            "--dir",
+            lanes.dir().to_str().unwrap(),
+            "--instance",
+            &lanes.instance,
+            "-v",
+            "plan",
+        ])
+        .env_remove("CONTAINER_HOST")
+        .env("CONTAINERS_STORAGE_CONF", &storage)
+        .env("CONTAINERS_CONF", &conf)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("started a private podman service"),
+        "a Podman answered at the default socket, or none could be started:\n{stderr}"
+    );
+    // Its storage is empty: the image is missing there, which plan reports.
+    assert!(stdout.contains("a  failed: image"), "{stdout}\n{stderr}");
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    let leftover = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .any(|l| l.contains("system service") && l.contains("lanectl-podman-"));
+    assert!(!leftover, "the private service outlived lanectl");
+}
