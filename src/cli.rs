@@ -53,6 +53,7 @@ pub enum Command {
     /// Converge once; one line per lane.
     Apply {
         /// Only these lanes.
+        #[arg(value_parser = lane_name)]
         lanes: Vec<String>,
         /// Remove every container of this instance when the directory holds no manifest.
         #[arg(long)]
@@ -60,6 +61,7 @@ pub enum Command {
     },
     /// Show what apply would do and why; changes nothing.
     Plan {
+        #[arg(value_parser = lane_name)]
         lanes: Vec<String>,
         /// Exit 0 for no changes, 2 for changes, 1 for errors.
         #[arg(long)]
@@ -76,5 +78,14 @@ pub enum Command {
     /// Print the manifest's JSON Schema.
     Schema,
     /// Remove this instance's containers (default all) and their status files.
-    Down { lanes: Vec<String> },
+    Down {
+        #[arg(value_parser = lane_name)]
+        lanes: Vec<String>,
+    },
+}
+
+/// A lane named on the command line follows the lane-name rule (so that it
+/// can never reach outside the lanes directory, e.g. `../x`).
+fn lane_name(name: &str) -> Result<String, String> {
+    crate::lane::check_name(name).map(|()| name.to_string())
 }

@@ -184,7 +184,23 @@ fn check_sources(spec: &LaneSpec, check: bool) -> Result<(), Problem> {
         )
         .collect();
     for source in sources {
-        check_owner_and_mode(source, false).map_err(|m| Problem::in_file(source, m))?;
+        check_tree(source)?;
+        for parent in source.ancestors().skip(1) {
+            check_owner_and_mode(parent, true).map_err(|m| Problem::in_file(parent, m))?;
+        }
+    }
+    Ok(())
+}
+
+/// A source and everything under it (not following symlinks: a link's target
+/// is checked by the fingerprint's own rules).
+fn check_tree(root: &Path) -> Result<(), Problem> {
+    for entry in walkdir::WalkDir::new(root).follow_links(false) {
+        let entry = entry.map_err(|e| Problem::in_file(root, format!("cannot read: {e}")))?;
+        if entry.path_is_symlink() {
+            continue;
+        }
+        check_owner_and_mode(entry.path(), false).map_err(|m| Problem::in_file(entry.path(), m))?;
     }
     Ok(())
 }
@@ -253,6 +269,32 @@ mod tests {
             };
             assert!(problems[0].to_string().contains(":2:"), "{:?}", problems);
         }
+    }
+
+    #[test]
+    fn a_world_writable_file_deep_in_a_codex_source_is_refused_as_root() {
+        if !is_root() {
+            return; // the rule applies only to root; CI runs as root
+        }
+        let dir = dir_with(&[(
+            "a.yaml",
+            "image: i\ncodex: {source: ../codex, target: /c}\n",
+        )]);
+        let lanes = dir.path().join("lanes.d");
+        std::fs::create_dir(&lanes).unwrap();
+        std::fs::rename(dir.path().join("a.yaml"), lanes.join("a.yaml")).unwrap();
+        std::fs::create_dir_all(dir.path().join("codex/sub")).unwrap();
+        let secret = dir.path().join("codex/sub/auth.json");
+        std::fs::write(&secret, "{}").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let state = load_dir(&lanes, LoadOptions::default()).unwrap();
+        let Desired::Invalid { problems, .. } = &state.lanes["a"] else {
+            panic!("should be refused");
+        };
+        assert!(
+            problems[0].to_string().contains("auth.json"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! refused with "address already in use" (Podman 4.3 can hand one random port
 //! to two containers) is retried by recreating, to get a fresh port.
 
+use std::io::Seek;
+
 use tracing::{debug, warn};
 
 use crate::hash::{self, HashError, LaneHash};
@@ -87,10 +89,16 @@ async fn copy_codex(
         return Ok(());
     };
     let (source, target) = (codex.source.clone(), codex.target.clone());
-    let owner = owner_of(spec.user.as_deref());
+    let owner = owner_of(podman, id, spec.user.as_deref()).await?;
+    // The tar goes through a temporary file and is streamed from there: a
+    // large codex never sits whole in memory.
     let (fingerprint, tar) = tokio::task::spawn_blocking(move || {
-        let mut tar = Vec::new();
-        hash::codex_archive(&source, &target, owner, &mut tar).map(|fp| (fp, tar))
+        let mut tar =
+            tempfile::tempfile().map_err(|e| ExecError::Other(format!("codex archive: {e}")))?;
+        let fingerprint = hash::codex_archive(&source, &target, owner, &mut tar)?;
+        tar.rewind()
+            .map_err(|e| ExecError::Other(format!("codex archive: {e}")))?;
+        Ok::<_, ExecError>((fingerprint, tar))
     })
     .await
     .map_err(|e| ExecError::Other(format!("codex archive task: {e}")))??;
@@ -101,15 +109,43 @@ async fn copy_codex(
     Ok(())
 }
 
-/// The uid/gid the codex files get: numeric `uid[:gid]` as given, else root
-/// (a user name cannot be resolved without the image's /etc/passwd).
-fn owner_of(user: Option<&str>) -> (u64, u64) {
-    let Some(user) = user else { return (0, 0) };
+/// The uid/gid the codex files get, so that the container's user can read
+/// them: root for none or `root`, numbers as given, a name looked up in the
+/// container's own /etc/passwd (the container has never started, so reading
+/// through the archive endpoint is safe).
+async fn owner_of(podman: &Podman, id: &str, user: Option<&str>) -> Result<(u64, u64), ExecError> {
+    let Some(user) = user.filter(|u| !u.is_empty()) else {
+        return Ok((0, 0));
+    };
     let (u, g) = user.split_once(':').unwrap_or((user, ""));
-    match u.parse::<u64>() {
-        Ok(uid) => (uid, g.parse().unwrap_or(uid)),
-        Err(_) => (0, 0),
-    }
+    let passwd = if u.parse::<u64>().is_err() && u != "root" {
+        let bytes = podman.read_file(id, "/etc/passwd", 1 << 20).await?;
+        String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned()
+    } else {
+        String::new()
+    };
+    resolve_owner(u, g, &passwd).ok_or_else(|| {
+        ExecError::Other(format!(
+            "user {u:?} is not in the image's /etc/passwd: the codex files could not be given to it"
+        ))
+    })
+}
+
+/// `user[:group]` -> uid/gid, names looked up in `passwd` (group names are
+/// not resolved: a numeric group or the user's own is used).
+fn resolve_owner(user: &str, group: &str, passwd: &str) -> Option<(u64, u64)> {
+    let (uid, primary) = match user.parse::<u64>() {
+        Ok(uid) => (uid, uid),
+        Err(_) if user == "root" => (0, 0),
+        Err(_) => passwd.lines().find_map(|line| {
+            let mut fields = line.split(':');
+            (fields.next() == Some(user)).then_some(())?;
+            let uid = fields.nth(1)?.parse().ok()?;
+            let gid = fields.next()?.parse().ok()?;
+            Some((uid, gid))
+        })?,
+    };
+    Some((uid, group.parse().unwrap_or(primary)))
 }
 
 /// The create body: the resolved spec plus lanectl's labels and the
@@ -171,11 +207,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numeric_users_own_the_codex_files() {
-        assert_eq!(owner_of(None), (0, 0));
-        assert_eq!(owner_of(Some("root")), (0, 0));
-        assert_eq!(owner_of(Some("1000")), (1000, 1000));
-        assert_eq!(owner_of(Some("1000:100")), (1000, 100));
+    fn the_containers_user_owns_the_codex_files() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nnode:x:1000:1001::/home/node:/bin/sh\n";
+        assert_eq!(resolve_owner("root", "", passwd), Some((0, 0)));
+        assert_eq!(resolve_owner("1000", "", ""), Some((1000, 1000)));
+        assert_eq!(resolve_owner("1000", "100", ""), Some((1000, 100)));
+        assert_eq!(resolve_owner("node", "", passwd), Some((1000, 1001)));
+        assert_eq!(resolve_owner("ghost", "", passwd), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -291,8 +292,19 @@ pub struct Source {
 
 /// Reads a manifest-like file: bounded size, parsed into a node tree.
 pub fn read_source(path: &Path) -> Result<Source, Vec<Problem>> {
-    let file = std::fs::File::open(path)
+    // O_NONBLOCK: a FIFO named like a manifest must not hang the pass; it is
+    // refused by the type check below instead.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
         .map_err(|e| vec![Problem::in_file(path, format!("cannot read: {e}"))])?;
+    let meta = file
+        .metadata()
+        .map_err(|e| vec![Problem::in_file(path, format!("cannot read: {e}"))])?;
+    if !meta.is_file() {
+        return Err(vec![Problem::in_file(path, "not a regular file")]);
+    }
     let mut bytes = Vec::new();
     file.take(MAX_MANIFEST_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -475,6 +487,19 @@ mod tests {
             ["/bin/sh", "-c", "echo hi"]
         );
         assert_eq!(raw.command.unwrap().split().unwrap(), ["a", "1"]);
+    }
+
+    #[test]
+    fn a_fifo_named_like_a_manifest_is_refused_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.yaml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let problems = read_source(&path).unwrap_err();
+        assert!(problems[0].message.contains("not a regular file"));
     }
 
     #[test]

@@ -85,6 +85,23 @@ pub struct Plan {
     pub extras: Vec<Observed>,
 }
 
+/// Decides a lane declared `stopped`, which needs no hash: a running
+/// container of the lane is stopped, whatever its hash, and nothing is created.
+pub fn decide_stopped(mut observed: Vec<Observed>) -> Plan {
+    observed.sort_by_key(|c| c.state != State::Running);
+    let mut containers = observed.into_iter();
+    let current = containers.next();
+    let action = match &current {
+        Some(c) if c.state == State::Running => Action::Stop,
+        _ => Action::Nothing,
+    };
+    Plan {
+        action,
+        current,
+        extras: containers.collect(),
+    }
+}
+
 /// Decides one lane. `desired` is `None` when the manifest is gone;
 /// `observed` are this instance's containers labelled with the lane.
 pub fn decide(desired: Option<Desired<'_>>, mut observed: Vec<Observed>) -> Plan {
@@ -275,6 +292,16 @@ mod tests {
             decide(running(DesiredState::Stopped, &h), vec![c]).action,
             Action::Stop
         );
+    }
+
+    #[test]
+    fn a_stopped_lane_is_stopped_without_a_hash() {
+        let h = hash();
+        let c = container(State::Running, true, &h);
+        assert_eq!(decide_stopped(vec![c]).action, Action::Stop);
+        assert_eq!(decide_stopped(vec![]).action, Action::Nothing);
+        let c = container(State::Exited, true, &h);
+        assert_eq!(decide_stopped(vec![c]).action, Action::Nothing);
     }
 
     #[test]

@@ -271,7 +271,7 @@ impl Podman {
 
     /// Unpacks a tar at `/` of a container that has never started. Into a started one
     /// Podman would write through its bind mounts onto the host, so that is refused.
-    pub async fn put_archive(&self, id: &str, tar: Vec<u8>) -> Result<(), PodmanError> {
+    pub async fn put_archive(&self, id: &str, tar: std::fs::File) -> Result<(), PodmanError> {
         let call = || format!("copy into container {}", short(id));
         let filter = ContainerListFilter::Id(id.into());
         let found = self.list(filter, call).await?;
@@ -283,8 +283,50 @@ impl Podman {
             }
             Some(_) => {}
         }
-        let answer = self.api.containers().get(id).copy_to("/", tar.into()).await;
+        // Streamed from the file: a large codex never sits whole in memory.
+        let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(tar));
+        let body = hyper::Body::wrap_stream(stream);
+        let answer = self.api.containers().get(id).copy_to("/", body).await;
         settle(answer, Err(not_found(id)), call)
+    }
+
+    /// The bytes of one regular file of a container (at most `limit` bytes of
+    /// archive), read through the archive endpoint; `None` when absent.
+    pub async fn read_file(
+        &self,
+        id: &str,
+        path: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, PodmanError> {
+        use futures_util::StreamExt;
+        let call = || format!("read {path} of container {}", short(id));
+        let container = self.api.containers().get(id);
+        let mut stream = Box::pin(container.copy_from(path));
+        let mut archive = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => archive.extend_from_slice(&bytes),
+                Err(e) if status(&e) == Some(404) => return Ok(None),
+                Err(e) => return Err(api_error(call(), e)),
+            }
+            if archive.len() > limit {
+                return Err(PodmanError::api(call(), "larger than expected"));
+            }
+        }
+        let mut tar = tar::Archive::new(archive.as_slice());
+        let entries = tar
+            .entries()
+            .map_err(|e| PodmanError::api(call(), e.to_string()))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| PodmanError::api(call(), e.to_string()))?;
+            if entry.header().entry_type().is_file() {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut entry, &mut bytes)
+                    .map_err(|e| PodmanError::api(call(), e.to_string()))?;
+                return Ok(Some(bytes));
+            }
+        }
+        Ok(None)
     }
 
     /// Starts a container; one already running is fine.
@@ -505,7 +547,8 @@ impl PrivateService {
             .tempdir()?;
         let socket = dir.path().join("podman.sock");
         let log = std::fs::File::create(dir.path().join("service.log"))?;
-        let child = Command::new("podman")
+        let mut command = Command::new("podman");
+        command
             .args(["system", "service", "--time=0"])
             .arg(format!("unix://{}", socket.display()))
             .stdin(Stdio::null())
@@ -513,8 +556,19 @@ impl PrivateService {
             .stderr(log)
             // Its own process group: a Ctrl-C at the terminal must not kill Podman
             // under a lanectl that is still finishing a write.
-            .process_group(0)
-            .spawn()?;
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe, which is all that pre_exec
+        // asks of the closure. With it the service dies with lanectl however
+        // lanectl ends (a signal, a crash), not only through Drop.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn()?;
         Ok(PrivateService { child, socket, dir })
     }
 

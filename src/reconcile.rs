@@ -93,6 +93,8 @@ pub struct Outcome {
     pub message: String,
     /// The lane has a manifest (a named lane without one is a failure).
     pub has_manifest: bool,
+    /// Stray containers of the lane (left by a crash) removed before the action.
+    pub extras: usize,
 }
 
 impl Outcome {
@@ -104,6 +106,7 @@ impl Outcome {
             endpoint: None,
             message: message.into(),
             has_manifest: true,
+            extras: 0,
         }
     }
 
@@ -164,31 +167,62 @@ pub async fn pass(
         names = opts.only.iter().cloned().collect();
     }
 
-    let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
+    // Lanes whose manifest is gone go first: a renamed manifest frees its
+    // container name before the new lane's create needs it.
     let mut lanes = state.lanes;
-    for name in names {
-        let desired = lanes.remove(&name);
-        let containers = observed.remove(&name).unwrap_or_default();
-        let (ctx, jobs) = (ctx.clone(), jobs.clone());
-        let span = info_span!("reconcile", lane = %name);
-        tasks.spawn(
-            async move {
-                let _permit = jobs.acquire_owned().await;
-                reconcile(&ctx, &name, desired, containers, mode).await
-            }
-            .instrument(span),
-        );
-    }
+    let (gone, present): (Vec<String>, Vec<String>) =
+        names.into_iter().partition(|n| !lanes.contains_key(n));
     let mut outcomes = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(outcome) => outcomes.push(outcome),
-            Err(e) => warn!(error = %e, "a lane's reconcile task ended abnormally"),
+    for batch in [gone, present] {
+        let mut work = Vec::new();
+        for name in batch {
+            let desired = lanes.remove(&name);
+            let containers = observed.remove(&name).unwrap_or_default();
+            work.push((name, desired, containers));
         }
+        outcomes.extend(run_bounded(&ctx, mode, opts.jobs, work).await);
     }
     outcomes.sort_by(|a, b| a.lane.cmp(&b.lane));
     Ok(outcomes)
+}
+
+/// Reconciles lanes at most `jobs` at once. A lane whose task panicked is
+/// reported failed, never dropped.
+async fn run_bounded(
+    ctx: &Arc<Ctx>,
+    mode: Mode,
+    jobs: usize,
+    work: Vec<(String, Option<Desired>, Vec<Observed>)>,
+) -> Vec<Outcome> {
+    let jobs = Arc::new(Semaphore::new(jobs.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut names = HashMap::new();
+    for (name, desired, containers) in work {
+        let (ctx, jobs) = (ctx.clone(), jobs.clone());
+        let span = info_span!("reconcile", lane = %name);
+        let lane = name.clone();
+        let handle = tasks.spawn(
+            async move {
+                let _permit = jobs.acquire_owned().await;
+                reconcile(&ctx, &lane, desired, containers, mode).await
+            }
+            .instrument(span),
+        );
+        names.insert(handle.id(), name);
+    }
+    let mut outcomes = Vec::new();
+    while let Some(joined) = tasks.join_next_with_id().await {
+        match joined {
+            Ok((_, outcome)) => outcomes.push(outcome),
+            Err(e) => {
+                let lane = names.get(&e.id()).cloned().unwrap_or_default();
+                warn!(lane = %lane, error = %e, "a lane's reconcile task ended abnormally");
+                let message = format!("internal error: {e}");
+                outcomes.push(Outcome::new(&lane, None, Phase::Failed, message));
+            }
+        }
+    }
+    outcomes
 }
 
 /// Reconciles one lane: decide, and in `Apply` mode act, probe and write status.
@@ -317,8 +351,16 @@ async fn converge(
 ) -> Outcome {
     let lane = spec.lane.as_str();
     let sha = Some(manifest_sha256);
-    let hash = match hash_lane(ctx, spec).await {
-        Ok(h) => h,
+    let plan = match hash_lane(ctx, spec).await {
+        Ok(hash) => {
+            let desired = plan::Desired {
+                state: spec.state,
+                hash: &hash,
+            };
+            (plan::decide(Some(desired), observed), Some(hash))
+        }
+        // Stopping needs no hash (rule 5: whatever its hash).
+        Err(_) if spec.state == DesiredState::Stopped => (plan::decide_stopped(observed), None),
         Err(unready) => {
             let (phase, message) = match unready {
                 Unready::Invalid(m) => (Phase::Invalid, m),
@@ -333,22 +375,20 @@ async fn converge(
             return Outcome::new(lane, None, phase, message);
         }
     };
-    let plan = plan::decide(
-        Some(plan::Desired {
-            state: spec.state,
-            hash: &hash,
-        }),
-        observed,
-    );
-    debug!(action = %plan.action, "decided");
+    let (plan, hash) = plan;
+    debug!(action = %plan.action, extras = plan.extras.len(), "decided");
     let mut outcome = Outcome::new(lane, Some(plan.action.clone()), Phase::Pending, "");
+    outcome.extras = plan.extras.len();
     if mode == Mode::Plan {
         return outcome;
     }
 
     for extra in &plan.extras {
-        if let Err(e) = ctx.podman.remove(&extra.id).await {
-            warn!(container = %extra.name, error = %e, "could not remove an extra container");
+        match ctx.podman.remove(&extra.id).await {
+            Ok(()) => info!(container = %extra.name, "removed a stray container of the lane"),
+            Err(e) => {
+                warn!(container = %extra.name, error = %e, "could not remove a stray container")
+            }
         }
     }
     let same_container = |id: &str| {
@@ -361,68 +401,32 @@ async fn converge(
         .as_ref()
         .and_then(|c| same_container(&c.id))
         .map_or(0, |p| p.restarts);
-
-    // Carry out the action; what remains is the container the lane now has.
-    let result: Result<Option<Now>, ExecError> = match &plan.action {
-        Action::Nothing => Ok(plan.current.as_ref().map(Now::from)),
-        Action::Create | Action::Recreate(_) => {
-            let mut pending = base_status(lane, Phase::Pending, plan.current.as_ref(), sha.clone());
-            pending.message = plan.action.to_string();
-            write_status(ctx, pending);
-            let removed = match &plan.current {
-                Some(old) => ctx.podman.remove(&old.id).await.map_err(ExecError::from),
-                None => Ok(()),
-            };
-            restarts = 0;
-            match removed {
-                Ok(()) => {
-                    match exec::create_and_start(&ctx.podman, spec, &hash, &ctx.instance).await {
-                        Ok(c) => Ok(Some(Now::from_inspected(&c, &hash))),
-                        Err(e) => Err(explain_name_conflict(ctx, e).await),
-                    }
-                }
-                Err(e) => Err(e),
+    if plan.action == Action::Start {
+        // A start after an exit that lanectl did not cause is a restart.
+        if let Some(c) = &plan.current {
+            let lanectl_stopped = same_container(&c.id).is_some_and(|p| p.phase == Phase::Stopped);
+            if c.ever_started && !lanectl_stopped {
+                restarts += 1;
             }
         }
-        Action::Start => match &plan.current {
-            Some(c) => {
-                let lanectl_stopped =
-                    same_container(&c.id).is_some_and(|p| p.phase == Phase::Stopped);
-                if c.ever_started && !lanectl_stopped {
-                    restarts += 1;
-                }
-                ctx.podman
-                    .start(&c.id)
-                    .await
-                    .map(|()| Some(Now::from(c).running()))
-                    .map_err(Into::into)
-            }
-            None => Ok(None),
-        },
-        Action::Stop => match &plan.current {
-            Some(c) => ctx
-                .podman
-                .stop(&c.id)
-                .await
-                .map(|()| Some(Now::from(c).stopped()))
-                .map_err(Into::into),
-            None => Ok(None),
-        },
-        Action::Remove => Ok(None),
-    };
+    }
+    if matches!(plan.action, Action::Create | Action::Recreate(_)) {
+        let mut pending = base_status(lane, Phase::Pending, plan.current.as_ref(), sha.clone());
+        pending.message = plan.action.to_string();
+        pending.restarts = restarts;
+        write_status(ctx, pending);
+        restarts = 0;
+    }
+    let result = act(ctx, spec, &plan, hash.as_ref()).await;
     if plan.action.changes_something() {
-        info!(action = %plan.action, "acted");
+        info!(action = %plan.action, ok = result.is_ok(), "acted");
     }
 
     let now = match result {
         Ok(now) => now,
-        Err(e) => {
+        Err((e, left)) => {
             let message = format!("{}: {}", plan.action, error_chain(&e));
-            let keep = match plan.action {
-                Action::Create | Action::Recreate(_) => None,
-                _ => plan.current.as_ref(),
-            };
-            let mut st = base_status(lane, Phase::Failed, keep, sha);
+            let mut st = base_status(lane, Phase::Failed, left.as_ref(), sha);
             st.message.clone_from(&message);
             st.restarts = restarts;
             write_status(ctx, st);
@@ -450,8 +454,7 @@ async fn converge(
         st.endpoints = endpoints(&now.ports);
         st.endpoint = endpoint(spec, &now.ports);
         if let Some(p) = &spec.probe {
-            let host_port = host_port_of(&now.ports, p.port);
-            let probed = match host_port {
+            let probed = match host_port_of(&now.ports, p.port) {
                 Some(port) => probe::wait_ready(port, &p.path, p.timeout, p.interval).await,
                 None => Err(format!("port {}/tcp is not published", p.port)),
             };
@@ -466,6 +469,45 @@ async fn converge(
     outcome.message.clone_from(&st.message);
     write_status(ctx, st);
     outcome
+}
+
+/// Carries out the plan's action; returns the container the lane has now, or
+/// the error with the container that is still there (if any).
+async fn act(
+    ctx: &Ctx,
+    spec: &LaneSpec,
+    plan: &plan::Plan,
+    hash: Option<&LaneHash>,
+) -> Result<Option<Now>, (ExecError, Option<Observed>)> {
+    let current = plan.current.as_ref();
+    let keep = |e: PodmanError| (ExecError::from(e), current.cloned());
+    match (&plan.action, current) {
+        (Action::Nothing, _) => Ok(current.map(Now::from)),
+        (Action::Create | Action::Recreate(_), _) => {
+            let Some(hash) = hash else {
+                return Err((
+                    ExecError::Other("BUG: create without a hash".into()),
+                    current.cloned(),
+                ));
+            };
+            if let Some(old) = current {
+                ctx.podman.remove(&old.id).await.map_err(keep)?;
+            }
+            match exec::create_and_start(&ctx.podman, spec, hash, &ctx.instance).await {
+                Ok(c) => Ok(Some(Now::from_inspected(&c, hash))),
+                Err(e) => Err((explain_name_conflict(ctx, e).await, None)),
+            }
+        }
+        (Action::Start, Some(c)) => {
+            ctx.podman.start(&c.id).await.map_err(keep)?;
+            Ok(Some(Now::from(c).running()))
+        }
+        (Action::Stop, Some(c)) => {
+            ctx.podman.stop(&c.id).await.map_err(keep)?;
+            Ok(Some(Now::from(c).stopped()))
+        }
+        (Action::Start | Action::Stop | Action::Remove, _) => Ok(current.map(Now::from)),
+    }
 }
 
 /// The container a lane has after its action.
@@ -586,6 +628,14 @@ async fn explain_name_conflict(ctx: &Ctx, e: ExecError) -> ExecError {
     };
     let holder = match ctx.podman.find_by_name(name).await {
         Ok(Some(c)) => match c.labels.get(labels::INSTANCE) {
+            Some(other) if *other == ctx.instance => {
+                let lane = c.labels.get(labels::LANE).map_or("?", String::as_str);
+                return ExecError::Other(format!(
+                    "container name {name} is still held by container {} of lane {lane} of this instance; \
+                     it is freed when that lane converges, and the next pass retries",
+                    short(&c.id)
+                ));
+            }
             Some(other) => format!("container {} of lanectl instance {other}", short(&c.id)),
             None => format!(
                 "container {} without a lanectl instance label",

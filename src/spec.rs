@@ -84,6 +84,7 @@ pub struct Probe {
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Resolves a loaded manifest; `dir` is the manifest's directory.
 pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<Problem>> {
@@ -268,13 +269,17 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
         &raw.stop_timeout,
         DEFAULT_STOP_TIMEOUT,
     );
-    let probe = raw.probe.as_ref().map(|p| {
+    // A lane with a published tcp port is probed (with the defaults when it
+    // has no `probe` section); a lane without one is ready once running.
+    let first_tcp = ports
+        .iter()
+        .find(|p| p.protocol == Protocol::Tcp)
+        .map(|p| p.container);
+    let default_probe = first_tcp.map(|_| crate::manifest::RawProbe::default());
+    let probe = raw.probe.as_ref().or(default_probe.as_ref()).map(|p| {
         let at = |k| [Seg::Key("probe"), Seg::Key(k)];
         Probe {
-            port: p
-                .port
-                .or_else(|| ports.first().map(|p| p.container))
-                .unwrap_or(0),
+            port: p.port.or(first_tcp).unwrap_or(0),
             path: p.path.clone().unwrap_or_else(|| "/".into()),
             timeout: duration(&at("timeout"), &p.timeout, DEFAULT_PROBE_TIMEOUT),
             interval: duration(&at("interval"), &p.interval, DEFAULT_PROBE_INTERVAL),
@@ -291,6 +296,21 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
                     "probe port {} is not a published tcp port of this lane",
                     p.port
                 ),
+            );
+        }
+        if p.interval < MIN_PROBE_INTERVAL {
+            bad(
+                &[Seg::Key("probe"), Seg::Key("interval")],
+                format!(
+                    "probe interval must be at least {}",
+                    humantime::format_duration(MIN_PROBE_INTERVAL)
+                ),
+            );
+        }
+        if p.timeout.is_zero() {
+            bad(
+                &[Seg::Key("probe"), Seg::Key("timeout")],
+                "probe timeout must be positive".into(),
             );
         }
         if !p.path.starts_with('/') {
@@ -425,7 +445,9 @@ fn parse_memory(text: &str) -> Option<u64> {
         "g" => 1 << 30,
         _ => return None,
     };
-    n.checked_mul(mult).filter(|b| *b > 0)
+    // Podman takes the limit as an i64.
+    n.checked_mul(mult)
+        .filter(|b| *b > 0 && i64::try_from(*b).is_ok())
 }
 
 #[cfg(test)]
@@ -556,6 +578,23 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_lane_with_a_tcp_port_is_probed_by_default_and_one_without_is_not() {
+        let spec = resolve_text("image: i\nports: [{container: 8080}]\n").unwrap();
+        let probe = spec.probe.unwrap();
+        assert_eq!((probe.port, probe.path.as_str()), (8080, "/"));
+        let spec = resolve_text("image: i\nports: [{container: 53, protocol: udp}]\n").unwrap();
+        assert!(spec.probe.is_none());
+        assert!(resolve_text("image: i\n").unwrap().probe.is_none());
+    }
+
+    #[test]
+    fn a_zero_probe_interval_is_refused() {
+        let problems = resolve_text("image: i\nports: [{container: 80}]\nprobe: {interval: 0s}\n")
+            .unwrap_err();
+        assert!(problems[0].message.contains("interval"), "{problems:?}");
+    }
+
+    #[test]
     fn a_missing_image_is_invalid() {
         let problems = resolve_text("user: root\n").unwrap_err();
         assert!(problems[0].message.contains("image"));
@@ -574,6 +613,11 @@ pub(crate) mod tests {
         assert_eq!(parse_memory("10mb"), Some(10 << 20));
         assert_eq!(parse_memory("lots"), None);
         assert_eq!(parse_memory("0"), None);
+        assert_eq!(
+            parse_memory("10000000000g"),
+            None,
+            "above what Podman takes"
+        );
     }
 
     #[test]

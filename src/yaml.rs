@@ -24,6 +24,9 @@ use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle};
 pub const MAX_DEPTH: usize = 32;
 /// Nodes in one document, counting every node an alias expands to.
 pub const MAX_NODES: usize = 20_000;
+/// Bytes of scalar text in one document, counting every alias expansion (a
+/// long string repeated through aliases is an alias bomb too).
+pub const MAX_TEXT_BYTES: usize = 1024 * 1024;
 
 /// A place in a file: 1-based line and column.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +178,7 @@ pub fn parse(text: &str, file: &Arc<Path>) -> Result<Option<Node>, Error> {
     let mut root: Option<Node> = None;
     let mut documents = 0usize;
     let mut nodes = 0usize;
+    let mut text_bytes = 0usize;
 
     for event in Parser::new_from_str(text) {
         let (event, span) = event.map_err(|e| {
@@ -248,7 +252,9 @@ pub fn parse(text: &str, file: &Arc<Path>) -> Result<Option<Node>, Error> {
                         col,
                     ));
                 };
-                nodes += count(target);
+                let (n, bytes) = count(target);
+                nodes += n;
+                text_bytes += bytes;
                 let mut node = target.clone();
                 node.pos = pos_of(line, col);
                 (node, 0)
@@ -256,6 +262,19 @@ pub fn parse(text: &str, file: &Arc<Path>) -> Result<Option<Node>, Error> {
             _ => continue,
         };
         nodes += 1;
+        if let Value::Scalar { text, .. } = &node.value {
+            text_bytes += text.len();
+        }
+        if text_bytes > MAX_TEXT_BYTES {
+            return Err(fail(
+                format!(
+                    "more than {} KiB of text (counting alias expansion)",
+                    MAX_TEXT_BYTES / 1024
+                ),
+                line,
+                col,
+            ));
+        }
         if nodes > MAX_NODES {
             return Err(fail(
                 format!("more than {MAX_NODES} nodes (counting alias expansion)"),
@@ -294,17 +313,20 @@ pub fn parse(text: &str, file: &Arc<Path>) -> Result<Option<Node>, Error> {
     Ok(root.filter(|n| !n.is_null()))
 }
 
-fn count(node: &Node) -> usize {
+/// Nodes and scalar bytes in a subtree.
+fn count(node: &Node) -> (usize, usize) {
     match &node.value {
-        Value::Scalar { .. } => 1,
-        Value::Seq(items) => 1 + items.iter().map(count).sum::<usize>(),
-        Value::Map(entries) => {
-            1 + entries
-                .iter()
-                .map(|(k, v)| count(k) + count(v))
-                .sum::<usize>()
-        }
+        Value::Scalar { text, .. } => (1, text.len()),
+        Value::Seq(items) => items.iter().map(count).fold((1, 0), add),
+        Value::Map(entries) => entries
+            .iter()
+            .map(|(k, v)| add(count(k), count(v)))
+            .fold((1, 0), add),
     }
+}
+
+fn add(a: (usize, usize), b: (usize, usize)) -> (usize, usize) {
+    (a.0 + b.0, a.1 + b.1)
 }
 
 fn is_null(text: &str) -> bool {
@@ -533,6 +555,14 @@ mod tests {
         }
         let err = parse(&text, &file()).unwrap_err();
         assert!(err.message.contains("alias"), "{err}");
+    }
+
+    #[test]
+    fn a_long_string_repeated_through_aliases_is_refused() {
+        let long = "x".repeat(200 * 1024);
+        let text = format!("a: &a {long}\nb: [*a, *a, *a, *a, *a, *a]\n");
+        let err = parse(&text, &file()).unwrap_err();
+        assert!(err.message.contains("KiB of text"), "{err}");
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub async fn run(
             });
             let changes = outcomes
                 .iter()
-                .any(|o| o.action.as_ref().is_some_and(Action::changes_something));
+                .any(|o| o.extras > 0 || o.action.as_ref().is_some_and(Action::changes_something));
             match (errors, changes, detailed_exitcode) {
                 (true, _, _) => EXIT_FAILURE,
                 (false, true, true) => EXIT_CHANGES,
@@ -86,9 +86,13 @@ fn apply_line(o: &Outcome) -> String {
 }
 
 fn plan_line(o: &Outcome) -> String {
-    match &o.action {
+    let line = match &o.action {
         Some(Action::Nothing) if !o.has_manifest => "no manifest and no container".into(),
         Some(a) => a.to_string(),
         None => format!("{}: {}", o.phase, o.message),
+    };
+    match o.extras {
+        0 => line,
+        n => format!("{line}; remove {n} stray container(s) of the lane"),
     }
 }

@@ -88,6 +88,11 @@ fn usage_errors_exit_64_never_2() {
     assert_eq!(lanes.lanectl(&["apply", "--bogus"]).code, 64);
     assert_eq!(lanes.lanectl(&["--jobs", "zero", "plan"]).code, 64);
     assert_eq!(lanes.lanectl(&["frobnicate"]).code, 64);
+    // A lane name that tries to leave the directory is a usage error.
+    std::fs::write(lanes.path("victim.status.yaml"), "keep").unwrap();
+    assert_eq!(lanes.lanectl(&["down", "../victim"]).code, 64);
+    assert_eq!(lanes.lanectl(&["apply", "../victim"]).code, 64);
+    assert!(lanes.path("victim.status.yaml").exists());
 }
 
 #[test]

@@ -342,3 +342,57 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+#[test]
+fn a_named_user_can_read_its_codex_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let lanes = Lanes::new("named-user");
+    let secret = lanes.file("codex/a/auth.json", "{\"token\": \"t\"}\n");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let yaml = lanes.worker_lane(
+        "codex: {source: ../codex/a, target: /srv/codex}\nenv: {LANE_CODEX_DIR: /srv/codex}\n",
+    );
+    lanes.write("a", &yaml.replace("user: root", "user: nobody"));
+    lanes.apply_ok();
+    let report = lanes.worker_report("a");
+    let file = &report["codex_files"][0];
+    assert_eq!(file["path"], "auth.json", "{report}");
+    assert_eq!(
+        file["sha256"],
+        sha256_hex(b"{\"token\": \"t\"}\n"),
+        "readable by nobody: {report}"
+    );
+}
+
+#[test]
+fn a_lane_declared_stopped_is_stopped_even_when_its_image_is_gone() {
+    let lanes = Lanes::new("stop-no-image");
+    lanes.write("a", &lanes.worker_lane(""));
+    lanes.apply_ok();
+    let id = lanes.container_id("a");
+    let yaml = lanes
+        .worker_lane("state: stopped\n")
+        .replace(&crate::common::image(), "localhost/lanectl-gone:1");
+    lanes.write("a", &yaml);
+    lanes.apply_ok();
+    assert_eq!(lanes.status("a").unwrap()["phase"], "stopped");
+    assert_eq!(inspect(&id)["State"]["Running"], false);
+}
+
+#[test]
+fn a_renamed_manifest_moves_its_container_name_in_one_apply() {
+    let lanes = Lanes::new("rename");
+    let name = format!("{}-shared", lanes.instance);
+    lanes.write(
+        "b",
+        &lanes.worker_lane(&format!("container_name: {name}\n")),
+    );
+    lanes.write("keep", &lanes.worker_lane(""));
+    lanes.apply_ok();
+    std::fs::rename(lanes.dir().join("b.yaml"), lanes.dir().join("c.yaml")).unwrap();
+    let run = lanes.apply_ok();
+    assert!(run.stdout.contains("c     ready"), "{run:?}");
+    assert_eq!(lanes.status("c").unwrap()["container"], name.as_str());
+    assert!(lanes.status("b").is_none());
+    assert_eq!(lanes.containers().len(), 2);
+}

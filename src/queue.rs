@@ -1,0 +1,261 @@
+//! The per-lane work queue of `lanectl run`.
+//!
+//! Event sources only say "lane X may need work, not before time T"; the queue
+//! turns that into reconciles that obey these rules (the same as kube-rs'
+//! scheduler and runner):
+//!
+//! 1. **One run per lane at a time.** A lane being reconciled is never handed
+//!    to a second worker.
+//! 2. **Duplicates merge; the earliest deadline wins.** Scheduling a lane that
+//!    is already waiting keeps one entry, due at the earlier of the two times.
+//! 3. **A trigger during a run means exactly one rerun after it.** However
+//!    many triggers arrive while a lane runs, it is queued once more when the
+//!    run ends (at the earliest of their deadlines), so no change is missed and
+//!    none is handled twice.
+//! 4. **Bounded parallelism** is the caller's: as many workers as `--jobs`
+//!    call [`Queue::next`].
+//!
+//! Retry policy (back-off) is not here: the daemon decides when a lane is due
+//! again and calls [`Queue::schedule`] with that time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+#[derive(Debug, Default)]
+struct Entry {
+    /// When the lane is due, if it is waiting.
+    due: Option<Instant>,
+    running: bool,
+    /// Earliest deadline of the triggers that arrived while running.
+    rerun: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    lanes: HashMap<String, Entry>,
+    closed: bool,
+}
+
+/// A cheaply cloneable handle to one queue.
+#[derive(Debug, Clone, Default)]
+pub struct Queue {
+    inner: Arc<Mutex<Inner>>,
+    wake: Arc<Notify>,
+}
+
+impl Queue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks for `lane` to be reconciled at `at` (or now, if `at` has passed).
+    pub fn schedule(&self, lane: &str, at: Instant) {
+        {
+            let Ok(mut inner) = self.inner.lock() else { return };
+            let entry = inner.lanes.entry(lane.to_string()).or_default();
+            if entry.running {
+                entry.rerun = Some(entry.rerun.map_or(at, |r| r.min(at)));
+            } else {
+                entry.due = Some(entry.due.map_or(at, |d| d.min(at)));
+            }
+        }
+        self.wake.notify_waiters();
+        self.wake.notify_one();
+    }
+
+    /// Asks for `lane` now.
+    pub fn trigger(&self, lane: &str) {
+        self.schedule(lane, Instant::now());
+    }
+
+    /// Waits for the next due lane that is not running, marks it running and
+    /// returns it; `None` once the queue is closed.
+    pub async fn next(&self) -> Option<String> {
+        loop {
+            let notified = self.wake.notified();
+            let wait_until = {
+                let mut inner = self.inner.lock().ok()?;
+                if inner.closed {
+                    return None;
+                }
+                let now = Instant::now();
+                let due = inner
+                    .lanes
+                    .iter()
+                    .filter(|(_, e)| !e.running)
+                    .filter_map(|(k, e)| e.due.map(|d| (d, k.clone())))
+                    .min();
+                match due {
+                    Some((at, lane)) if at <= now => {
+                        if let Some(e) = inner.lanes.get_mut(&lane) {
+                            e.due = None;
+                            e.running = true;
+                        }
+                        return Some(lane);
+                    }
+                    Some((at, _)) => Some(at),
+                    None => None,
+                }
+            };
+            match wait_until {
+                Some(at) => {
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Marks `lane`'s run finished; a trigger that came during it queues the
+    /// one rerun.
+    pub fn done(&self, lane: &str) {
+        {
+            let Ok(mut inner) = self.inner.lock() else { return };
+            let Some(entry) = inner.lanes.get_mut(lane) else { return };
+            entry.running = false;
+            if let Some(at) = entry.rerun.take() {
+                entry.due = Some(entry.due.map_or(at, |d| d.min(at)));
+            }
+            if entry.due.is_none() {
+                inner.lanes.remove(lane);
+            }
+        }
+        self.wake.notify_waiters();
+        self.wake.notify_one();
+    }
+
+    /// Stops handing out work; waiting `next` calls return `None`.
+    pub fn close(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.closed = true;
+        }
+        self.wake.notify_waiters();
+    }
+
+    /// Lanes waiting (not running), for tests and logs.
+    pub fn waiting(&self) -> usize {
+        self.inner
+            .lock()
+            .map(|i| i.lanes.values().filter(|e| e.due.is_some()).count())
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn next_now(q: &Queue) -> Option<String> {
+        tokio::time::timeout(Duration::from_millis(1), q.next()).await.ok().flatten()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn duplicate_triggers_merge_into_one_run() {
+        let q = Queue::new();
+        q.trigger("a");
+        q.trigger("a");
+        q.trigger("a");
+        assert_eq!(next_now(&q).await.as_deref(), Some("a"));
+        assert_eq!(next_now(&q).await, None);
+        q.done("a");
+        assert_eq!(next_now(&q).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_earliest_deadline_wins() {
+        let q = Queue::new();
+        let now = Instant::now();
+        q.schedule("a", now + Duration::from_secs(60));
+        q.schedule("a", now + Duration::from_secs(5));
+        q.schedule("a", now + Duration::from_secs(30));
+        let started = Instant::now();
+        assert_eq!(q.next().await.as_deref(), Some("a"));
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lane_is_never_handed_out_twice_at_once() {
+        let q = Queue::new();
+        q.trigger("a");
+        assert_eq!(next_now(&q).await.as_deref(), Some("a"));
+        q.trigger("a");
+        q.trigger("b");
+        assert_eq!(next_now(&q).await.as_deref(), Some("b"), "b goes, a waits for its run");
+        assert_eq!(next_now(&q).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn triggers_during_a_run_cause_exactly_one_rerun() {
+        let q = Queue::new();
+        q.trigger("a");
+        assert_eq!(next_now(&q).await.as_deref(), Some("a"));
+        for _ in 0..5 {
+            q.trigger("a");
+        }
+        q.done("a");
+        assert_eq!(next_now(&q).await.as_deref(), Some("a"));
+        q.done("a");
+        assert_eq!(next_now(&q).await, None, "one rerun, not five");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rerun_keeps_the_earliest_deadline_of_its_triggers() {
+        let q = Queue::new();
+        q.trigger("a");
+        assert_eq!(next_now(&q).await.as_deref(), Some("a"));
+        let now = Instant::now();
+        q.schedule("a", now + Duration::from_secs(300));
+        q.schedule("a", now + Duration::from_secs(2));
+        q.done("a");
+        let started = Instant::now();
+        assert_eq!(q.next().await.as_deref(), Some("a"));
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_worker_wakes_for_a_new_trigger() {
+        let q = Queue::new();
+        let worker = tokio::spawn({
+            let q = q.clone();
+            async move { q.next().await }
+        });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        q.trigger("late");
+        assert_eq!(worker.await.unwrap().as_deref(), Some("late"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_releases_waiting_workers() {
+        let q = Queue::new();
+        let worker = tokio::spawn({
+            let q = q.clone();
+            async move { q.next().await }
+        });
+        tokio::task::yield_now().await;
+        q.close();
+        assert_eq!(worker.await.unwrap(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_workers_share_many_lanes_without_overlap() {
+        let q = Queue::new();
+        for i in 0..20 {
+            q.trigger(&format!("l{i}"));
+        }
+        let mut handed = Vec::new();
+        while let Some(lane) = next_now(&q).await {
+            handed.push(lane);
+        }
+        handed.sort();
+        handed.dedup();
+        assert_eq!(handed.len(), 20);
+        assert_eq!(q.waiting(), 0);
+    }
+}
