@@ -50,6 +50,15 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Converge everything, then keep converging on changes (the daemon).
+    Run {
+        /// How often every lane is checked even without events.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        resync: std::time::Duration,
+        /// Remove every container when the directory holds no manifest.
+        #[arg(long)]
+        allow_prune_all: bool,
+    },
     /// Converge once; one line per lane.
     Apply {
         /// Only these lanes.
@@ -88,4 +97,12 @@ pub enum Command {
 /// can never reach outside the lanes directory, e.g. `../x`).
 fn lane_name(name: &str) -> Result<String, String> {
     crate::lane::check_name(name).map(|()| name.to_string())
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 30s, 5m)"))?;
+    if d < std::time::Duration::from_millis(100) {
+        return Err("must be at least 100ms".into());
+    }
+    Ok(d)
 }

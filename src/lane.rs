@@ -105,14 +105,15 @@ pub fn list_dir(dir: &Path) -> Result<DirListing, ListError> {
     Ok(out)
 }
 
-enum Kind<'a> {
+/// What a file in the lanes directory is, by its name alone.
+pub enum Kind<'a> {
     Lane(&'a str),
     Defaults,
     Status(&'a str),
     NotALane,
 }
 
-fn classify(file_name: &str) -> Kind<'_> {
+pub fn classify(file_name: &str) -> Kind<'_> {
     if let Some(name) = file_name.strip_suffix(".status.yaml") {
         return Kind::Status(name);
     }

@@ -6,6 +6,7 @@
 
 mod cli;
 mod cmd;
+mod daemon;
 mod desired;
 mod exec;
 mod hash;
@@ -16,7 +17,9 @@ mod observe;
 mod plan;
 mod podman;
 mod probe;
+mod queue;
 mod reconcile;
+mod sources;
 mod spec;
 mod status;
 mod yaml;
@@ -39,7 +42,8 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
-    init_tracing(&cli.global);
+    let daemon = matches!(cli.command, cli::Command::Run { .. });
+    init_tracing(&cli.global, daemon);
     match cmd::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -49,8 +53,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(global: &cli::Global) {
+/// The daemon logs changes (`info`) by default; one-shot commands print
+/// their own lines and log only warnings.
+fn init_tracing(global: &cli::Global, daemon: bool) {
     let level = match global.verbose {
+        0 if daemon => "info",
         0 => "warn",
         1 => "debug",
         _ => "trace",
@@ -59,6 +66,7 @@ fn init_tracing(global: &cli::Global) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("lanectl={level},warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match global.log_format {
         cli::LogFormat::Json => builder.json().init(),

@@ -17,8 +17,7 @@ use podman_api::opts::{
     ContainerStopOpts,
 };
 
-/// The label that ties a container to one lanes directory (see `labels.rs`).
-const INSTANCE_LABEL: &str = "io.lanectl.instance";
+use crate::labels::{INSTANCE as INSTANCE_LABEL, LANE as LANE_LABEL};
 /// How long a `_ping` may take before Podman counts as unreachable.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a private service may take to answer its first `_ping`.
@@ -82,6 +81,15 @@ pub struct PublishedPort {
     /// As Podman reports it: "" means every address.
     pub host_ip: String,
     pub host_port: u16,
+}
+
+/// One event about one of this instance's containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    /// The lane label, when the container has one.
+    pub lane: Option<String>,
+    /// Podman's action: `start`, `died`, `remove`, ...
+    pub action: String,
 }
 
 /// One container as the list call shows it.
@@ -205,6 +213,16 @@ impl Podman {
         })
     }
 
+    /// Whether Podman answers now.
+    pub async fn ping(&self) -> Result<(), PodmanError> {
+        ping(&self.api)
+            .await
+            .map_err(|reason| PodmanError::Unreachable {
+                url: self.url.clone(),
+                reason,
+            })
+    }
+
     /// The URL this connection talks to.
     pub fn url(&self) -> &str {
         &self.url
@@ -215,6 +233,71 @@ impl Podman {
         let filter = ContainerListFilter::LabelKeyVal(INSTANCE_LABEL.into(), instance.into());
         let call = || format!("list containers of instance {instance}");
         self.list(filter, call).await
+    }
+
+    /// The containers of one lane of one instance (both labels must match).
+    pub async fn list_lane(
+        &self,
+        instance: &str,
+        lane: &str,
+    ) -> Result<Vec<Observed>, PodmanError> {
+        let filters = [
+            ContainerListFilter::LabelKeyVal(INSTANCE_LABEL.into(), instance.into()),
+            ContainerListFilter::LabelKeyVal(LANE_LABEL.into(), lane.into()),
+        ];
+        let opts = ContainerListOpts::builder()
+            .all(true)
+            .filter(filters)
+            .build();
+        let list = self.api.containers().list(&opts).await;
+        let call = || format!("list containers of lane {lane}");
+        let found = list
+            .map_err(|e| api_error(call(), e))?
+            .into_iter()
+            .map(observed);
+        // Label filters of one key may be OR-ed by some Podman versions: check.
+        let lane_of = |c: &Observed| c.labels.get(LANE_LABEL).map(String::as_str) == Some(lane);
+        Ok(found.filter(lane_of).collect())
+    }
+
+    /// Container events of this instance's containers, as they happen. The
+    /// channel closes when the event stream ends (Podman restarted, socket
+    /// gone) or fails; the caller reconnects.
+    pub fn events(
+        &self,
+        instance: &str,
+    ) -> tokio::sync::mpsc::Receiver<Result<ContainerEvent, PodmanError>> {
+        use futures_util::StreamExt;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let api = self.api.clone();
+        let filters = vec![
+            ("type".to_string(), vec!["container".to_string()]),
+            (
+                "label".to_string(),
+                vec![format!("{INSTANCE_LABEL}={instance}")],
+            ),
+        ];
+        tokio::spawn(async move {
+            let opts = podman_api::opts::EventsOpts::builder()
+                .stream(true)
+                .filters(filters)
+                .build();
+            let mut stream = api.events(&opts);
+            while let Some(event) = stream.next().await {
+                let item = match event {
+                    Ok(e) => Ok(ContainerEvent {
+                        lane: e.actor.attributes.get(LANE_LABEL).cloned(),
+                        action: e.action,
+                    }),
+                    Err(e) => Err(api_error("follow events".into(), e)),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        rx
     }
 
     /// The container holding exactly this name, whoever owns it.

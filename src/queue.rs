@@ -14,6 +14,11 @@
 //!    none is handled twice.
 //! 4. **Bounded parallelism** is the caller's: as many workers as `--jobs`
 //!    call [`Queue::next`].
+//! 5. **An interrupt cancels the run at its next safe point.** Each run gets
+//!    a cancellation token (a child of the queue's root, which is the
+//!    daemon's shutdown); [`Queue::interrupt`] schedules the lane and cancels
+//!    the token of its current run, so that a long probe of a container that
+//!    was just removed does not delay the rerun that recreates it.
 //!
 //! Retry policy (back-off) is not here: the daemon decides when a lane is due
 //! again and calls [`Queue::schedule`] with that time.
@@ -23,6 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Default)]
 struct Entry {
@@ -31,12 +37,19 @@ struct Entry {
     running: bool,
     /// Earliest deadline of the triggers that arrived while running.
     rerun: Option<Instant>,
+    /// What asked first, for logs only (never for decisions).
+    cause: &'static str,
+    rerun_cause: &'static str,
+    /// The current run's token.
+    cancel: Option<CancellationToken>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     lanes: HashMap<String, Entry>,
     closed: bool,
+    /// Parent of every run's token.
+    root: CancellationToken,
 }
 
 /// A cheaply cloneable handle to one queue.
@@ -47,18 +60,48 @@ pub struct Queue {
 }
 
 impl Queue {
+    #[cfg(test)]
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Asks for `lane` to be reconciled at `at` (or now, if `at` has passed).
-    pub fn schedule(&self, lane: &str, at: Instant) {
+    /// A queue whose runs are cancelled along with `root` (the shutdown).
+    pub fn with_root(root: CancellationToken) -> Self {
+        let q = Self::default();
+        if let Ok(mut inner) = q.inner.lock() {
+            inner.root = root;
+        }
+        q
+    }
+
+    /// Schedules `lane` now and cancels its current run, if any, at that
+    /// run's next safe point.
+    pub fn interrupt(&self, lane: &str, cause: &'static str) {
+        if let Ok(inner) = self.inner.lock()
+            && let Some(token) = inner.lanes.get(lane).and_then(|e| e.cancel.as_ref())
         {
-            let Ok(mut inner) = self.inner.lock() else { return };
+            token.cancel();
+        }
+        self.trigger(lane, cause);
+    }
+
+    /// Asks for `lane` to be reconciled at `at` (or now, if `at` has passed);
+    /// `cause` is for logs.
+    pub fn schedule(&self, lane: &str, at: Instant, cause: &'static str) {
+        {
+            let Ok(mut inner) = self.inner.lock() else {
+                return;
+            };
             let entry = inner.lanes.entry(lane.to_string()).or_default();
             if entry.running {
+                if entry.rerun.is_none() {
+                    entry.rerun_cause = cause;
+                }
                 entry.rerun = Some(entry.rerun.map_or(at, |r| r.min(at)));
             } else {
+                if entry.due.is_none() {
+                    entry.cause = cause;
+                }
                 entry.due = Some(entry.due.map_or(at, |d| d.min(at)));
             }
         }
@@ -67,13 +110,14 @@ impl Queue {
     }
 
     /// Asks for `lane` now.
-    pub fn trigger(&self, lane: &str) {
-        self.schedule(lane, Instant::now());
+    pub fn trigger(&self, lane: &str, cause: &'static str) {
+        self.schedule(lane, Instant::now(), cause);
     }
 
     /// Waits for the next due lane that is not running, marks it running and
-    /// returns it; `None` once the queue is closed.
-    pub async fn next(&self) -> Option<String> {
+    /// returns it with the cause of its first trigger and the run's
+    /// cancellation token; `None` once the queue is closed.
+    pub async fn next(&self) -> Option<(String, &'static str, CancellationToken)> {
         loop {
             let notified = self.wake.notified();
             let wait_until = {
@@ -90,11 +134,15 @@ impl Queue {
                     .min();
                 match due {
                     Some((at, lane)) if at <= now => {
+                        let token = inner.root.child_token();
+                        let mut cause = "";
                         if let Some(e) = inner.lanes.get_mut(&lane) {
                             e.due = None;
                             e.running = true;
+                            e.cancel = Some(token.clone());
+                            cause = e.cause;
                         }
-                        return Some(lane);
+                        return Some((lane, cause, token));
                     }
                     Some((at, _)) => Some(at),
                     None => None,
@@ -116,10 +164,16 @@ impl Queue {
     /// one rerun.
     pub fn done(&self, lane: &str) {
         {
-            let Ok(mut inner) = self.inner.lock() else { return };
-            let Some(entry) = inner.lanes.get_mut(lane) else { return };
+            let Ok(mut inner) = self.inner.lock() else {
+                return;
+            };
+            let Some(entry) = inner.lanes.get_mut(lane) else {
+                return;
+            };
             entry.running = false;
+            entry.cancel = None;
             if let Some(at) = entry.rerun.take() {
+                entry.cause = entry.rerun_cause;
                 entry.due = Some(entry.due.map_or(at, |d| d.min(at)));
             }
             if entry.due.is_none() {
@@ -138,7 +192,8 @@ impl Queue {
         self.wake.notify_waiters();
     }
 
-    /// Lanes waiting (not running), for tests and logs.
+    /// Lanes waiting (not running).
+    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.inner
             .lock()
@@ -153,15 +208,19 @@ mod tests {
     use std::time::Duration;
 
     async fn next_now(q: &Queue) -> Option<String> {
-        tokio::time::timeout(Duration::from_millis(1), q.next()).await.ok().flatten()
+        tokio::time::timeout(Duration::from_millis(1), q.next())
+            .await
+            .ok()
+            .flatten()
+            .map(|(lane, _, _)| lane)
     }
 
     #[tokio::test(start_paused = true)]
     async fn duplicate_triggers_merge_into_one_run() {
         let q = Queue::new();
-        q.trigger("a");
-        q.trigger("a");
-        q.trigger("a");
+        q.trigger("a", "test");
+        q.trigger("a", "test");
+        q.trigger("a", "test");
         assert_eq!(next_now(&q).await.as_deref(), Some("a"));
         assert_eq!(next_now(&q).await, None);
         q.done("a");
@@ -172,32 +231,36 @@ mod tests {
     async fn the_earliest_deadline_wins() {
         let q = Queue::new();
         let now = Instant::now();
-        q.schedule("a", now + Duration::from_secs(60));
-        q.schedule("a", now + Duration::from_secs(5));
-        q.schedule("a", now + Duration::from_secs(30));
+        q.schedule("a", now + Duration::from_secs(60), "test");
+        q.schedule("a", now + Duration::from_secs(5), "test");
+        q.schedule("a", now + Duration::from_secs(30), "test");
         let started = Instant::now();
-        assert_eq!(q.next().await.as_deref(), Some("a"));
+        assert_eq!(q.next().await.map(|n| n.0).as_deref(), Some("a"));
         assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_lane_is_never_handed_out_twice_at_once() {
         let q = Queue::new();
-        q.trigger("a");
+        q.trigger("a", "test");
         assert_eq!(next_now(&q).await.as_deref(), Some("a"));
-        q.trigger("a");
-        q.trigger("b");
-        assert_eq!(next_now(&q).await.as_deref(), Some("b"), "b goes, a waits for its run");
+        q.trigger("a", "test");
+        q.trigger("b", "test");
+        assert_eq!(
+            next_now(&q).await.as_deref(),
+            Some("b"),
+            "b goes, a waits for its run"
+        );
         assert_eq!(next_now(&q).await, None);
     }
 
     #[tokio::test(start_paused = true)]
     async fn triggers_during_a_run_cause_exactly_one_rerun() {
         let q = Queue::new();
-        q.trigger("a");
+        q.trigger("a", "test");
         assert_eq!(next_now(&q).await.as_deref(), Some("a"));
         for _ in 0..5 {
-            q.trigger("a");
+            q.trigger("a", "test");
         }
         q.done("a");
         assert_eq!(next_now(&q).await.as_deref(), Some("a"));
@@ -208,14 +271,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_rerun_keeps_the_earliest_deadline_of_its_triggers() {
         let q = Queue::new();
-        q.trigger("a");
+        q.trigger("a", "test");
         assert_eq!(next_now(&q).await.as_deref(), Some("a"));
         let now = Instant::now();
-        q.schedule("a", now + Duration::from_secs(300));
-        q.schedule("a", now + Duration::from_secs(2));
+        q.schedule("a", now + Duration::from_secs(300), "test");
+        q.schedule("a", now + Duration::from_secs(2), "test");
         q.done("a");
         let started = Instant::now();
-        assert_eq!(q.next().await.as_deref(), Some("a"));
+        assert_eq!(q.next().await.map(|n| n.0).as_deref(), Some("a"));
         assert_eq!(started.elapsed(), Duration::from_secs(2));
     }
 
@@ -224,11 +287,51 @@ mod tests {
         let q = Queue::new();
         let worker = tokio::spawn({
             let q = q.clone();
-            async move { q.next().await }
+            async move { q.next().await.map(|n| n.0) }
         });
         tokio::time::sleep(Duration::from_secs(10)).await;
-        q.trigger("late");
+        q.trigger("late", "test");
         assert_eq!(worker.await.unwrap().as_deref(), Some("late"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cause_of_the_first_trigger_is_kept_for_logs() {
+        let q = Queue::new();
+        q.trigger("a", "manifest");
+        q.trigger("a", "resync");
+        assert_eq!(
+            q.next().await.map(|n| (n.0, n.1)),
+            Some(("a".to_string(), "manifest"))
+        );
+        q.trigger("a", "podman event");
+        q.done("a");
+        assert_eq!(
+            q.next().await.map(|n| (n.0, n.1)),
+            Some(("a".to_string(), "podman event"))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_interrupt_cancels_the_current_run_and_queues_a_rerun() {
+        let q = Queue::new();
+        q.trigger("a", "test");
+        let (_, _, token) = q.next().await.unwrap();
+        q.trigger("a", "test");
+        assert!(!token.is_cancelled(), "a plain trigger lets the run finish");
+        q.interrupt("a", "gone");
+        assert!(token.is_cancelled());
+        q.done("a");
+        assert_eq!(next_now(&q).await.as_deref(), Some("a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_root_token_cancels_every_run() {
+        let root = CancellationToken::new();
+        let q = Queue::with_root(root.clone());
+        q.trigger("a", "test");
+        let (_, _, token) = q.next().await.unwrap();
+        root.cancel();
+        assert!(token.is_cancelled());
     }
 
     #[tokio::test(start_paused = true)]
@@ -236,7 +339,7 @@ mod tests {
         let q = Queue::new();
         let worker = tokio::spawn({
             let q = q.clone();
-            async move { q.next().await }
+            async move { q.next().await.map(|n| n.0) }
         });
         tokio::task::yield_now().await;
         q.close();
@@ -247,7 +350,7 @@ mod tests {
     async fn many_workers_share_many_lanes_without_overlap() {
         let q = Queue::new();
         for i in 0..20 {
-            q.trigger(&format!("l{i}"));
+            q.trigger(&format!("l{i}"), "test");
         }
         let mut handed = Vec::new();
         while let Some(lane) = next_now(&q).await {

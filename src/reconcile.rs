@@ -12,8 +12,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{OnceCell, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::desired::{self, Desired, LoadOptions};
@@ -46,7 +49,26 @@ pub struct Ctx {
     pub instance: String,
     /// One image lookup per distinct image per pass.
     images: Mutex<HashMap<String, Arc<ImageCell>>>,
+    /// The daemon's crash-loop back-off per lane (rule 4); `None` for a
+    /// one-shot `apply`, which restarts at once.
+    restarts: Option<Mutex<HashMap<String, RestartState>>>,
 }
+
+/// What the daemon remembers of a lane's crashes.
+#[derive(Debug, Default, Clone)]
+struct RestartState {
+    /// Restarts in the current back-off (restart n waits min(2^(n-1) s, 5 min)).
+    count: u32,
+    /// When the exit that waits for its restart was first seen.
+    exited_seen: Option<Instant>,
+    /// Since when the lane has been ready without a break.
+    ready_since: Option<Instant>,
+}
+
+/// Longest wait before a crashed container is restarted.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(300);
+/// A lane ready this long forgets its crash back-off.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
 
 impl Ctx {
     pub fn new(podman: Podman, dir: PathBuf, instance: String) -> Self {
@@ -55,6 +77,49 @@ impl Ctx {
             dir,
             instance,
             images: Mutex::new(HashMap::new()),
+            restarts: None,
+        }
+    }
+
+    /// Delays restarts of crashed containers (the daemon's rule 4).
+    pub fn with_restart_backoff(mut self) -> Self {
+        self.restarts = Some(Mutex::new(HashMap::new()));
+        self
+    }
+
+    /// For a crashed lane about to be restarted: `Err(at)` while its back-off
+    /// lasts; `Ok` counts the restart.
+    fn restart_gate(&self, lane: &str) -> Result<(), Instant> {
+        let Some(book) = &self.restarts else {
+            return Ok(());
+        };
+        let Ok(mut book) = book.lock() else {
+            return Ok(());
+        };
+        let st = book.entry(lane.to_string()).or_default();
+        let now = Instant::now();
+        let seen = *st.exited_seen.get_or_insert(now);
+        let delay = Duration::from_secs(1u64 << st.count.min(16)).min(MAX_RESTART_DELAY);
+        if now < seen + delay {
+            return Err(seen + delay);
+        }
+        st.count += 1;
+        st.exited_seen = None;
+        st.ready_since = None;
+        Ok(())
+    }
+
+    /// Notes whether a lane ended ready, to forget its back-off after
+    /// FORGET_AFTER of readiness (a container that dies again keeps it).
+    fn note_ready(&self, lane: &str, ready: bool) {
+        let Some(book) = &self.restarts else { return };
+        let Ok(mut book) = book.lock() else { return };
+        let Some(st) = book.get_mut(lane) else { return };
+        let now = Instant::now();
+        if !ready {
+            st.ready_since = None;
+        } else if now.duration_since(*st.ready_since.get_or_insert(now)) >= FORGET_AFTER {
+            book.remove(lane);
         }
     }
 
@@ -95,6 +160,10 @@ pub struct Outcome {
     pub has_manifest: bool,
     /// Stray containers of the lane (left by a crash) removed before the action.
     pub extras: usize,
+    /// When the lane wants another look (a delayed restart), if it does.
+    pub retry_at: Option<Instant>,
+    /// The run was cancelled at a safe point (the probe); nothing was written.
+    pub interrupted: bool,
 }
 
 impl Outcome {
@@ -107,6 +176,8 @@ impl Outcome {
             message: message.into(),
             has_manifest: true,
             extras: 0,
+            retry_at: None,
+            interrupted: false,
         }
     }
 
@@ -204,7 +275,7 @@ async fn run_bounded(
         let handle = tasks.spawn(
             async move {
                 let _permit = jobs.acquire_owned().await;
-                reconcile(&ctx, &lane, desired, containers, mode).await
+                reconcile(&ctx, &lane, desired, containers, mode, None).await
             }
             .instrument(span),
         );
@@ -225,13 +296,16 @@ async fn run_bounded(
     outcomes
 }
 
-/// Reconciles one lane: decide, and in `Apply` mode act, probe and write status.
+/// Reconciles one lane: decide, and in `Apply` mode act, probe and write
+/// status. `cancel` (the daemon's) interrupts the probe, the one long wait;
+/// container changes and status writes are never cut in half.
 pub async fn reconcile(
     ctx: &Ctx,
     lane: &str,
     desired: Option<Desired>,
     observed: Vec<Observed>,
     mode: Mode,
+    cancel: Option<&CancellationToken>,
 ) -> Outcome {
     let previous = status::read(&ctx.dir, lane);
     match desired {
@@ -256,7 +330,18 @@ pub async fn reconcile(
         Some(Desired::Valid {
             spec,
             manifest_sha256,
-        }) => converge(ctx, &spec, manifest_sha256, observed, previous, mode).await,
+        }) => {
+            converge(
+                ctx,
+                &spec,
+                manifest_sha256,
+                observed,
+                previous,
+                mode,
+                cancel,
+            )
+            .await
+        }
     }
 }
 
@@ -348,6 +433,7 @@ async fn converge(
     observed: Vec<Observed>,
     previous: Option<Status>,
     mode: Mode,
+    cancel: Option<&CancellationToken>,
 ) -> Outcome {
     let lane = spec.lane.as_str();
     let sha = Some(manifest_sha256);
@@ -406,6 +492,9 @@ async fn converge(
         if let Some(c) = &plan.current {
             let lanectl_stopped = same_container(&c.id).is_some_and(|p| p.phase == Phase::Stopped);
             if c.ever_started && !lanectl_stopped {
+                if let Err(at) = ctx.restart_gate(lane) {
+                    return wait_for_restart(ctx, lane, c, sha, restarts, at, outcome);
+                }
                 restarts += 1;
             }
         }
@@ -455,7 +544,20 @@ async fn converge(
         st.endpoint = endpoint(spec, &now.ports);
         if let Some(p) = &spec.probe {
             let probed = match host_port_of(&now.ports, p.port) {
-                Some(port) => probe::wait_ready(port, &p.path, p.timeout, p.interval).await,
+                Some(port) => {
+                    let probe = probe::wait_ready(port, &p.path, p.timeout, p.interval);
+                    match cancel {
+                        Some(cancel) => tokio::select! {
+                            r = probe => r,
+                            () = cancel.cancelled() => {
+                                debug!("probe interrupted");
+                                outcome.interrupted = true;
+                                return outcome;
+                            }
+                        },
+                        None => probe.await,
+                    }
+                }
                 None => Err(format!("port {}/tcp is not published", p.port)),
             };
             if let Err(e) = probed {
@@ -464,10 +566,42 @@ async fn converge(
             }
         }
     }
+    ctx.note_ready(lane, st.phase == Phase::Ready);
     outcome.phase = st.phase;
     outcome.endpoint.clone_from(&st.endpoint);
     outcome.message.clone_from(&st.message);
     write_status(ctx, st);
+    outcome
+}
+
+/// A crashed container whose restart must wait: `failed` with the exit code
+/// and the time of the next restart.
+fn wait_for_restart(
+    ctx: &Ctx,
+    lane: &str,
+    c: &Observed,
+    sha: Option<String>,
+    restarts: u32,
+    at: Instant,
+    mut outcome: Outcome,
+) -> Outcome {
+    let wall = std::time::SystemTime::now() + at.saturating_duration_since(Instant::now());
+    let code = c
+        .exit_code
+        .map_or_else(|| "unknown".to_string(), |c| c.to_string());
+    let message = format!(
+        "exited with code {code}; restart {} at {}",
+        restarts + 1,
+        humantime::format_rfc3339_seconds(wall)
+    );
+    let mut st = base_status(lane, Phase::Failed, Some(c), sha);
+    st.message.clone_from(&message);
+    st.restarts = restarts;
+    write_status(ctx, st);
+    ctx.note_ready(lane, false);
+    outcome.phase = Phase::Failed;
+    outcome.message = message;
+    outcome.retry_at = Some(at);
     outcome
 }
 
@@ -654,6 +788,31 @@ async fn explain_name_conflict(ctx: &Ctx, e: ExecError) -> ExecError {
 
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
+}
+
+/// The daemon could not reach Podman for a lane: its status says so (or, for
+/// an invalid manifest, still says why it is invalid), keeping what it knew of
+/// the container. A lane whose manifest is gone is left as it is until Podman
+/// is back.
+pub fn mark_unreachable(ctx: &Ctx, lane: &str, desired: Option<&Desired>, err: &PodmanError) {
+    let Some(desired) = desired else { return };
+    let mut st = status::read(&ctx.dir, lane).unwrap_or_else(|| Status::new(lane, Phase::Failed));
+    match desired {
+        Desired::Invalid { problems, .. } => {
+            st.phase = Phase::Invalid;
+            st.message = problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+        }
+        Desired::Valid { .. } => {
+            st.phase = Phase::Failed;
+            st.message = err.to_string();
+        }
+    }
+    st.since = status::now_rfc3339();
+    write_status(ctx, st);
 }
 
 /// `err` and its sources, joined with ": ".

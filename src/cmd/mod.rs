@@ -3,6 +3,7 @@
 
 mod apply;
 mod down;
+mod run;
 mod status;
 mod validate;
 
@@ -43,6 +44,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
             apply::Kind::Plan { detailed_exitcode },
         )),
         Command::Down { lanes } => runtime()?.block_on(down::run(&global, lanes)),
+        Command::Run {
+            resync,
+            allow_prune_all,
+        } => runtime()?.block_on(run::run(&global, resync, allow_prune_all)),
     }
 }
 

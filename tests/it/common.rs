@@ -245,3 +245,79 @@ pub fn http_get(base: &str, path: &str) -> String {
         .map(|(_, body)| body.to_string())
         .unwrap_or_default()
 }
+
+/// `lanectl run` on a test's lanes directory; killed on drop.
+pub struct Daemon {
+    child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(lanes: &Lanes, extra: &[&str]) -> Daemon {
+        Self::start_with(lanes, &host(), extra)
+    }
+
+    pub fn start_with(lanes: &Lanes, url: &str, extra: &[&str]) -> Daemon {
+        let log = lanes.path("daemon.log");
+        let file = std::fs::File::create(&log).expect("daemon log");
+        let child = Command::new(env!("CARGO_BIN_EXE_lanectl"))
+            .arg("--dir")
+            .arg(lanes.dir())
+            .args(["--instance", &lanes.instance, "--podman", url, "-v", "run"])
+            .args(if extra.contains(&"--resync") {
+                &[][..]
+            } else {
+                &["--resync", "2s"][..]
+            })
+            .args(extra)
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("start lanectl run");
+        Daemon { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit code (at most `limit`).
+    pub fn terminate(&mut self, limit: std::time::Duration) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it returns `Some` or `limit` passes.
+pub fn wait_for<T>(limit: std::time::Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -5,5 +5,6 @@ mod common;
 
 mod cli;
 mod converge;
+mod daemon;
 mod failures;
 mod plan;

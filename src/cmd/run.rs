@@ -1,0 +1,61 @@
+//! `run`: the daemon, with signals. The first SIGINT/SIGTERM stops new work,
+//! lets in-flight reconciles finish (no half-made container, no torn status
+//! file) and exits 0 with every lane left running; a second exits at once.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cli::Global;
+use crate::daemon::{self, Options};
+use crate::desired::LoadOptions;
+use crate::podman::Podman;
+use crate::reconcile::Ctx;
+
+pub async fn run(global: &Global, resync: Duration, allow_prune_all: bool) -> anyhow::Result<u8> {
+    let shutdown = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            info!("shutting down: finishing what is in flight (a second signal exits at once)");
+            shutdown.cancel();
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            warn!("second signal: exiting now");
+            std::process::exit(130);
+        }
+    });
+
+    let instance = super::instance(global)?;
+    // Podman may come later than lanectl (boot order): wait for it.
+    let mut wait = Duration::from_secs(1);
+    let podman = loop {
+        match Podman::connect(global.podman.as_deref()).await {
+            Ok(p) => break p,
+            Err(e) => warn!(error = %e, retry_in_s = wait.as_secs(), "podman is not reachable yet"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(0),
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(30));
+    };
+    info!(url = podman.url(), instance = %instance, "connected to podman");
+    let ctx = Ctx::new(podman, super::dir_of(&global.dir), instance).with_restart_backoff();
+    let opts = Options {
+        resync,
+        jobs: usize::from(global.jobs),
+        allow_prune_all,
+        load: LoadOptions {
+            allow_insecure_permissions: global.allow_insecure_permissions,
+        },
+    };
+    daemon::run(std::sync::Arc::new(ctx), opts, shutdown).await?;
+    info!("stopped; lanes keep running");
+    Ok(0)
+}

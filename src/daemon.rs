@@ -1,0 +1,297 @@
+//! `lanectl run`: the always-on reconciler.
+//!
+//! The daemon adds only event sources and a work queue to the one per-lane
+//! reconcile of `reconcile.rs`. At start it waits for the first full list of
+//! this instance's containers, then schedules every lane; after that the
+//! sources (`sources/`: file-system events, Podman events, the periodic
+//! resync) schedule lanes on the queue (`queue.rs`), and `--jobs` workers
+//! take them one at a time per lane. A failed reconcile is retried with
+//! per-lane exponential back-off (1 s doubling to 5 min, reset by a success);
+//! an invalid manifest waits for its file to change. Shutdown is injected: on
+//! cancel no new work starts, in-flight reconciles finish, and lanes keep
+//! running.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::desired::{self, LoadOptions};
+use crate::observe;
+use crate::queue::Queue;
+use crate::reconcile::{self, Ctx, Mode};
+use crate::sources::{self, Index, SharedIndex};
+use crate::status::Phase;
+
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub resync: Duration,
+    pub jobs: usize,
+    pub allow_prune_all: bool,
+    pub load: LoadOptions,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Watch(#[from] sources::fs::FsError),
+}
+
+/// What the workers share.
+struct Shared {
+    ctx: Arc<Ctx>,
+    opts: Options,
+    index: SharedIndex,
+    /// Consecutive failed reconciles per lane.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+/// Runs until `shutdown` is cancelled (then returns Ok once in-flight
+/// reconciles finished) or a source cannot start.
+pub async fn run(
+    ctx: Arc<Ctx>,
+    opts: Options,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let queue = Queue::with_root(shutdown.clone());
+    let index: SharedIndex = Arc::new(Mutex::new(Index::default()));
+    let shared = Arc::new(Shared {
+        ctx: ctx.clone(),
+        opts: opts.clone(),
+        index: index.clone(),
+        failures: Mutex::new(HashMap::new()),
+    });
+
+    // Never plan against a partial view: the first full list comes first.
+    let mut wait = Duration::from_secs(1);
+    loop {
+        if refresh(&shared, true).await {
+            break;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
+    sources::trigger_all(&index, &queue, "startup");
+    info!(lanes = index.lock().map(|i| i.lanes.len()).unwrap_or(0), dir = %ctx.dir.display(), "converging");
+
+    let tracker = TaskTracker::new();
+    for _ in 0..opts.jobs.max(1) {
+        tracker.spawn(worker(shared.clone(), queue.clone()));
+    }
+    let fs = tokio::spawn(sources::fs::run(
+        ctx.dir.clone(),
+        index.clone(),
+        queue.clone(),
+        {
+            let shared = shared.clone();
+            move || {
+                let shared = shared.clone();
+                async move {
+                    refresh(&shared, false).await;
+                }
+            }
+        },
+        shutdown.clone(),
+    ));
+    tracker.spawn(sources::events::run(
+        ctx.clone(),
+        index.clone(),
+        queue.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(sources::resync::run(
+        opts.resync,
+        index.clone(),
+        queue.clone(),
+        {
+            let shared = shared.clone();
+            move || {
+                let shared = shared.clone();
+                async move {
+                    refresh(&shared, true).await;
+                }
+            }
+        },
+        shutdown.clone(),
+    ));
+
+    let fatal = tokio::select! {
+        () = shutdown.cancelled() => None,
+        joined = fs => match joined {
+            Ok(Err(e)) => Some(e),
+            _ => None,
+        },
+    };
+    // Stop handing out work; let the workers finish what they hold.
+    shutdown.cancel();
+    queue.close();
+    tracker.close();
+    tracker.wait().await;
+    match fatal {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+/// Refreshes the index from the lanes directory and, with `list`, from one
+/// list call of this instance's containers. Returns false when a needed
+/// source could not be read (then the index is left as it was).
+async fn refresh(shared: &Shared, list: bool) -> bool {
+    let ctx = &shared.ctx;
+    let state = match desired::load_dir(&ctx.dir, shared.opts.load) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot read the lanes directory; nothing is pruned until it is back");
+            return false;
+        }
+    };
+    let with_containers: Option<BTreeSet<String>> = if list {
+        match observe::observe(&ctx.podman, &ctx.instance).await {
+            Ok(o) => Some(o.into_keys().filter(|l| !l.is_empty()).collect()),
+            Err(e) => {
+                warn!(error = %e, "cannot list containers");
+                return false;
+            }
+        }
+    } else {
+        None
+    };
+    let Ok(mut index) = shared.index.lock() else {
+        return false;
+    };
+    let mut lanes: BTreeSet<String> = state.lanes.keys().cloned().collect();
+    match with_containers {
+        Some(c) => lanes.extend(c),
+        // Keep lanes that had containers: their manifest may just be gone.
+        None => lanes.extend(index.lanes.iter().cloned()),
+    }
+    lanes.extend(state.listing.status_files.iter().cloned());
+    index.lanes = lanes;
+    index.sources = state
+        .lanes
+        .iter()
+        .filter_map(|(lane, d)| match d {
+            desired::Desired::Valid { spec, .. } => Some((lane, spec)),
+            desired::Desired::Invalid { .. } => None,
+        })
+        .flat_map(|(lane, spec)| {
+            let codex = spec.codex.iter().map(|c| c.source.clone());
+            let tracked = spec
+                .mounts
+                .iter()
+                .filter(|m| m.track_content)
+                .map(|m| m.source.clone());
+            codex
+                .chain(tracked)
+                .map(|p| (p, lane.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    true
+}
+
+async fn worker(shared: Arc<Shared>, queue: Queue) {
+    while let Some((lane, cause, cancel)) = queue.next().await {
+        let span = info_span!("reconcile", lane = %lane, cause);
+        let started = Instant::now();
+        let next = reconcile_lane(&shared, &lane, &cancel)
+            .instrument(span.clone())
+            .await;
+        debug!(parent: &span, took_ms = started.elapsed().as_millis() as u64, retry_in_ms = next.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64), "reconciled");
+        queue.done(&lane);
+        if let Some(at) = next {
+            queue.schedule(&lane, at, "retry");
+        }
+    }
+}
+
+/// One lane, fresh from the files and Podman; returns when it wants to be
+/// looked at again, if it does.
+async fn reconcile_lane(
+    shared: &Shared,
+    lane: &str,
+    cancel: &CancellationToken,
+) -> Option<Instant> {
+    let ctx = &shared.ctx;
+    let state = match desired::load_dir(&ctx.dir, shared.opts.load) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot read the lanes directory; nothing is pruned");
+            return Some(backoff(shared, lane));
+        }
+    };
+    let manifests = state.lanes.len();
+    let mut lanes = state.lanes;
+    let desired = lanes.remove(lane);
+    if desired.is_none() && manifests == 0 && !shared.opts.allow_prune_all {
+        warn!(
+            "the lanes directory holds no manifest: not removing this lane's container \
+             (a bad checkout must not wipe a host; pass --allow-prune-all)"
+        );
+        return None;
+    }
+    let observed = match ctx.podman.list_lane(&ctx.instance, lane).await {
+        Ok(o) => o,
+        Err(e) => {
+            reconcile::mark_unreachable(ctx, lane, desired.as_ref(), &e);
+            return Some(backoff(shared, lane));
+        }
+    };
+    let outcome =
+        reconcile::reconcile(ctx, lane, desired, observed, Mode::Apply, Some(cancel)).await;
+    if outcome.interrupted {
+        return None; // the interrupt queued the rerun (or this is shutdown)
+    }
+    if let Some(at) = outcome.retry_at {
+        return Some(at);
+    }
+    match outcome.phase {
+        Phase::Ready | Phase::Stopped | Phase::Invalid => {
+            if let Ok(mut f) = shared.failures.lock() {
+                f.remove(lane);
+            }
+            None
+        }
+        Phase::Pending | Phase::Failed => Some(backoff(shared, lane)),
+    }
+}
+
+/// The next retry of a failed lane: 1 s, doubling, at most 5 min.
+fn backoff(shared: &Shared, lane: &str) -> Instant {
+    let n = shared
+        .failures
+        .lock()
+        .map(|mut f| {
+            let n = f.entry(lane.to_string()).or_insert(0);
+            *n += 1;
+            *n
+        })
+        .unwrap_or(1);
+    Instant::now() + retry_delay(n)
+}
+
+/// Delay before retry `n` (1-based).
+fn retry_delay(n: u32) -> Duration {
+    Duration::from_secs(1u64 << (n - 1).min(16)).min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_from_one_second_to_five_minutes() {
+        let delays: Vec<u64> = (1..=11).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(retry_delay(40), MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,375 @@
+//! `lanectl run` against a real Podman: it converges at start, then reacts to
+//! manifests, Podman events, source changes and a restarted Podman.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::common::{Daemon, Lanes, inspect, podman, wait_for};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn ready_id(lanes: &Lanes, lane: &str) -> Option<String> {
+    let status = lanes.status(lane)?;
+    (status["phase"] == "ready").then(|| status["container_id"].as_str().map(str::to_string))?
+}
+
+fn wait_ready(lanes: &Lanes, daemon: &Daemon, lane: &str) -> String {
+    wait_for(LIMIT, || ready_id(lanes, lane)).unwrap_or_else(|| {
+        panic!(
+            "lane {lane} not ready; status {:?}\nlog:\n{}",
+            lanes.status(lane),
+            daemon.log()
+        )
+    })
+}
+
+fn wait_ready_other_than(lanes: &Lanes, daemon: &Daemon, lane: &str, old: &str) -> String {
+    wait_for(LIMIT, || ready_id(lanes, lane).filter(|id| id != old)).unwrap_or_else(|| {
+        panic!(
+            "lane {lane} not recreated; status {:?}\nlog:\n{}",
+            lanes.status(lane),
+            daemon.log()
+        )
+    })
+}
+
+#[test]
+fn the_daemon_follows_manifests_and_podman() {
+    let lanes = Lanes::new("daemon");
+    lanes.write("a", &lanes.worker_lane(""));
+    let daemon = Daemon::start(&lanes, &[]);
+    let a = wait_ready(&lanes, &daemon, "a");
+
+    // A new manifest dropped in becomes ready.
+    lanes.write("b", &lanes.worker_lane(""));
+    let b = wait_ready(&lanes, &daemon, "b");
+
+    // An edit recreates only that lane.
+    lanes.write("a", &lanes.worker_lane("env: {V: '2'}\n"));
+    let a2 = wait_ready_other_than(&lanes, &daemon, "a", &a);
+    assert_eq!(ready_id(&lanes, "b").as_deref(), Some(b.as_str()));
+
+    // `podman rm -f` is recreated; `podman stop` is started again.
+    podman(&["rm", "--force", "--time", "0", &a2]);
+    let a3 = wait_ready_other_than(&lanes, &daemon, "a", &a2);
+    podman(&["stop", "--time", "1", &b]);
+    wait_for(LIMIT, || {
+        (inspect(&b)["State"]["Running"] == true).then_some(())
+    })
+    .unwrap_or_else(|| panic!("b not started again\n{}", daemon.log()));
+    wait_for(LIMIT, || {
+        (lanes.status("b")?["restarts"] == 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("restart not counted: {:?}", lanes.status("b")));
+    assert_eq!(
+        ready_id(&lanes, "b").as_deref(),
+        Some(b.as_str()),
+        "the same container"
+    );
+
+    // A broken manifest is invalid while the old container keeps running.
+    lanes.write("a", "image: [\n");
+    wait_for(LIMIT, || {
+        (lanes.status("a")?["phase"] == "invalid").then_some(())
+    })
+    .unwrap_or_else(|| panic!("a not invalid: {:?}", lanes.status("a")));
+    assert_eq!(inspect(&a3)["State"]["Running"], true);
+    // Fixed, it is ready again (the same spec: the same container).
+    lanes.write("a", &lanes.worker_lane("env: {V: '2'}\n"));
+    let a4 = wait_ready(&lanes, &daemon, "a");
+    assert_eq!(a4, a3);
+
+    // A deleted manifest's container and status file go away.
+    std::fs::remove_file(lanes.dir().join("b.yaml")).unwrap();
+    wait_for(LIMIT, || {
+        (lanes.status("b").is_none() && lanes.containers().len() == 1).then_some(())
+    })
+    .unwrap_or_else(|| panic!("b not removed\n{}", daemon.log()));
+}
+
+#[test]
+fn a_codex_file_rewritten_under_the_daemon_recreates_its_lane() {
+    let lanes = Lanes::new("daemon-codex");
+    lanes.file("codex/a/token", "one\n");
+    lanes.write(
+        "a",
+        &lanes.worker_lane("codex: {source: ../codex/a, target: /root/.codex}\n"),
+    );
+    let daemon = Daemon::start(&lanes, &["--resync", "1h"]);
+    let a = wait_ready(&lanes, &daemon, "a");
+    lanes.file("codex/a/token", "two\n");
+    wait_ready_other_than(&lanes, &daemon, "a", &a);
+    let report = lanes.worker_report("a");
+    assert_eq!(
+        report["codex_files"][0]["sha256"],
+        crate::converge::sha256_hex(b"two\n")
+    );
+}
+
+#[test]
+fn a_burst_of_manifests_creates_each_container_once_and_no_reader_sees_a_partial_status() {
+    let lanes = Lanes::new("burst");
+    let daemon = Daemon::start(&lanes, &["--resync", "1h"]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A reader polls every status file throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (stop, reads, dir) = (stop.clone(), reads.clone(), lanes.dir());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    return;
+                };
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !name.ends_with(".status.yaml") {
+                        continue;
+                    }
+                    let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                        continue;
+                    };
+                    let parsed: Result<serde_json::Value, _> = serde_saphyr::from_str(&text);
+                    let value =
+                        parsed.unwrap_or_else(|e| panic!("partial status {name}: {e}\n{text}"));
+                    assert!(value["phase"].is_string(), "{name}: {text}");
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    let names: Vec<String> = (0..20).map(|i| format!("l{i:02}")).collect();
+    for name in &names {
+        lanes.write(name, &lanes.worker_lane(""));
+    }
+    for name in &names {
+        wait_for(Duration::from_secs(60), || ready_id(&lanes, name)).unwrap_or_else(|| {
+            panic!(
+                "{name} not ready: {:?}\n{}",
+                lanes.status(name),
+                daemon.log()
+            )
+        });
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader
+        .join()
+        .expect("the reader saw only whole status files");
+    assert!(reads.load(Ordering::Relaxed) > 20, "the reader read");
+    assert_eq!(lanes.containers().len(), 20);
+    let creates = daemon.log().matches("acted action=create").count();
+    assert_eq!(
+        creates,
+        20,
+        "each container created exactly once\n{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn sigterm_exits_0_and_leaves_the_lanes_running() {
+    let lanes = Lanes::new("sigterm");
+    lanes.write("a", &lanes.worker_lane(""));
+    let mut daemon = Daemon::start(&lanes, &[]);
+    let a = wait_ready(&lanes, &daemon, "a");
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(inspect(&a)["State"]["Running"], true);
+    assert_eq!(lanes.status("a").unwrap()["phase"], "ready");
+}
+
+#[test]
+fn a_crash_looping_container_is_restarted_with_back_off() {
+    let lanes = Lanes::new("crashloop");
+    // The worker exits at once: every start is followed by an exit.
+    let yaml = lanes
+        .worker_lane("")
+        .replace("command: [serve]", "command: [crash]")
+        .replace("ports: [{container: 31417}]\n", "")
+        .replace(
+            "probe: {path: /healthz, timeout: 10s, interval: 50ms}\n",
+            "",
+        );
+    lanes.write("a", &yaml);
+    let daemon = Daemon::start(&lanes, &[]);
+    let status = wait_for(LIMIT, || {
+        let s = lanes.status("a")?;
+        (s["restarts"].as_u64()? >= 2 && s["message"].as_str()?.contains("restart")).then_some(s)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no back-off seen: {:?}\n{}",
+            lanes.status("a"),
+            daemon.log()
+        )
+    });
+    assert_eq!(status["phase"], "failed");
+    let message = status["message"].as_str().unwrap();
+    assert!(message.contains("exited with code"), "{message}");
+    assert_eq!(lanes.containers().len(), 1, "restarted, never recreated");
+}
+
+/// A Podman service of the test's own (vfs storage, no mounts to leak), so
+/// that it can be killed and restarted without disturbing other tests.
+struct OwnPodman {
+    root: std::path::PathBuf,
+    conf: std::path::PathBuf,
+    socket: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl OwnPodman {
+    fn new(lanes: &Lanes) -> OwnPodman {
+        let root = lanes.path("own-podman");
+        let conf = lanes.file(
+            "own-podman.conf",
+            &format!(
+                "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+                 [engine]\nruntime = \"runc\"\ntmp_dir = \"{}/tmp\"\n",
+                root.display()
+            ),
+        );
+        let socket = root.join("podman.sock");
+        let mut own = OwnPodman {
+            root,
+            conf,
+            socket,
+            child: None,
+        };
+        own.start();
+        own
+    }
+
+    fn url(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    fn cli(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new("podman");
+        cmd.env_remove("CONTAINER_HOST")
+            .env("CONTAINERS_CONF", &self.conf)
+            .arg("--storage-driver=vfs")
+            .arg("--root")
+            .arg(self.root.join("graph"))
+            .arg("--runroot")
+            .arg(self.root.join("run"));
+        cmd
+    }
+
+    fn start(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let child = self
+            .cli()
+            .args(["system", "service", "--time=0", &self.url()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start a podman service");
+        self.child = Some(child);
+        wait_for(Duration::from_secs(10), || {
+            let out = std::process::Command::new("podman")
+                .args(["--remote", "--url", &self.url(), "version"])
+                .output()
+                .ok()?;
+            out.status.success().then_some(())
+        })
+        .expect("own podman service answers");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn remote(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("podman")
+            .args(["--remote", "--url", &self.url()])
+            .args(args)
+            .output()
+            .expect("podman");
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for OwnPodman {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = std::process::Command::new("podman")
+                .args([
+                    "--remote",
+                    "--url",
+                    &self.url(),
+                    "rm",
+                    "--all",
+                    "--force",
+                    "--time",
+                    "0",
+                ])
+                .output();
+        }
+        self.kill();
+    }
+}
+
+#[test]
+fn the_daemon_recovers_when_podman_restarts_under_it() {
+    let lanes = Lanes::new("podman-restart");
+    let mut own = OwnPodman::new(&lanes);
+    // The worker image, copied into the service's own storage.
+    let tar = lanes.path("image.tar");
+    podman(&[
+        "save",
+        "--quiet",
+        "-o",
+        tar.to_str().unwrap(),
+        &crate::common::image(),
+    ]);
+    own.remote(&["load", "--quiet", "-i", tar.to_str().unwrap()]);
+
+    lanes.write("a", &lanes.worker_lane(""));
+    let mut daemon = Daemon::start_with(&lanes, &own.url(), &[]);
+    let a = wait_ready(&lanes, &daemon, "a");
+
+    // Podman goes away; an edit made meanwhile cannot be carried out.
+    own.kill();
+    lanes.write("a", &lanes.worker_lane("env: {V: after}\n"));
+    wait_for(LIMIT, || {
+        let s = lanes.status("a")?;
+        (s["phase"] == "failed" && s["message"].as_str()?.contains("podman")).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "outage not reported: {:?}\n{}",
+            lanes.status("a"),
+            daemon.log()
+        )
+    });
+    assert!(
+        daemon.is_running(),
+        "the daemon keeps running without podman"
+    );
+
+    // Podman is back: the lane converges without restarting the daemon.
+    own.start();
+    let a2 = wait_for(Duration::from_secs(60), || {
+        ready_id(&lanes, "a").filter(|id| *id != a)
+    })
+    .unwrap_or_else(|| panic!("not recovered: {:?}\n{}", lanes.status("a"), daemon.log()));
+    let env = own.remote(&["inspect", "--format", "{{.Config.Env}}", &a2]);
+    assert!(env.contains("V=after"), "{env}");
+    assert!(daemon.is_running());
+}
