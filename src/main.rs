@@ -9,6 +9,8 @@ mod cmd;
 mod daemon;
 mod desired;
 mod exec;
+#[cfg(test)]
+mod fuzz_tests;
 mod hash;
 mod labels;
 mod lane;

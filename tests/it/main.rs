@@ -8,3 +8,4 @@ mod converge;
 mod daemon;
 mod failures;
 mod plan;
+mod secrets;

@@ -1,0 +1,126 @@
+//! Env values and codex bytes never appear in logs (at any level), status
+//! files, `plan` output or error messages; names and fingerprints may.
+
+use std::time::Duration;
+
+use crate::common::{Daemon, Lanes, wait_for};
+
+const ENV_SECRET: &str = "envS3cr3tValue-7f1c";
+const CODEX_SECRET: &str = "codexS3cr3tBytes-9a2e";
+
+fn assert_clean(what: &str, text: &str) {
+    for secret in [ENV_SECRET, CODEX_SECRET] {
+        assert!(!text.contains(secret), "{what} shows a secret:\n{text}");
+    }
+}
+
+#[test]
+fn secrets_never_reach_logs_status_plan_or_errors() {
+    let lanes = Lanes::new("secrets");
+    lanes.file(
+        "codex/a/auth.json",
+        &format!("{{\"token\": \"{CODEX_SECRET}\"}}\n"),
+    );
+    let env = format!("env: {{API_TOKEN: {ENV_SECRET}}}\n");
+    let codex = "codex: {source: ../codex/a, target: /root/.codex, fingerprint_env: CODEX_SHA}\n";
+    lanes.write("a", &lanes.worker_lane(&format!("{env}{codex}")));
+    // A lane that fails its probe, and one whose image is missing.
+    let failing = lanes
+        .worker_lane(&env)
+        .replace("path: /healthz, timeout: 10s", "path: /nope, timeout: 1s");
+    lanes.write("b", &failing);
+    lanes.write(
+        "c",
+        &lanes
+            .worker_lane(&env)
+            .replace(&crate::common::image(), "localhost/lanectl-none:1"),
+    );
+
+    let mut outputs = Vec::new();
+    for args in [
+        &["-vv", "plan"][..],
+        &["-vv", "apply"],
+        &["-vv", "apply"],
+        &["status", "--json"],
+        &["status"],
+    ] {
+        let run = lanes.lanectl(args);
+        outputs.push((
+            format!("{args:?}"),
+            format!("{}\n{}", run.stdout, run.stderr),
+        ));
+    }
+    // A secret changed: plan names the cause, not the value.
+    lanes.write(
+        "a",
+        &lanes.worker_lane(&format!(
+            "{}{codex}",
+            env.replace(ENV_SECRET, "other-value")
+        )),
+    );
+    let plan = lanes.lanectl(&["-vv", "plan"]);
+    assert!(plan.stdout.contains("recreate: spec changed"), "{plan:?}");
+    outputs.push((
+        "plan after edit".into(),
+        format!("{}\n{}", plan.stdout, plan.stderr),
+    ));
+    // Broken manifests around a secret: the errors name keys and positions.
+    lanes.write(
+        "d",
+        &format!(
+            "image: x\nenv: {{API_TOKEN: {ENV_SECRET}, OTHER: [{ENV_SECRET}]}}\nstate: {{}}\n"
+        ),
+    );
+    lanes.write(
+        "e",
+        &format!("image: x\nenv:\n  API_TOKEN: \"{ENV_SECRET}\n"),
+    );
+    let validate = lanes.lanectl(&["validate"]);
+    assert_eq!(validate.code, 1, "{validate:?}");
+    outputs.push((
+        "validate".into(),
+        format!("{}\n{}", validate.stdout, validate.stderr),
+    ));
+
+    // The daemon at trace level, through a create and a recreate.
+    std::fs::remove_file(lanes.dir().join("d.yaml")).unwrap();
+    std::fs::remove_file(lanes.dir().join("e.yaml")).unwrap();
+    let before = lanes.status("a").unwrap()["spec_hash"].clone();
+    let daemon = Daemon::start(&lanes, &["-v"]);
+    let recreated = |from: &serde_json::Value| {
+        let s = lanes.status("a")?;
+        (s["phase"] == "ready" && s["spec_hash"] != *from).then(|| s["spec_hash"].clone())
+    };
+    // The daemon carries out the edit made above, then one back to the secret.
+    let middle = wait_for(Duration::from_secs(20), || recreated(&before))
+        .unwrap_or_else(|| panic!("a not recreated: {:?}\n{}", lanes.status("a"), daemon.log()));
+    lanes.write("a", &lanes.worker_lane(&format!("{env}{codex}")));
+    wait_for(Duration::from_secs(20), || recreated(&middle))
+        .unwrap_or_else(|| panic!("a not recreated: {:?}\n{}", lanes.status("a"), daemon.log()));
+    outputs.push(("daemon log".into(), daemon.log()));
+
+    for (what, text) in &outputs {
+        assert_clean(what, text);
+    }
+    for entry in std::fs::read_dir(lanes.dir()).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".status.yaml")
+        {
+            assert_clean(&entry.path().display().to_string(), &text);
+        }
+    }
+    // The fingerprint (not the bytes) is what may be shown.
+    let status = lanes.status("a").unwrap();
+    assert!(
+        status["codex_fingerprint"]
+            .as_str()
+            .is_some_and(|f| f.len() == 64)
+    );
+    println!(
+        "checked {} outputs and every status file for 2 planted secrets",
+        outputs.len()
+    );
+}
