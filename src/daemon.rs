@@ -254,6 +254,9 @@ async fn reconcile_lane(
     if let Some(at) = outcome.retry_at {
         return Some(at);
     }
+    if outcome.status_error.is_some() {
+        return Some(backoff(shared, lane)); // logged; retried until it is written
+    }
     match outcome.phase {
         Phase::Ready | Phase::Stopped | Phase::Invalid => {
             if let Ok(mut f) = shared.failures.lock() {

@@ -297,6 +297,54 @@ mod tests {
         );
     }
 
+    /// The reason lane `a` of `dir` is invalid (as root).
+    fn refusal(dir: &Path) -> String {
+        let state = load_dir(dir, LoadOptions::default()).unwrap();
+        match &state.lanes["a"] {
+            Desired::Invalid { problems, .. } => problems[0].to_string(),
+            Desired::Valid { .. } => panic!("lane a should be refused"),
+        }
+    }
+
+    #[test]
+    fn as_root_each_insecure_case_is_refused_with_its_reason() {
+        if !is_root() {
+            return; // the rule applies only to root; CI runs as root
+        }
+        let mode =
+            |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        // A manifest owned by another (non-root) user.
+        let dir = dir_with(&[("a.yaml", "image: i\n")]);
+        std::os::unix::fs::chown(dir.path().join("a.yaml"), Some(1234), None).unwrap();
+        assert!(refusal(dir.path()).contains("owned by uid 1234"));
+        // A world-writable manifest.
+        let dir = dir_with(&[("a.yaml", "image: i\n")]);
+        mode(&dir.path().join("a.yaml"), 0o646);
+        assert!(refusal(dir.path()).contains("writable by group or others"));
+        // The lanes directory itself.
+        let dir = dir_with(&[("a.yaml", "image: i\n")]);
+        mode(dir.path(), 0o777);
+        assert!(refusal(dir.path()).contains("writable by group or others"));
+        // _defaults.yaml: every lane.
+        let dir = dir_with(&[("a.yaml", "image: i\n"), ("_defaults.yaml", "user: root\n")]);
+        mode(&dir.path().join("_defaults.yaml"), 0o664);
+        assert!(refusal(dir.path()).contains("_defaults.yaml"));
+        // A parent that others can write, without the sticky bit.
+        let parent = tempfile::tempdir().unwrap();
+        let lanes = parent.path().join("lanes.d");
+        std::fs::create_dir(&lanes).unwrap();
+        std::fs::write(lanes.join("a.yaml"), "image: i\n").unwrap();
+        mode(&lanes.join("a.yaml"), 0o644);
+        mode(parent.path(), 0o777);
+        assert!(refusal(&lanes).contains("without the sticky bit"));
+        mode(parent.path(), 0o1777);
+        let state = load_dir(&lanes, LoadOptions::default()).unwrap();
+        assert!(
+            matches!(state.lanes["a"], Desired::Valid { .. }),
+            "sticky is fine"
+        );
+    }
+
     #[test]
     fn a_group_writable_manifest_is_refused_as_root() {
         if !is_root() {

@@ -164,6 +164,8 @@ pub struct Outcome {
     pub retry_at: Option<Instant>,
     /// The run was cancelled at a safe point (the probe); nothing was written.
     pub interrupted: bool,
+    /// The status file could not be written (disk full, read-only dir).
+    pub status_error: Option<String>,
 }
 
 impl Outcome {
@@ -178,12 +180,15 @@ impl Outcome {
             extras: 0,
             retry_at: None,
             interrupted: false,
+            status_error: None,
         }
     }
 
-    /// True when this lane is where its manifest wants it.
+    /// True when this lane is where its manifest wants it, and says so.
     pub fn converged(&self) -> bool {
-        self.has_manifest && matches!(self.phase, Phase::Ready | Phase::Stopped)
+        self.has_manifest
+            && matches!(self.phase, Phase::Ready | Phase::Stopped)
+            && self.status_error.is_none()
     }
 }
 
@@ -322,10 +327,11 @@ pub async fn reconcile(
             let mut st = base_status(lane, Phase::Invalid, observed.first(), manifest_sha256);
             st.message.clone_from(&message);
             st.restarts = previous.map_or(0, |p| p.restarts);
+            let mut outcome = Outcome::new(lane, None, Phase::Invalid, message);
             if mode == Mode::Apply {
-                write_status(ctx, st);
+                outcome.status_error = write_status(ctx, st);
             }
-            Outcome::new(lane, None, Phase::Invalid, message)
+            outcome
         }
         Some(Desired::Valid {
             spec,
@@ -452,13 +458,14 @@ async fn converge(
                 Unready::Invalid(m) => (Phase::Invalid, m),
                 Unready::Failed(m) => (Phase::Failed, m),
             };
+            let mut outcome = Outcome::new(lane, None, phase, message.clone());
             if mode == Mode::Apply {
                 let mut st = base_status(lane, phase, observed.first(), sha);
-                st.message.clone_from(&message);
+                st.message = message;
                 st.restarts = previous.map_or(0, |p| p.restarts);
-                write_status(ctx, st);
+                outcome.status_error = write_status(ctx, st);
             }
-            return Outcome::new(lane, None, phase, message);
+            return outcome;
         }
     };
     let (plan, hash) = plan;
@@ -518,7 +525,7 @@ async fn converge(
             let mut st = base_status(lane, Phase::Failed, left.as_ref(), sha);
             st.message.clone_from(&message);
             st.restarts = restarts;
-            write_status(ctx, st);
+            outcome.status_error = write_status(ctx, st);
             outcome.phase = Phase::Failed;
             outcome.message = message;
             return outcome;
@@ -570,7 +577,7 @@ async fn converge(
     outcome.phase = st.phase;
     outcome.endpoint.clone_from(&st.endpoint);
     outcome.message.clone_from(&st.message);
-    write_status(ctx, st);
+    outcome.status_error = write_status(ctx, st);
     outcome
 }
 
@@ -597,7 +604,7 @@ fn wait_for_restart(
     let mut st = base_status(lane, Phase::Failed, Some(c), sha);
     st.message.clone_from(&message);
     st.restarts = restarts;
-    write_status(ctx, st);
+    outcome.status_error = write_status(ctx, st);
     ctx.note_ready(lane, false);
     outcome.phase = Phase::Failed;
     outcome.message = message;
@@ -706,12 +713,20 @@ fn base_status(
     st
 }
 
-fn write_status(ctx: &Ctx, st: Status) {
+/// Writes a status if it changed; returns why it could not be written (the
+/// lane then counts as not converged: `apply` fails, the daemon retries).
+fn write_status(ctx: &Ctx, st: Status) -> Option<String> {
     let lane = st.lane.clone();
     match status::write_if_changed(&ctx.dir, st) {
-        Ok(true) => debug!(lane = %lane, "status written"),
-        Ok(false) => {}
-        Err(e) => warn!(lane = %lane, error = %e, "could not write status"),
+        Ok(true) => {
+            debug!(lane = %lane, "status written");
+            None
+        }
+        Ok(false) => None,
+        Err(e) => {
+            warn!(lane = %lane, error = %e, "could not write status");
+            Some(e.to_string())
+        }
     }
 }
 

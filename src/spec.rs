@@ -160,11 +160,19 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
             );
         }
         let source = absolute(dir, &c.source);
-        if !source.is_dir() {
-            bad(
+        match source_kind(&source) {
+            Ok(SourceKind::Dir) => {}
+            Ok(other) => bad(
                 &at("source"),
-                format!("codex source {} is not a directory", source.display()),
-            );
+                format!(
+                    "codex source {} is {other}, not a directory",
+                    source.display()
+                ),
+            ),
+            Err(e) => bad(
+                &at("source"),
+                format!("codex source {}: {e}", source.display()),
+            ),
         }
         if let Some(name) = &c.fingerprint_env
             && env.contains_key(name)
@@ -185,11 +193,19 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
     for (i, m) in raw.mounts.iter().flatten().enumerate() {
         let at = |k| [Seg::Key("mounts"), Seg::Index(i), Seg::Key(k)];
         let source = absolute(dir, &m.source);
-        if !source.exists() {
-            bad(
+        match source_kind(&source) {
+            Ok(SourceKind::Dir | SourceKind::File) => {}
+            Ok(other) => bad(
                 &at("source"),
-                format!("mount source {} does not exist", source.display()),
-            );
+                format!(
+                    "mount source {} is {other}: only files and directories are mounted",
+                    source.display()
+                ),
+            ),
+            Err(e) => bad(
+                &at("source"),
+                format!("mount source {}: {e}", source.display()),
+            ),
         }
         if !m.target.starts_with('/') {
             bad(
@@ -394,6 +410,49 @@ pub fn check_across(specs: &BTreeMap<String, (LaneSpec, &Loaded)>) -> HashMap<St
     out
 }
 
+/// What a host path is, following symlinks.
+#[derive(Debug, PartialEq, Eq)]
+enum SourceKind {
+    Dir,
+    File,
+    Special(&'static str),
+}
+
+impl std::fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceKind::Dir => f.write_str("a directory"),
+            SourceKind::File => f.write_str("a file"),
+            SourceKind::Special(what) => f.write_str(what),
+        }
+    }
+}
+
+/// Resolves a source path; a dangling link or a loop is an error that says so.
+fn source_kind(path: &Path) -> Result<SourceKind, String> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound if path.symlink_metadata().is_ok() => {
+            "is a dangling symlink".to_string()
+        }
+        std::io::ErrorKind::NotFound => "does not exist".to_string(),
+        _ if e.raw_os_error() == Some(libc::ELOOP) => "is a symlink loop".to_string(),
+        _ => format!("cannot be read: {e}"),
+    })?;
+    let t = meta.file_type();
+    Ok(if t.is_dir() {
+        SourceKind::Dir
+    } else if t.is_file() {
+        SourceKind::File
+    } else if t.is_fifo() {
+        SourceKind::Special("a FIFO")
+    } else if t.is_socket() {
+        SourceKind::Special("a socket")
+    } else {
+        SourceKind::Special("a device")
+    })
+}
+
 /// `source` against `dir` when relative, with `.` and `..` folded lexically.
 pub fn absolute(dir: &Path, source: &str) -> PathBuf {
     let joined = dir.join(source);
@@ -592,6 +651,43 @@ pub(crate) mod tests {
         let problems = resolve_text("image: i\nports: [{container: 80}]\nprobe: {interval: 0s}\n")
             .unwrap_err();
         assert!(problems[0].message.contains("interval"), "{problems:?}");
+    }
+
+    #[test]
+    fn special_and_broken_sources_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::os::unix::fs::symlink(p.join("loop-b"), p.join("loop-a")).unwrap();
+        std::os::unix::fs::symlink(p.join("loop-a"), p.join("loop-b")).unwrap();
+        std::os::unix::fs::symlink(p.join("nowhere"), p.join("dangling")).unwrap();
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(p.join("fifo"))
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert_eq!(
+            source_kind(&p.join("loop-a")),
+            Err("is a symlink loop".into())
+        );
+        assert_eq!(
+            source_kind(&p.join("dangling")),
+            Err("is a dangling symlink".into())
+        );
+        assert_eq!(
+            source_kind(&p.join("missing")),
+            Err("does not exist".into())
+        );
+        assert_eq!(
+            source_kind(&p.join("fifo")),
+            Ok(SourceKind::Special("a FIFO"))
+        );
+        assert_eq!(
+            source_kind(Path::new("/dev/null")),
+            Ok(SourceKind::Special("a device"))
+        );
+        assert_eq!(source_kind(p), Ok(SourceKind::Dir));
     }
 
     #[test]

@@ -229,6 +229,21 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_leaves_nothing_half_written() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the status file should go: the rename fails.
+        std::fs::create_dir(dir.path().join("alpha.status.yaml")).unwrap();
+        std::fs::write(dir.path().join("alpha.status.yaml/keep"), "x").unwrap();
+        assert!(write(dir.path(), &sample()).is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec!["alpha.status.yaml"], "no temporary file left");
+        assert!(dir.path().join("alpha.status.yaml/keep").exists());
+    }
+
+    #[test]
     fn no_temporary_file_stays_behind() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), &sample()).unwrap();

@@ -40,7 +40,10 @@ pub async fn run(
             Kind::Apply => apply_line(o),
             Kind::Plan { .. } => plan_line(o),
         };
-        println!("{:width$}  {line}", o.lane);
+        match &o.status_error {
+            Some(e) => println!("{:width$}  {line}; status not written: {e}", o.lane),
+            None => println!("{:width$}  {line}", o.lane),
+        }
     }
     Ok(match kind {
         Kind::Apply => {
