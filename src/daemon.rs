@@ -128,7 +128,8 @@ pub async fn run(
         () = shutdown.cancelled() => None,
         joined = fs => match joined {
             Ok(Err(e)) => Some(e),
-            _ => None,
+            Ok(Ok(())) => None,
+            Err(e) => Some(sources::fs::FsError::Crashed(e.to_string())),
         },
     };
     // Stop handing out work; let the workers finish what they hold.
@@ -203,13 +204,23 @@ async fn worker(shared: Arc<Shared>, queue: Queue) {
     while let Some((lane, cause, cancel)) = queue.next().await {
         let span = info_span!("reconcile", lane = %lane, cause);
         let started = Instant::now();
-        let next = reconcile_lane(&shared, &lane, &cancel)
-            .instrument(span.clone())
-            .await;
+        // In a task of its own: a panic fails this run, never the worker or
+        // the lane's place in the queue.
+        let run = tokio::spawn({
+            let (shared, lane) = (shared.clone(), lane.clone());
+            async move { reconcile_lane(&shared, &lane, &cancel).await }.instrument(span.clone())
+        });
+        let next = match run.await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(parent: &span, error = %e, "reconcile ended abnormally; retrying with back-off");
+                Some(backoff(&shared, &lane))
+            }
+        };
         debug!(parent: &span, took_ms = started.elapsed().as_millis() as u64, retry_in_ms = next.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64), "reconciled");
         queue.done(&lane);
         if let Some(at) = next {
-            queue.schedule(&lane, at, "retry");
+            queue.retry(&lane, at);
         }
     }
 }

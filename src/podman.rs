@@ -18,6 +18,14 @@ use podman_api::opts::{
 };
 
 use crate::labels::{INSTANCE as INSTANCE_LABEL, LANE as LANE_LABEL};
+/// Longest wait for an ordinary call: a hung Podman (a storage lock, say)
+/// must not hold a lane's worker for ever.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Stop and remove wait for the container's own stop timeout first.
+const STOP_TIMEOUT: Duration = Duration::from_secs(900);
+/// A large codex takes a while to copy.
+const COPY_TIMEOUT: Duration = Duration::from_secs(900);
+
 /// How long a `_ping` may take before Podman counts as unreachable.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a private service may take to answer its first `_ping`.
@@ -90,6 +98,8 @@ pub struct ContainerEvent {
     pub lane: Option<String>,
     /// Podman's action: `start`, `died`, `remove`, ...
     pub action: String,
+    /// The container's ID.
+    pub id: String,
 }
 
 /// One container as the list call shows it.
@@ -249,7 +259,7 @@ impl Podman {
             .all(true)
             .filter(filters)
             .build();
-        let list = self.api.containers().list(&opts).await;
+        let list = bounded(CALL_TIMEOUT, self.api.containers().list(&opts)).await;
         let call = || format!("list containers of lane {lane}");
         let found = list
             .map_err(|e| api_error(call(), e))?
@@ -288,6 +298,7 @@ impl Podman {
                     Ok(e) => Ok(ContainerEvent {
                         lane: e.actor.attributes.get(LANE_LABEL).cloned(),
                         action: e.action,
+                        id: e.actor.id,
                     }),
                     Err(e) => Err(api_error("follow events".into(), e)),
                 };
@@ -317,7 +328,7 @@ impl Podman {
         if reference.is_empty() || reference.contains(['?', '#', '%', ' ']) {
             return Err(PodmanError::api(call(), "not a valid image reference"));
         }
-        match self.api.images().get(reference).inspect().await {
+        match bounded(CALL_TIMEOUT, self.api.images().get(reference).inspect()).await {
             Ok(image) => {
                 let id = image.id.unwrap_or_default();
                 Ok(Some(id.strip_prefix("sha256:").unwrap_or(&id).to_owned()))
@@ -331,7 +342,7 @@ impl Podman {
     pub async fn create(&self, req: &CreateRequest) -> Result<String, PodmanError> {
         let call = || format!("create container {}", req.name);
         let opts = create_opts(req).map_err(|message| PodmanError::api(call(), message))?;
-        let e = match self.api.containers().create(&opts).await {
+        let e = match bounded(CALL_TIMEOUT, self.api.containers().create(&opts)).await {
             Ok(created) => return Ok(created.id),
             Err(e) => e,
         };
@@ -369,7 +380,11 @@ impl Podman {
         // Streamed from the file: a large codex never sits whole in memory.
         let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(tar));
         let body = hyper::Body::wrap_stream(stream);
-        let answer = self.api.containers().get(id).copy_to("/", body).await;
+        let answer = bounded(
+            COPY_TIMEOUT,
+            self.api.containers().get(id).copy_to("/", body),
+        )
+        .await;
         settle(answer, Err(not_found(id)), call)
     }
 
@@ -414,7 +429,7 @@ impl Podman {
 
     /// Starts a container; one already running is fine.
     pub async fn start(&self, id: &str) -> Result<(), PodmanError> {
-        let answer = self.api.containers().get(id).start(None).await;
+        let answer = bounded(CALL_TIMEOUT, self.api.containers().get(id).start(None)).await;
         settle(answer, Err(not_found(id)), || {
             format!("start container {}", short(id))
         })
@@ -423,7 +438,7 @@ impl Podman {
     /// Stops a container within its own stop timeout; one already stopped is fine.
     pub async fn stop(&self, id: &str) -> Result<(), PodmanError> {
         let opts = ContainerStopOpts::default();
-        let answer = self.api.containers().get(id).stop(&opts).await;
+        let answer = bounded(STOP_TIMEOUT, self.api.containers().get(id).stop(&opts)).await;
         settle(answer, Err(not_found(id)), || {
             format!("stop container {}", short(id))
         })
@@ -433,14 +448,14 @@ impl Podman {
     /// gone is fine.
     pub async fn remove(&self, id: &str) -> Result<(), PodmanError> {
         let opts = ContainerDeleteOpts::builder().force(true).build();
-        let answer = self.api.containers().get(id).delete(&opts).await;
+        let answer = bounded(STOP_TIMEOUT, self.api.containers().get(id).delete(&opts)).await;
         settle(answer, Ok(()), || format!("remove container {}", short(id)))
     }
 
     /// Inspects a container; `None` when it does not exist. Published ports are known
     /// from create on, before the first start.
     pub async fn inspect(&self, id: &str) -> Result<Option<Inspected>, PodmanError> {
-        let data = match self.api.containers().get(id).inspect().await {
+        let data = match bounded(CALL_TIMEOUT, self.api.containers().get(id).inspect()).await {
             Ok(data) => data,
             Err(e) if status(&e) == Some(404) => return Ok(None),
             Err(e) => return Err(api_error(format!("inspect container {}", short(id)), e)),
@@ -482,7 +497,7 @@ impl Podman {
             .all(true)
             .filter([filter])
             .build();
-        let list = self.api.containers().list(&opts).await;
+        let list = bounded(CALL_TIMEOUT, self.api.containers().list(&opts)).await;
         Ok(list
             .map_err(|e| api_error(call(), e))?
             .into_iter()
@@ -684,6 +699,20 @@ impl Drop for PrivateService {
         // SIGKILL, then reap; errors mean it is already gone. TempDir removes the socket.
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A podman-api call that gives up after `limit`.
+async fn bounded<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = podman_api::Result<T>>,
+) -> podman_api::Result<T> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(podman_api::Error::IO(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {}", humantime::format_duration(limit)),
+        ))),
     }
 }
 

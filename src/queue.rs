@@ -20,8 +20,13 @@
 //!    the token of its current run, so that a long probe of a container that
 //!    was just removed does not delay the rerun that recreates it.
 //!
-//! Retry policy (back-off) is not here: the daemon decides when a lane is due
-//! again and calls [`Queue::schedule`] with that time.
+//! 6. **A back-off holds against resyncs.** [`Queue::retry`] schedules a
+//!    failed lane at its back-off time and holds it until then against
+//!    [`Queue::resync`] triggers; any other trigger (a file changed, a Podman
+//!    event) clears the hold, because something changed.
+//!
+//! The back-off policy itself is not here: the daemon decides when a lane is
+//! due again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -42,6 +47,8 @@ struct Entry {
     rerun_cause: &'static str,
     /// The current run's token.
     cancel: Option<CancellationToken>,
+    /// Not before this time for resync triggers (a back-off).
+    hold: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -109,9 +116,36 @@ impl Queue {
         self.wake.notify_one();
     }
 
-    /// Asks for `lane` now.
+    /// Asks for `lane` now; clears a back-off hold (something changed).
     pub fn trigger(&self, lane: &str, cause: &'static str) {
+        if let Ok(mut inner) = self.inner.lock()
+            && let Some(e) = inner.lanes.get_mut(lane)
+        {
+            e.hold = None;
+        }
         self.schedule(lane, Instant::now(), cause);
+    }
+
+    /// Asks for `lane` now unless it is held by a back-off (then at the end
+    /// of the hold, which is already scheduled).
+    pub fn resync(&self, lane: &str, cause: &'static str) {
+        let held = self
+            .inner
+            .lock()
+            .ok()
+            .and_then(|i| i.lanes.get(lane).and_then(|e| e.hold))
+            .is_some_and(|until| until > Instant::now());
+        if !held {
+            self.schedule(lane, Instant::now(), cause);
+        }
+    }
+
+    /// Schedules a failed lane at `at` and holds it against resyncs until then.
+    pub fn retry(&self, lane: &str, at: Instant) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.lanes.entry(lane.to_string()).or_default().hold = Some(at);
+        }
+        self.schedule(lane, at, "retry");
     }
 
     /// Waits for the next due lane that is not running, marks it running and
@@ -122,7 +156,7 @@ impl Queue {
             let notified = self.wake.notified();
             let wait_until = {
                 let mut inner = self.inner.lock().ok()?;
-                if inner.closed {
+                if inner.closed || inner.root.is_cancelled() {
                     return None;
                 }
                 let now = Instant::now();
@@ -176,7 +210,7 @@ impl Queue {
                 entry.cause = entry.rerun_cause;
                 entry.due = Some(entry.due.map_or(at, |d| d.min(at)));
             }
-            if entry.due.is_none() {
+            if entry.due.is_none() && entry.hold.is_none_or(|h| h <= Instant::now()) {
                 inner.lanes.remove(lane);
             }
         }
@@ -322,6 +356,36 @@ mod tests {
         assert!(token.is_cancelled());
         q.done("a");
         assert_eq!(next_now(&q).await.as_deref(), Some("a"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_back_off_holds_against_resyncs_but_not_against_changes() {
+        let q = Queue::new();
+        q.trigger("a", "test");
+        assert_eq!(next_now(&q).await.as_deref(), Some("a"));
+        q.done("a");
+        q.retry("a", Instant::now() + Duration::from_secs(300));
+        q.resync("a", "resync");
+        assert_eq!(
+            next_now(&q).await,
+            None,
+            "the resync waits for the back-off"
+        );
+        q.trigger("a", "file changed");
+        assert_eq!(
+            next_now(&q).await.as_deref(),
+            Some("a"),
+            "a change goes through"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_work_is_handed_out_after_shutdown() {
+        let root = CancellationToken::new();
+        let q = Queue::with_root(root.clone());
+        q.trigger("a", "test");
+        root.cancel();
+        assert_eq!(next_now(&q).await, None);
     }
 
     #[tokio::test(start_paused = true)]

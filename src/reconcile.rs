@@ -47,8 +47,13 @@ pub struct Ctx {
     pub podman: Podman,
     pub dir: PathBuf,
     pub instance: String,
-    /// One image lookup per distinct image per pass.
-    images: Mutex<HashMap<String, Arc<ImageCell>>>,
+    /// One image lookup per distinct image per pass; `None` in the daemon,
+    /// which looks an image up on every reconcile (a rebuilt or newly built
+    /// image must be seen, and a lookup that failed once must not stick).
+    images: Option<Mutex<HashMap<String, Arc<ImageCell>>>>,
+    /// The container each lane is probing now (the daemon interrupts a probe
+    /// only for events about that container, not about the one it replaced).
+    pub probing: Mutex<HashMap<String, String>>,
     /// The daemon's crash-loop back-off per lane (rule 4); `None` for a
     /// one-shot `apply`, which restarts at once.
     restarts: Option<Mutex<HashMap<String, RestartState>>>,
@@ -76,7 +81,8 @@ impl Ctx {
             podman,
             dir,
             instance,
-            images: Mutex::new(HashMap::new()),
+            images: Some(Mutex::new(HashMap::new())),
+            probing: Mutex::new(HashMap::new()),
             restarts: None,
         }
     }
@@ -84,6 +90,7 @@ impl Ctx {
     /// Delays restarts of crashed containers (the daemon's rule 4).
     pub fn with_restart_backoff(mut self) -> Self {
         self.restarts = Some(Mutex::new(HashMap::new()));
+        self.images = None;
         self
     }
 
@@ -98,6 +105,13 @@ impl Ctx {
         };
         let st = book.entry(lane.to_string()).or_default();
         let now = Instant::now();
+        // Ready long enough before this exit: the back-off is forgotten.
+        if st
+            .ready_since
+            .is_some_and(|since| now.duration_since(since) >= FORGET_AFTER)
+        {
+            *st = RestartState::default();
+        }
         let seen = *st.exited_seen.get_or_insert(now);
         let delay = Duration::from_secs(1u64 << st.count.min(16)).min(MAX_RESTART_DELAY);
         if now < seen + delay {
@@ -107,6 +121,26 @@ impl Ctx {
         st.exited_seen = None;
         st.ready_since = None;
         Ok(())
+    }
+
+    fn stop_probing(&self, lane: &str) {
+        if let Ok(mut probing) = self.probing.lock() {
+            probing.remove(lane);
+        }
+    }
+
+    /// Whether `lane` is probing the container `id` now.
+    pub fn is_probing(&self, lane: &str, id: &str) -> bool {
+        self.probing
+            .lock()
+            .is_ok_and(|p| p.get(lane).map(String::as_str) == Some(id))
+    }
+
+    /// A new container starts with no back-off.
+    fn forget_restarts(&self, lane: &str) {
+        if let Some(Ok(mut book)) = self.restarts.as_ref().map(Mutex::lock) {
+            book.remove(lane);
+        }
     }
 
     /// Notes whether a lane ended ready, to forget its back-off after
@@ -125,15 +159,15 @@ impl Ctx {
 
     /// Forgets what the last pass learnt (image IDs).
     pub fn new_pass(&self) {
-        if let Ok(mut images) = self.images.lock() {
+        if let Some(Ok(mut images)) = self.images.as_ref().map(Mutex::lock) {
             images.clear();
         }
     }
 
     async fn image_id(&self, reference: &str) -> Result<Option<String>, String> {
-        let cell = match self.images.lock() {
-            Ok(mut images) => images.entry(reference.to_string()).or_default().clone(),
-            Err(_) => Arc::new(OnceCell::new()),
+        let cell = match self.images.as_ref().map(Mutex::lock) {
+            Some(Ok(mut images)) => images.entry(reference.to_string()).or_default().clone(),
+            _ => Arc::new(OnceCell::new()),
         };
         cell.get_or_init(|| async {
             self.podman
@@ -512,6 +546,7 @@ async fn converge(
         pending.restarts = restarts;
         write_status(ctx, pending);
         restarts = 0;
+        ctx.forget_restarts(lane);
     }
     let result = act(ctx, spec, &plan, hash.as_ref()).await;
     if plan.action.changes_something() {
@@ -550,6 +585,16 @@ async fn converge(
         st.endpoints = endpoints(&now.ports);
         st.endpoint = endpoint(spec, &now.ports);
         if let Some(p) = &spec.probe {
+            if matches!(plan.action, Action::Create | Action::Recreate(_)) {
+                // Readers see the new container while it is probed.
+                let mut pending = st.clone();
+                pending.phase = Phase::Pending;
+                pending.message = "probing".into();
+                write_status(ctx, pending);
+            }
+            if let Ok(mut probing) = ctx.probing.lock() {
+                probing.insert(lane.to_string(), now.id.clone());
+            }
             let probed = match host_port_of(&now.ports, p.port) {
                 Some(port) => {
                     let probe = probe::wait_ready(port, &p.path, p.timeout, p.interval);
@@ -558,6 +603,7 @@ async fn converge(
                             r = probe => r,
                             () = cancel.cancelled() => {
                                 debug!("probe interrupted");
+                                ctx.stop_probing(lane);
                                 outcome.interrupted = true;
                                 return outcome;
                             }
@@ -567,6 +613,7 @@ async fn converge(
                 }
                 None => Err(format!("port {}/tcp is not published", p.port)),
             };
+            ctx.stop_probing(lane);
             if let Err(e) = probed {
                 st.phase = Phase::Failed;
                 st.message = e;

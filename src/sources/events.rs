@@ -51,9 +51,16 @@ pub async fn run(ctx: Arc<Ctx>, index: SharedIndex, queue: Queue, shutdown: Canc
                     Some(Ok(e)) => {
                         trace!(action = %e.action, lane = ?e.lane, "podman event");
                         match (e.lane, e.action.as_str()) {
-                            // Gone or going: no use finishing a probe of it.
-                            (Some(lane), "died" | "remove" | "stop" | "kill") => {
+                            // The container being probed is gone or going: no
+                            // use finishing the probe. (Events about the
+                            // container a recreate just replaced do not count.)
+                            (Some(lane), "died" | "remove" | "stop" | "kill")
+                                if ctx.is_probing(&lane, &e.id) =>
+                            {
                                 queue.interrupt(&lane, "container exited")
+                            }
+                            (Some(lane), "died" | "remove" | "stop" | "kill") => {
+                                queue.trigger(&lane, "container exited")
                             }
                             (Some(lane), action) if concerns_lane(action) => {
                                 queue.trigger(&lane, "podman event")

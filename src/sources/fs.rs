@@ -28,6 +28,10 @@ use crate::queue::Queue;
 pub const QUIET: Duration = Duration::from_millis(150);
 /// A batch never waits longer than this (a file rewritten without pause).
 const MAX_BATCH: Duration = Duration::from_secs(2);
+/// How often the watches are checked against the files: a lanes directory or
+/// a source directory replaced by a rename (a deploy that swaps a symlink or
+/// a directory) is watched again, and every lane is looked at.
+const RECHECK: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -41,6 +45,8 @@ pub enum FsError {
         path: PathBuf,
         source: notify::Error,
     },
+    #[error("the file-system watcher stopped: {0}")]
+    Crashed(String),
 }
 
 fn watch_error(path: &Path, e: notify::Error) -> FsError {
@@ -70,10 +76,13 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let (tx, mut rx) = mpsc::channel::<PathBuf>(4096);
+    let overflow = dir.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(event) = res
-            && counts(&event.kind)
-        {
+        let Ok(event) = res else { return };
+        if event.need_rescan() {
+            // The kernel dropped events: treat it as "everything changed".
+            let _ = tx.try_send(overflow.clone());
+        } else if counts(&event.kind) {
             for path in event.paths {
                 // Full: dropped; the periodic resync catches up.
                 let _ = tx.try_send(path);
@@ -84,12 +93,27 @@ where
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
         .map_err(|e| watch_error(&dir, e))?;
+    let mut dir_id = file_id(&dir);
     let mut watched = BTreeMap::new();
-    update_watches(&mut watcher, &index, &mut watched);
+    let _ = update_watches(&mut watcher, &index, &mut watched);
+    let mut recheck = tokio::time::interval(RECHECK);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         let first = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
+            _ = recheck.tick() => {
+                if file_id(&dir) != dir_id {
+                    debug!(dir = %dir.display(), "the lanes directory was replaced: watching it again");
+                    dir.clone()
+                } else {
+                    let renewed = update_watches(&mut watcher, &index, &mut watched);
+                    for lane in lanes_under(&index, &renewed) {
+                        queue.trigger(&lane, "source replaced");
+                    }
+                    continue;
+                }
+            }
             path = rx.recv() => match path {
                 Some(p) => p,
                 None => return Ok(()),
@@ -109,12 +133,23 @@ where
             }
         }
         trace!(count = paths.len(), "file-system batch");
-        let (lanes, all, manifests_changed) = classify(&dir, &paths, &index);
-        if manifests_changed {
+        let (lanes, mut all, manifests_changed) = classify(&dir, &paths, &index);
+        // An event about the lanes directory itself (removed, renamed,
+        // replaced) or an overflow: watch it again and look at every lane.
+        if paths.contains(&dir) {
+            all = true;
+            let _ = watcher.unwatch(&dir);
+            if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                warn!(error = %watch_error(&dir, e), "the lanes directory is not watched; the resync still sees its changes");
+            }
+            dir_id = file_id(&dir);
+        }
+        if manifests_changed || all {
             refresh().await;
-            update_watches(&mut watcher, &index, &mut watched);
-            // The lanes dir may have been replaced: watch it again.
-            let _ = watcher.watch(&dir, RecursiveMode::NonRecursive);
+            let renewed = update_watches(&mut watcher, &index, &mut watched);
+            for lane in lanes_under(&index, &renewed) {
+                queue.trigger(&lane, "source replaced");
+            }
         }
         if all {
             super::trigger_all(&index, &queue, "defaults changed");
@@ -124,6 +159,15 @@ where
             queue.interrupt(&lane, "file changed");
         }
     }
+}
+
+/// What is watched: path -> (mode, device and inode when the watch was set).
+type Watched = BTreeMap<PathBuf, (RecursiveMode, Option<(u64, u64)>)>;
+
+/// Device and inode of a path, to see it replaced.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Event kinds that can mean new content: not reads, opens or closes without
@@ -178,11 +222,12 @@ fn classify(
 /// Makes the watched set equal to the index's sources: a directory is
 /// watched recursively, a file through its parent directory (editors and
 /// `git` replace files by renaming over them).
+/// Returns the paths whose watch was renewed (they may hold new content).
 fn update_watches(
     watcher: &mut notify::RecommendedWatcher,
     index: &SharedIndex,
-    watched: &mut BTreeMap<PathBuf, RecursiveMode>,
-) {
+    watched: &mut Watched,
+) -> Vec<PathBuf> {
     let mut wanted = BTreeMap::new();
     if let Ok(index) = index.lock() {
         for (source, _) in &index.sources {
@@ -195,10 +240,14 @@ fn update_watches(
             }
         }
     }
-    watched.retain(|path, mode| {
-        let keep = wanted.get(path) == Some(mode);
+    // A watch is renewed when its path now names another directory (one
+    // renamed into place) or nothing at all.
+    let mut renewed = Vec::new();
+    watched.retain(|path, (mode, id)| {
+        let keep = wanted.get(path) == Some(mode) && *id == file_id(path) && id.is_some();
         if !keep {
             let _ = watcher.unwatch(path);
+            renewed.push(path.clone());
         }
         keep
     });
@@ -206,16 +255,38 @@ fn update_watches(
         if watched.contains_key(&path) {
             continue;
         }
+        let id = file_id(&path);
+        if id.is_none() {
+            continue; // not there (yet): tried again at the next check
+        }
         match watcher.watch(&path, mode) {
             Ok(()) => {
                 debug!(path = %path.display(), "watching");
-                watched.insert(path, mode);
+                watched.insert(path, (mode, id));
             }
             Err(e) => {
                 warn!(error = %watch_error(&path, e), "a lane's source is not watched; the resync still sees its changes")
             }
         }
     }
+    renewed
+}
+
+/// Lanes reading anything under `paths`.
+fn lanes_under(index: &SharedIndex, paths: &[PathBuf]) -> BTreeSet<String> {
+    let Ok(index) = index.lock() else {
+        return BTreeSet::new();
+    };
+    index
+        .sources
+        .iter()
+        .filter(|(source, _)| {
+            paths
+                .iter()
+                .any(|p| source.starts_with(p) || p.starts_with(source))
+        })
+        .map(|(_, lane)| lane.clone())
+        .collect()
 }
 
 #[cfg(test)]

@@ -27,13 +27,13 @@ pub struct Index {
 
 pub type SharedIndex = Arc<Mutex<Index>>;
 
-/// Schedules every known lane now.
+/// Schedules every known lane now (a lane held by a back-off waits for it).
 pub fn trigger_all(index: &SharedIndex, queue: &Queue, cause: &'static str) {
     let lanes: Vec<String> = match index.lock() {
         Ok(index) => index.lanes.iter().cloned().collect(),
         Err(_) => return,
     };
     for lane in lanes {
-        queue.trigger(&lane, cause);
+        queue.resync(&lane, cause);
     }
 }
