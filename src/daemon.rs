@@ -155,6 +155,9 @@ async fn refresh(shared: &Shared, list: bool) -> bool {
             return false;
         }
     };
+    if list {
+        crate::status::remove_stale_temps(&ctx.dir);
+    }
     let with_containers: Option<BTreeSet<String>> = if list {
         match observe::observe(&ctx.podman, &ctx.instance).await {
             Ok(o) => Some(o.into_keys().filter(|l| !l.is_empty()).collect()),

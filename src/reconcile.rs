@@ -259,6 +259,13 @@ pub async fn pass(
 ) -> Result<Vec<Outcome>, PassError> {
     ctx.new_pass();
     let state = desired::load_dir(&ctx.dir, opts.load)?;
+    let stale = status::remove_stale_temps(&ctx.dir);
+    if stale > 0 {
+        info!(
+            count = stale,
+            "removed temporary status files of a killed lanectl"
+        );
+    }
     let mut observed = observe::observe(&ctx.podman, &ctx.instance).await?;
     observed.remove(""); // instance label without lane label: not ours to judge
 
@@ -681,7 +688,23 @@ async fn act(
             if let Some(old) = current {
                 ctx.podman.remove(&old.id).await.map_err(keep)?;
             }
-            match exec::create_and_start(&ctx.podman, spec, hash, &ctx.instance).await {
+            let mut created = exec::create_and_start(&ctx.podman, spec, hash, &ctx.instance).await;
+            if let Err(ExecError::Podman(PodmanError::NameInUse { name })) = &created {
+                // A container of this very lane that the list did not show:
+                // one whose create was still under way when a previous
+                // lanectl was killed. It never started: replace it.
+                if let Ok(Some(held)) = ctx.podman.find_by_name(name).await {
+                    let ours = held.labels.get(labels::INSTANCE) == Some(&ctx.instance)
+                        && held.labels.get(labels::LANE).map(String::as_str)
+                            == Some(spec.lane.as_str());
+                    if ours && ctx.podman.remove(&held.id).await.is_ok() {
+                        info!(container = %held.name, "replaced a container of this lane that the list missed");
+                        created =
+                            exec::create_and_start(&ctx.podman, spec, hash, &ctx.instance).await;
+                    }
+                }
+            }
+            match created {
                 Ok(c) => Ok(Some(Now::from_inspected(&c, hash))),
                 Err(e) => Err((explain_name_conflict(ctx, e).await, None)),
             }

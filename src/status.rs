@@ -153,7 +153,7 @@ pub fn write(dir: &Path, status: &Status) -> Result<(), StatusError> {
         source,
     };
     let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.status.", status.lane))
+        .prefix(&format!(".{}.status.{}.", status.lane, std::process::id()))
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(io)?;
@@ -166,6 +166,36 @@ pub fn write(dir: &Path, status: &Status) -> Result<(), StatusError> {
     // rename(2) replaces a symlink at the path itself, never its target.
     tmp.persist(&path).map_err(|e| io(e.error))?;
     Ok(())
+}
+
+/// Removes temporary status files left by a lanectl that was killed between
+/// creating and renaming one (their names carry the writer's pid; a file
+/// whose writer still runs is left alone). Returns how many were removed.
+pub fn remove_stale_temps(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(pid) = temp_writer(name) else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// The writer's pid of a temporary status file name
+/// (`.<lane>.status.<pid>.<random>.tmp`).
+fn temp_writer(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (_, after) = rest.split_once(".status.")?;
+    after.split('.').next()?.parse().ok()
 }
 
 /// Removes a lane's status file; absent is fine.
@@ -241,6 +271,23 @@ mod tests {
             .collect();
         assert_eq!(names, vec!["alpha.status.yaml"], "no temporary file left");
         assert!(dir.path().join("alpha.status.yaml/keep").exists());
+    }
+
+    #[test]
+    fn temporary_files_of_dead_writers_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join(".alpha.status.999999999.AbC123.tmp");
+        let live = dir
+            .path()
+            .join(format!(".beta.status.{}.XyZ.tmp", std::process::id()));
+        let other = dir.path().join(".alpha.yaml.swp");
+        for f in [&dead, &live, &other] {
+            std::fs::write(f, "x").unwrap();
+        }
+        assert_eq!(remove_stale_temps(dir.path()), 1);
+        assert!(!dead.exists() && live.exists() && other.exists());
+        assert_eq!(temp_writer(".a.b.status.42.r.tmp"), Some(42));
+        assert_eq!(temp_writer("a.status.yaml"), None);
     }
 
     #[test]

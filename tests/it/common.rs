@@ -321,3 +321,141 @@ pub fn wait_for<T>(limit: std::time::Duration, mut check: impl FnMut() -> Option
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// A Podman service of the test's own (vfs storage, no mounts to leak), so
+/// that it can be killed and restarted without disturbing other tests.
+pub struct OwnPodman {
+    root: std::path::PathBuf,
+    conf: std::path::PathBuf,
+    socket: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl OwnPodman {
+    pub fn new(lanes: &Lanes) -> OwnPodman {
+        let root = lanes.path("own-podman");
+        let conf = lanes.file(
+            "own-podman.conf",
+            &format!(
+                "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+                 [engine]\nruntime = \"runc\"\ntmp_dir = \"{}/tmp\"\n",
+                root.display()
+            ),
+        );
+        let socket = root.join("podman.sock");
+        let mut own = OwnPodman {
+            root,
+            conf,
+            socket,
+            child: None,
+        };
+        own.start();
+        own
+    }
+
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    fn cli(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new("podman");
+        cmd.env_remove("CONTAINER_HOST")
+            .env("CONTAINERS_CONF", &self.conf)
+            .arg("--storage-driver=vfs")
+            .arg("--root")
+            .arg(self.root.join("graph"))
+            .arg("--runroot")
+            .arg(self.root.join("run"));
+        cmd
+    }
+
+    pub fn start(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let child = self
+            .cli()
+            .args(["system", "service", "--time=0", &self.url()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start a podman service");
+        self.child = Some(child);
+        wait_for(std::time::Duration::from_secs(10), || {
+            let out = std::process::Command::new("podman")
+                .args(["--remote", "--url", &self.url(), "version"])
+                .output()
+                .ok()?;
+            out.status.success().then_some(())
+        })
+        .expect("own podman service answers");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Copies the worker image from the test service into this one's storage.
+    pub fn load_test_image(&self, lanes: &Lanes) {
+        let tar = lanes.path("image.tar");
+        let tar = tar.to_str().expect("utf-8 temp path");
+        podman(&["save", "--quiet", "-o", tar, &image()]);
+        self.remote(&["load", "--quiet", "-i", tar]);
+    }
+
+    /// IDs of this service's containers carrying an instance label.
+    pub fn containers_of(&self, instance: &str) -> Vec<String> {
+        let filter = format!("label=io.lanectl.instance={instance}");
+        let mut ids: Vec<String> = self
+            .remote(&["ps", "-a", "-q", "--no-trunc", "--filter", &filter])
+            .lines()
+            .map(str::to_string)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Runs the podman CLI against this service; panics on failure.
+    pub fn remote(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("podman")
+            .args(["--remote", "--url", &self.url()])
+            .args(args)
+            .output()
+            .expect("podman");
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for OwnPodman {
+    fn drop(&mut self) {
+        let rm = ["rm", "--all", "--force", "--time", "0"];
+        if self.child.is_some() {
+            let _ = std::process::Command::new("podman")
+                .args(["--remote", "--url", &self.url()])
+                .args(rm)
+                .output();
+        } else {
+            // Killed by a test that then failed: remove its containers
+            // through the storage directly, without a service.
+            let _ = self.cli().args(rm).output();
+        }
+        self.kill();
+        // The containers' exit commands (`podman container cleanup`) may
+        // still write into the storage for a moment, which would make the
+        // temporary dir's removal fail half-way: retry until it is gone.
+        for _ in 0..50 {
+            match std::fs::remove_dir_all(&self.root) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                _ => break,
+            }
+        }
+    }
+}

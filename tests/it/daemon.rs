@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::common::{Daemon, Lanes, inspect, podman, wait_for};
+use crate::common::{Daemon, Lanes, OwnPodman, inspect, podman, wait_for};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -216,129 +216,11 @@ fn a_crash_looping_container_is_restarted_with_back_off() {
     assert_eq!(lanes.containers().len(), 1, "restarted, never recreated");
 }
 
-/// A Podman service of the test's own (vfs storage, no mounts to leak), so
-/// that it can be killed and restarted without disturbing other tests.
-struct OwnPodman {
-    root: std::path::PathBuf,
-    conf: std::path::PathBuf,
-    socket: std::path::PathBuf,
-    child: Option<std::process::Child>,
-}
-
-impl OwnPodman {
-    fn new(lanes: &Lanes) -> OwnPodman {
-        let root = lanes.path("own-podman");
-        let conf = lanes.file(
-            "own-podman.conf",
-            &format!(
-                "[containers]\ndefault_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
-                 [engine]\nruntime = \"runc\"\ntmp_dir = \"{}/tmp\"\n",
-                root.display()
-            ),
-        );
-        let socket = root.join("podman.sock");
-        let mut own = OwnPodman {
-            root,
-            conf,
-            socket,
-            child: None,
-        };
-        own.start();
-        own
-    }
-
-    fn url(&self) -> String {
-        format!("unix://{}", self.socket.display())
-    }
-
-    fn cli(&self) -> std::process::Command {
-        let mut cmd = std::process::Command::new("podman");
-        cmd.env_remove("CONTAINER_HOST")
-            .env("CONTAINERS_CONF", &self.conf)
-            .arg("--storage-driver=vfs")
-            .arg("--root")
-            .arg(self.root.join("graph"))
-            .arg("--runroot")
-            .arg(self.root.join("run"));
-        cmd
-    }
-
-    fn start(&mut self) {
-        let _ = std::fs::remove_file(&self.socket);
-        let child = self
-            .cli()
-            .args(["system", "service", "--time=0", &self.url()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start a podman service");
-        self.child = Some(child);
-        wait_for(Duration::from_secs(10), || {
-            let out = std::process::Command::new("podman")
-                .args(["--remote", "--url", &self.url(), "version"])
-                .output()
-                .ok()?;
-            out.status.success().then_some(())
-        })
-        .expect("own podman service answers");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn remote(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("podman")
-            .args(["--remote", "--url", &self.url()])
-            .args(args)
-            .output()
-            .expect("podman");
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for OwnPodman {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            let _ = std::process::Command::new("podman")
-                .args([
-                    "--remote",
-                    "--url",
-                    &self.url(),
-                    "rm",
-                    "--all",
-                    "--force",
-                    "--time",
-                    "0",
-                ])
-                .output();
-        }
-        self.kill();
-    }
-}
-
 #[test]
 fn the_daemon_recovers_when_podman_restarts_under_it() {
     let lanes = Lanes::new("podman-restart");
     let mut own = OwnPodman::new(&lanes);
-    // The worker image, copied into the service's own storage.
-    let tar = lanes.path("image.tar");
-    podman(&[
-        "save",
-        "--quiet",
-        "-o",
-        tar.to_str().unwrap(),
-        &crate::common::image(),
-    ]);
-    own.remote(&["load", "--quiet", "-i", tar.to_str().unwrap()]);
+    own.load_test_image(&lanes);
 
     lanes.write("a", &lanes.worker_lane(""));
     let mut daemon = Daemon::start_with(&lanes, &own.url(), &[]);

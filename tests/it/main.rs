@@ -7,5 +7,7 @@ mod cli;
 mod converge;
 mod daemon;
 mod failures;
+mod faults;
 mod plan;
 mod secrets;
+mod watch;
