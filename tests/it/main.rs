@@ -6,6 +6,7 @@ mod common;
 mod cli;
 mod converge;
 mod daemon;
+mod diskfull;
 mod failures;
 mod faults;
 mod plan;
