@@ -50,6 +50,10 @@ struct Shared {
     index: SharedIndex,
     /// Consecutive failed reconciles per lane.
     failures: Mutex<HashMap<String, u32>>,
+    /// The lanes directory as last read, with the index generation it was
+    /// read at: lanes reuse it until a file-system batch or a resync makes it
+    /// old (so a resync over N lanes reads the directory once, not N times).
+    snapshot: Mutex<Option<(u64, Arc<desired::DirState>)>>,
 }
 
 /// Runs until `shutdown` is cancelled (then returns Ok once in-flight
@@ -66,6 +70,7 @@ pub async fn run(
         opts: opts.clone(),
         index: index.clone(),
         failures: Mutex::new(HashMap::new()),
+        snapshot: Mutex::new(None),
     });
 
     // Never plan against a partial view: the first full list comes first.
@@ -91,15 +96,7 @@ pub async fn run(
         ctx.dir.clone(),
         index.clone(),
         queue.clone(),
-        {
-            let shared = shared.clone();
-            move || {
-                let shared = shared.clone();
-                async move {
-                    refresh(&shared, false).await;
-                }
-            }
-        },
+        refresher(&shared, false),
         shutdown.clone(),
     ));
     tracker.spawn(sources::events::run(
@@ -112,15 +109,7 @@ pub async fn run(
         opts.resync,
         index.clone(),
         queue.clone(),
-        {
-            let shared = shared.clone();
-            move || {
-                let shared = shared.clone();
-                async move {
-                    refresh(&shared, true).await;
-                }
-            }
-        },
+        refresher(&shared, true),
         shutdown.clone(),
     ));
 
@@ -143,18 +132,45 @@ pub async fn run(
     }
 }
 
+/// What the sources call to refresh the index (see [`refresh`]).
+fn refresher(
+    shared: &Arc<Shared>,
+    list: bool,
+) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + use<> {
+    let shared = shared.clone();
+    move || {
+        let shared = shared.clone();
+        Box::pin(async move {
+            refresh(&shared, list).await;
+        })
+    }
+}
+
 /// Refreshes the index from the lanes directory and, with `list`, from one
 /// list call of this instance's containers. Returns false when a needed
 /// source could not be read (then the index is left as it was).
 async fn refresh(shared: &Shared, list: bool) -> bool {
     let ctx = &shared.ctx;
+    // Read anew (a resync also catches what the watcher missed), and kept as
+    // the snapshot the lanes' reconciles use.
+    let generation = shared
+        .index
+        .lock()
+        .map(|i| i.generation)
+        .unwrap_or(u64::MAX);
     let state = match desired::load_dir(&ctx.dir, shared.opts.load) {
-        Ok(s) => s,
+        Ok(s) => Arc::new(s),
         Err(e) => {
+            if let Ok(mut snapshot) = shared.snapshot.lock() {
+                *snapshot = None;
+            }
             warn!(error = %e, "cannot read the lanes directory; nothing is pruned until it is back");
             return false;
         }
     };
+    if let Ok(mut snapshot) = shared.snapshot.lock() {
+        *snapshot = Some((generation, state.clone()));
+    }
     if list {
         crate::status::remove_stale_temps(&ctx.dir);
     }
@@ -228,6 +244,27 @@ async fn worker(shared: Arc<Shared>, queue: Queue) {
     }
 }
 
+/// The lanes directory: the snapshot when no file changed since it was
+/// taken, else read anew (and kept).
+fn dir_state(shared: &Shared) -> Result<Arc<desired::DirState>, crate::lane::ListError> {
+    let generation = shared
+        .index
+        .lock()
+        .map(|i| i.generation)
+        .unwrap_or(u64::MAX);
+    if let Ok(snapshot) = shared.snapshot.lock()
+        && let Some((taken, state)) = snapshot.as_ref()
+        && *taken == generation
+    {
+        return Ok(state.clone());
+    }
+    let state = Arc::new(desired::load_dir(&shared.ctx.dir, shared.opts.load)?);
+    if let Ok(mut snapshot) = shared.snapshot.lock() {
+        *snapshot = Some((generation, state.clone()));
+    }
+    Ok(state)
+}
+
 /// One lane, fresh from the files and Podman; returns when it wants to be
 /// looked at again, if it does.
 async fn reconcile_lane(
@@ -236,7 +273,7 @@ async fn reconcile_lane(
     cancel: &CancellationToken,
 ) -> Option<Instant> {
     let ctx = &shared.ctx;
-    let state = match desired::load_dir(&ctx.dir, shared.opts.load) {
+    let state = match dir_state(shared) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "cannot read the lanes directory; nothing is pruned");
@@ -244,8 +281,7 @@ async fn reconcile_lane(
         }
     };
     let manifests = state.lanes.len();
-    let mut lanes = state.lanes;
-    let desired = lanes.remove(lane);
+    let desired = state.lanes.get(lane).cloned();
     if desired.is_none() && manifests == 0 && !shared.opts.allow_prune_all {
         warn!(
             "the lanes directory holds no manifest: not removing this lane's container \

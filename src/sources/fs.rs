@@ -134,6 +134,9 @@ where
         }
         trace!(count = paths.len(), "file-system batch");
         let (lanes, mut all, manifests_changed) = classify(&dir, &paths, &index);
+        if let Ok(mut index) = index.lock() {
+            index.generation += 1;
+        }
         // An event about the lanes directory itself (removed, renamed,
         // replaced) or an overflow: watch it again and look at every lane.
         if paths.contains(&dir) {

@@ -23,6 +23,9 @@ pub struct Index {
     pub lanes: BTreeSet<String>,
     /// (host path, lane): a change under the path concerns the lane.
     pub sources: Vec<(PathBuf, String)>,
+    /// Bumped by every file-system batch: a parsed view of the lanes
+    /// directory taken at an older generation may be stale.
+    pub generation: u64,
 }
 
 pub type SharedIndex = Arc<Mutex<Index>>;
