@@ -51,6 +51,8 @@ pub struct Ctx {
     /// which looks an image up on every reconcile (a rebuilt or newly built
     /// image must be seen, and a lookup that failed once must not stick).
     images: Option<Mutex<HashMap<String, Arc<ImageCell>>>>,
+    /// Codex fingerprints of unchanged directories.
+    fingerprints: Arc<hash::FingerprintCache>,
     /// The container each lane is probing now (the daemon interrupts a probe
     /// only for events about that container, not about the one it replaced).
     pub probing: Mutex<HashMap<String, String>>,
@@ -83,6 +85,7 @@ impl Ctx {
             instance,
             images: Some(Mutex::new(HashMap::new())),
             probing: Mutex::new(HashMap::new()),
+            fingerprints: Arc::default(),
             restarts: None,
         }
     }
@@ -452,9 +455,10 @@ async fn hash_lane(ctx: &Ctx, spec: &LaneSpec) -> Result<LaneHash, Unready> {
         .filter(|m| m.track_content)
         .map(|m| (m.target.clone(), m.source.clone()))
         .collect();
+    let fingerprints = ctx.fingerprints.clone();
     let hashed = tokio::task::spawn_blocking(move || {
         let codex = codex_source
-            .map(|s| hash::codex_fingerprint(&s))
+            .map(|s| fingerprints.fingerprint(&s))
             .transpose()
             .map_err(|e| format!("codex: {}", error_chain(&e)))?;
         let tracked = tracked_sources
