@@ -693,20 +693,29 @@ async fn act(
                 ctx.podman.remove(&old.id).await.map_err(keep)?;
             }
             let mut created = exec::create_and_start(&ctx.podman, spec, hash, &ctx.instance).await;
-            if let Err(ExecError::Podman(PodmanError::NameInUse { name })) = &created {
-                // A container of this very lane that the list did not show:
-                // one whose create was still under way when a previous
-                // lanectl was killed. It never started: replace it.
-                if let Ok(Some(held)) = ctx.podman.find_by_name(name).await {
-                    let ours = held.labels.get(labels::INSTANCE) == Some(&ctx.instance)
-                        && held.labels.get(labels::LANE).map(String::as_str)
-                            == Some(spec.lane.as_str());
-                    if ours && ctx.podman.remove(&held.id).await.is_ok() {
+            // The name is taken, by a container of this very lane that the
+            // list did not show: one whose create was still under way in
+            // Podman when a previous lanectl was killed. It never started:
+            // replace it. Podman may not list it for a moment yet, so look a
+            // few times before calling the name foreign.
+            for _ in 0..10 {
+                let Err(ExecError::Podman(PodmanError::NameInUse { name })) = &created else {
+                    break;
+                };
+                match ctx.podman.find_by_name(name).await {
+                    Ok(Some(held)) => {
+                        let ours = held.labels.get(labels::INSTANCE) == Some(&ctx.instance)
+                            && held.labels.get(labels::LANE).map(String::as_str)
+                                == Some(spec.lane.as_str());
+                        if !ours || ctx.podman.remove(&held.id).await.is_err() {
+                            break;
+                        }
                         info!(container = %held.name, "replaced a container of this lane that the list missed");
-                        created =
-                            exec::create_and_start(&ctx.podman, spec, hash, &ctx.instance).await;
                     }
+                    Ok(None) => tokio::time::sleep(Duration::from_millis(300)).await,
+                    Err(_) => break,
                 }
+                created = exec::create_and_start(&ctx.podman, spec, hash, &ctx.instance).await;
             }
             match created {
                 Ok(c) => Ok(Some(Now::from_inspected(&c, hash))),
