@@ -179,6 +179,12 @@ impl Lanes {
             .expect("status file exists")
     }
 
+    /// The lane's container id when its status says `ready`.
+    pub fn ready_id(&self, lane: &str) -> Option<String> {
+        let status = self.status(lane)?;
+        (status["phase"] == "ready").then(|| status["container_id"].as_str().map(str::to_string))?
+    }
+
     pub fn container_id(&self, lane: &str) -> String {
         let status = self.status(lane).expect("status file");
         status["container_id"]

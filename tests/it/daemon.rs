@@ -9,13 +9,8 @@ use crate::common::{Daemon, Lanes, OwnPodman, inspect, podman, wait_for};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-fn ready_id(lanes: &Lanes, lane: &str) -> Option<String> {
-    let status = lanes.status(lane)?;
-    (status["phase"] == "ready").then(|| status["container_id"].as_str().map(str::to_string))?
-}
-
 fn wait_ready(lanes: &Lanes, daemon: &Daemon, lane: &str) -> String {
-    wait_for(LIMIT, || ready_id(lanes, lane)).unwrap_or_else(|| {
+    wait_for(LIMIT, || lanes.ready_id(lane)).unwrap_or_else(|| {
         panic!(
             "lane {lane} not ready; status {:?}\nlog:\n{}",
             lanes.status(lane),
@@ -25,7 +20,7 @@ fn wait_ready(lanes: &Lanes, daemon: &Daemon, lane: &str) -> String {
 }
 
 fn wait_ready_other_than(lanes: &Lanes, daemon: &Daemon, lane: &str, old: &str) -> String {
-    wait_for(LIMIT, || ready_id(lanes, lane).filter(|id| id != old)).unwrap_or_else(|| {
+    wait_for(LIMIT, || lanes.ready_id(lane).filter(|id| id != old)).unwrap_or_else(|| {
         panic!(
             "lane {lane} not recreated; status {:?}\nlog:\n{}",
             lanes.status(lane),
@@ -48,7 +43,7 @@ fn the_daemon_follows_manifests_and_podman() {
     // An edit recreates only that lane.
     lanes.write("a", &lanes.worker_lane("env: {V: '2'}\n"));
     let a2 = wait_ready_other_than(&lanes, &daemon, "a", &a);
-    assert_eq!(ready_id(&lanes, "b").as_deref(), Some(b.as_str()));
+    assert_eq!(lanes.ready_id("b").as_deref(), Some(b.as_str()));
 
     // `podman rm -f` is recreated; `podman stop` is started again.
     podman(&["rm", "--force", "--time", "0", &a2]);
@@ -63,7 +58,7 @@ fn the_daemon_follows_manifests_and_podman() {
     })
     .unwrap_or_else(|| panic!("restart not counted: {:?}", lanes.status("b")));
     assert_eq!(
-        ready_id(&lanes, "b").as_deref(),
+        lanes.ready_id("b").as_deref(),
         Some(b.as_str()),
         "the same container"
     );
@@ -146,7 +141,7 @@ fn a_burst_of_manifests_creates_each_container_once_and_no_reader_sees_a_partial
         lanes.write(name, &lanes.worker_lane(""));
     }
     for name in &names {
-        wait_for(Duration::from_secs(60), || ready_id(&lanes, name)).unwrap_or_else(|| {
+        wait_for(Duration::from_secs(60), || lanes.ready_id(name)).unwrap_or_else(|| {
             panic!(
                 "{name} not ready: {:?}\n{}",
                 lanes.status(name),
@@ -248,7 +243,7 @@ fn the_daemon_recovers_when_podman_restarts_under_it() {
     // Podman is back: the lane converges without restarting the daemon.
     own.start();
     let a2 = wait_for(Duration::from_secs(60), || {
-        ready_id(&lanes, "a").filter(|id| *id != a)
+        lanes.ready_id("a").filter(|id| *id != a)
     })
     .unwrap_or_else(|| panic!("not recovered: {:?}\n{}", lanes.status("a"), daemon.log()));
     let env = own.remote(&["inspect", "--format", "{{.Config.Env}}", &a2]);

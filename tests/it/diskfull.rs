@@ -104,11 +104,7 @@ fn a_read_only_lanes_dir_under_the_daemon_is_retried_until_writable() {
     let mount = Mount::tmpfs(&lanes.dir());
     lanes.write("a", &lanes.worker_lane(""));
     let daemon = Daemon::start(&lanes, &[]);
-    let ready = |lanes: &Lanes| {
-        let s = lanes.status("a")?;
-        (s["phase"] == "ready").then(|| s["container_id"].as_str().map(str::to_string))?
-    };
-    let old = wait_for(Duration::from_secs(20), || ready(&lanes)).expect("a ready");
+    let old = wait_for(Duration::from_secs(20), || lanes.ready_id("a")).expect("a ready");
 
     mount.remount("ro");
     podman(&["rm", "--force", "--time", "0", &old]);
@@ -125,7 +121,7 @@ fn a_read_only_lanes_dir_under_the_daemon_is_retried_until_writable() {
     );
     mount.remount("rw");
     wait_for(Duration::from_secs(20), || {
-        ready(&lanes).filter(|id| *id == new)
+        lanes.ready_id("a").filter(|id| *id == new)
     })
     .unwrap_or_else(|| panic!("status not written after the remount\n{}", daemon.log()));
     assert!(leftovers(&lanes.dir()).is_empty());
