@@ -136,3 +136,47 @@ fn without_a_podman_url_lanectl_starts_a_private_service_and_stops_it() {
         .any(|l| l.contains("system service") && l.contains("lanectl-podman-"));
     assert!(!leftover, "the private service outlived lanectl");
 }
+
+#[test]
+fn under_systemd_lanectl_never_starts_a_private_podman_service() {
+    let lanes = Lanes::new("systemd");
+    lanes.write("a", &lanes.worker_lane(""));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lanectl"))
+        .args([
+            "--dir",
+            lanes.dir().to_str().unwrap(),
+            "--instance",
+            &lanes.instance,
+            "plan",
+        ])
+        .env_remove("CONTAINER_HOST")
+        .env("INVOCATION_ID", "0123456789abcdef")
+        .env("XDG_RUNTIME_DIR", lanes.path("run"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("under systemd: enable podman.socket"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let lanes = Lanes::new("json-logs");
+    lanes.write("a", &lanes.worker_lane(""));
+    let run = lanes.lanectl(&["--log-format", "json", "-v", "plan"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert!(!lines.is_empty(), "-v logs decisions: {run:?}");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+}
