@@ -453,8 +453,10 @@ fn source_kind(path: &Path) -> Result<SourceKind, String> {
     })
 }
 
-/// `source` against `dir` when relative, with `.` and `..` folded lexically.
+/// `source` against `dir` when relative, with `.` and `..` folded lexically;
+/// a relative `dir` (`--dir lanes.d`) is taken from the working directory.
 pub fn absolute(dir: &Path, source: &str) -> PathBuf {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
     let joined = dir.join(source);
     let mut out = PathBuf::new();
     for c in joined.components() {

@@ -52,6 +52,35 @@ fn validate_accepts_a_good_directory_and_checks_lane_names() {
 }
 
 #[test]
+fn validate_takes_a_relative_dir_from_the_working_directory() {
+    // `--dir lanes.d` with sources given relative to it, as the README has it.
+    let lanes = Lanes::new("validate-relative");
+    lanes.file("codex/alpha/config.toml", "x = 1\n");
+    lanes.write(
+        "alpha",
+        "image: x\ncodex: {source: ../codex/alpha, target: /root/.codex}\n",
+    );
+    lanes.write("beta", "image: x\nenvv: {}\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lanectl"))
+        .current_dir(lanes.path(""))
+        .args(["--dir", "lanes.d", "validate", "lanes.d/alpha.yaml"])
+        .output()
+        .expect("run lanectl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lanectl"))
+        .current_dir(lanes.path(""))
+        .args(["--dir", "lanes.d", "validate"])
+        .output()
+        .expect("run lanectl");
+    let stdout = format!("{stdout}{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // Only beta's problem, named by the path as the user gave it.
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.starts_with("lanes.d/beta.yaml:2:1: "), "{stdout}");
+}
+
+#[test]
 fn the_example_lanes_validate() {
     let repo = env!("CARGO_MANIFEST_DIR");
     let lanes = Lanes::new("validate-examples");
