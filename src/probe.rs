@@ -38,6 +38,14 @@ pub async fn wait_ready(
     }
 }
 
+/// One attempt (at most ATTEMPT_TIMEOUT): whether it answered 2xx.
+pub async fn once(host_port: u16, path: &str) -> bool {
+    matches!(
+        timeout(ATTEMPT_TIMEOUT, attempt(host_port, path)).await,
+        Ok(Ok(code)) if (200..300).contains(&code)
+    )
+}
+
 /// One GET; returns the status code.
 async fn attempt(port: u16, path: &str) -> Result<u16, String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))

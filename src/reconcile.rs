@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -59,6 +60,12 @@ pub struct Ctx {
     /// The daemon's crash-loop back-off per lane (rule 4); `None` for a
     /// one-shot `apply`, which restarts at once.
     restarts: Option<Mutex<HashMap<String, RestartState>>>,
+    /// Lanes whose container answered its probe while the pass waited for
+    /// Podman's list: lane -> (container id, host port) that answered.
+    early_ready: Mutex<HashMap<String, (String, u16)>>,
+    /// `--jobs`: lanes that change a container (and then probe it) at once.
+    /// Lanes with nothing to do only hash and probe, many more at once.
+    acting: Semaphore,
 }
 
 /// What the daemon remembers of a lane's crashes.
@@ -87,7 +94,15 @@ impl Ctx {
             probing: Mutex::new(HashMap::new()),
             fingerprints: Arc::default(),
             restarts: None,
+            early_ready: Mutex::new(HashMap::new()),
+            acting: Semaphore::new(Semaphore::MAX_PERMITS),
         }
+    }
+
+    /// At most `jobs` lanes change containers at once (`--jobs`).
+    pub fn with_jobs(mut self, jobs: usize) -> Self {
+        self.acting = Semaphore::new(jobs.clamp(1, Semaphore::MAX_PERMITS));
+        self
     }
 
     /// Delays restarts of crashed containers (the daemon's rule 4).
@@ -160,11 +175,23 @@ impl Ctx {
         }
     }
 
-    /// Forgets what the last pass learnt (image IDs).
+    /// Forgets what the last pass learnt (image IDs, early probes).
     pub fn new_pass(&self) {
         if let Some(Ok(mut images)) = self.images.as_ref().map(Mutex::lock) {
             images.clear();
         }
+        if let Ok(mut early) = self.early_ready.lock() {
+            early.clear();
+        }
+    }
+
+    /// Whether this pass already saw container `id` answer on `host_port`.
+    fn answered_early(&self, lane: &str, id: &str, host_port: u16) -> bool {
+        self.early_ready.lock().is_ok_and(|mut early| {
+            early
+                .remove(lane)
+                .is_some_and(|(i, p)| i == id && p == host_port)
+        })
     }
 
     async fn image_id(&self, reference: &str) -> Result<Option<String>, String> {
@@ -241,6 +268,8 @@ pub enum PassError {
          not pruning them (a bad checkout must not wipe a host); pass --allow-prune-all to remove them"
     )]
     RefusePruneAll { dir: String, count: usize },
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Options of one pass.
@@ -261,7 +290,19 @@ pub async fn pass(
     opts: &PassOptions,
 ) -> Result<Vec<Outcome>, PassError> {
     ctx.new_pass();
-    let state = desired::load_dir(&ctx.dir, opts.load)?;
+    // Podman's list call is the longest wait of a pass that has nothing to do:
+    // the directory is read and the images are looked up meanwhile.
+    let listed = CancellationToken::new();
+    let (state, observed) = tokio::join!(
+        read_dir_and_probe_early(&ctx, mode, opts.load, &listed),
+        async {
+            let observed = observe::observe(&ctx.podman, &ctx.instance).await;
+            listed.cancel();
+            observed
+        }
+    );
+    let state = state?;
+    let mut observed = observed?;
     let stale = status::remove_stale_temps(&ctx.dir);
     if stale > 0 {
         info!(
@@ -269,7 +310,6 @@ pub async fn pass(
             "removed temporary status files of a killed lanectl"
         );
     }
-    let mut observed = observe::observe(&ctx.podman, &ctx.instance).await?;
     observed.remove(""); // instance label without lane label: not ours to judge
 
     let count: usize = observed.values().map(Vec::len).sum();
@@ -300,10 +340,74 @@ pub async fn pass(
             let containers = observed.remove(&name).unwrap_or_default();
             work.push((name, desired, containers));
         }
-        outcomes.extend(run_bounded(&ctx, mode, opts.jobs, work).await);
+        let at_once = opts.jobs.max(CHECKS_AT_ONCE);
+        outcomes.extend(run_bounded(&ctx, mode, at_once, work).await);
     }
     outcomes.sort_by(|a, b| a.lane.cmp(&b.lane));
     Ok(outcomes)
+}
+
+/// How many lanes of a pass are hashed and probed at once; at most `--jobs`
+/// of them change containers (`Ctx::acting`). A no-op pass is bound by probe
+/// round trips, not by CPU.
+const CHECKS_AT_ONCE: usize = 32;
+
+/// Early probes in flight at once (each holds a socket).
+const EARLY_PROBES_AT_ONCE: usize = 64;
+
+/// Reads the lanes directory (off the async threads) and looks up each
+/// distinct image once, filling the pass's image cache. Then, until Podman's
+/// list call returns (`listed`), probes each lane at the port its status file
+/// names: an answer counts for this pass only if the list shows the same
+/// container with the same port and nothing to do (`Ctx::answered_early`).
+async fn read_dir_and_probe_early(
+    ctx: &Ctx,
+    mode: Mode,
+    load: LoadOptions,
+    listed: &CancellationToken,
+) -> Result<desired::DirState, PassError> {
+    let dir = ctx.dir.clone();
+    let state = tokio::task::spawn_blocking(move || desired::load_dir(&dir, load))
+        .await
+        .map_err(|e| PassError::Internal(format!("reading the lanes directory: {e}")))??;
+    let images: BTreeSet<&str> = state
+        .lanes
+        .values()
+        .filter_map(|d| match d {
+            Desired::Valid { spec, .. } => Some(spec.image.as_str()),
+            Desired::Invalid { .. } => None,
+        })
+        .collect();
+    futures_util::future::join_all(images.into_iter().map(|image| ctx.image_id(image))).await;
+    if mode == Mode::Apply {
+        let probes = state.lanes.iter().filter_map(|(lane, d)| {
+            let Desired::Valid { spec, .. } = d else {
+                return None;
+            };
+            let probe = spec.probe.as_ref()?;
+            let last = status::read(&ctx.dir, lane)?;
+            let id = last.container_id?;
+            let url = last.endpoints.get(&format!("{}/tcp", probe.port))?;
+            let port: u16 = url.rsplit(':').next()?.parse().ok()?;
+            Some(async move {
+                tokio::select! {
+                    ok = probe::once(port, &probe.path) => {
+                        if ok && let Ok(mut early) = ctx.early_ready.lock() {
+                            early.insert(lane.clone(), (id, port));
+                        }
+                    }
+                    () = listed.cancelled() => {}
+                }
+            })
+        });
+        let probes: Vec<_> = probes.collect();
+        futures_util::stream::iter(probes)
+            .for_each_concurrent(EARLY_PROBES_AT_ONCE, |probe| probe)
+            .await;
+        let answered = ctx.early_ready.lock().map_or(0, |e| e.len());
+        debug!(answered, "probed early, while Podman listed the containers");
+    }
+    Ok(state)
 }
 
 /// Reconciles lanes at most `jobs` at once. A lane whose task panicked is
@@ -413,6 +517,7 @@ async fn remove_lane(
     if mode == Mode::Plan || action == Action::Nothing {
         return outcome;
     }
+    let _acting = ctx.acting.acquire().await;
     for c in &observed {
         if let Err(e) = ctx.podman.remove(&c.id).await {
             outcome.phase = Phase::Failed;
@@ -520,6 +625,12 @@ async fn converge(
     if mode == Mode::Plan {
         return outcome;
     }
+    // Held until the new or started container has been probed.
+    let _acting = if plan.action.changes_something() || !plan.extras.is_empty() {
+        ctx.acting.acquire().await.ok()
+    } else {
+        None
+    };
 
     for extra in &plan.extras {
         match ctx.podman.remove(&extra.id).await {
@@ -607,6 +718,12 @@ async fn converge(
                 probing.insert(lane.to_string(), now.id.clone());
             }
             let probed = match host_port_of(&now.ports, p.port) {
+                Some(port)
+                    if plan.action == Action::Nothing
+                        && ctx.answered_early(lane, &now.id, port) =>
+                {
+                    Ok(())
+                }
                 Some(port) => {
                     let probe = probe::wait_ready(port, &p.path, p.timeout, p.interval);
                     match cancel {

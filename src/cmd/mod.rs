@@ -72,7 +72,8 @@ async fn context(global: &Global) -> anyhow::Result<Arc<Ctx>> {
     let instance = instance(global)?;
     let podman = Podman::connect(global.podman.as_deref()).await?;
     tracing::debug!(url = podman.url(), instance = %instance, "connected to podman");
-    Ok(Arc::new(Ctx::new(podman, dir_of(&global.dir), instance)))
+    let ctx = Ctx::new(podman, dir_of(&global.dir), instance).with_jobs(global.jobs.into());
+    Ok(Arc::new(ctx))
 }
 
 fn dir_of(dir: &Path) -> std::path::PathBuf {

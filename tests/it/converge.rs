@@ -104,6 +104,36 @@ fn a_second_apply_changes_nothing() {
 }
 
 #[test]
+fn jobs_bounds_how_many_lanes_change_containers_at_once() {
+    // --jobs 1: each lane is created, started and probed before the next
+    // lane's create begins (lanes with nothing to do are not bound by it).
+    let lanes = Lanes::new("jobs");
+    for lane in ["a", "b", "c"] {
+        lanes.write(lane, &lanes.worker_lane(""));
+    }
+    let run = lanes.lanectl(&["--jobs", "1", "apply"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let time = |v: &serde_json::Value| {
+        let s = v.as_str().expect("a timestamp");
+        humantime::parse_rfc3339(s).expect(s)
+    };
+    let mut spans: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|lane| {
+            let c = inspect(&lanes.container_id(lane));
+            (time(&c["Created"]), time(&c["State"]["StartedAt"]))
+        })
+        .collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "a create began before the previous lane had started: {spans:?}"
+        );
+    }
+}
+
+#[test]
 fn an_env_edit_recreates_only_that_lane() {
     let lanes = Lanes::new("env-edit");
     lanes.write("a", &lanes.worker_lane("env: {V: '1'}\n"));

@@ -100,6 +100,43 @@ fn a_probe_that_fails_is_retried_on_the_next_pass() {
 }
 
 #[test]
+fn an_answer_at_the_port_a_status_file_names_counts_only_for_that_container() {
+    // apply probes each lane at the port its status file names while Podman
+    // lists the containers; the answer counts only if the list shows the same
+    // container on the same port. Here the status file points at a stranger.
+    use std::io::{Read, Write};
+    let lanes = Lanes::new("early-probe");
+    let yaml = lanes
+        .worker_lane("")
+        .replace("path: /healthz, timeout: 10s", "path: /nope, timeout: 1s");
+    lanes.write("a", &yaml);
+    assert_eq!(lanes.lanectl(&["apply"]).code, 1);
+    let stranger = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = stranger.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in stranger.incoming().flatten() {
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nok\n");
+        }
+    });
+    let path = lanes.dir().join("a.status.yaml");
+    let real = lanes.status("a").unwrap()["endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let fake = text.replace(&real, &format!("http://127.0.0.1:{port}"));
+    assert_ne!(text, fake);
+    std::fs::write(&path, fake).unwrap();
+    let run = lanes.lanectl(&["apply"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let status = lanes.status("a").unwrap();
+    assert_eq!(status["phase"], "failed", "{status}");
+    assert_eq!(status["endpoint"], real.as_str(), "{status}");
+}
+
+#[test]
 fn a_codex_symlink_leading_out_of_the_directory_makes_the_lane_invalid() {
     let lanes = Lanes::new("codex-escape");
     lanes.file("codex/a/ok.txt", "ok\n");
