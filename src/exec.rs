@@ -47,16 +47,28 @@ pub async fn create_and_start(
     let mut attempt = 0;
     loop {
         attempt += 1;
+        let clock = std::time::Instant::now();
+        let ms = |from: std::time::Instant| {
+            u64::try_from(from.elapsed().as_millis()).unwrap_or(u64::MAX)
+        };
         let id = podman.create(&request).await?;
+        debug!(took_ms = ms(clock), "created");
         let started = async {
+            let step = std::time::Instant::now();
             copy_codex(podman, &id, spec, hash).await?;
+            debug!(took_ms = ms(step), "copied the codex in");
+            let step = std::time::Instant::now();
             podman.start(&id).await?;
+            debug!(took_ms = ms(step), "started");
             Ok::<(), ExecError>(())
         }
         .await;
         match started {
             Ok(()) => {
-                return podman.inspect(&id).await?.ok_or_else(|| {
+                let step = std::time::Instant::now();
+                let inspected = podman.inspect(&id).await;
+                debug!(took_ms = ms(step), total_ms = ms(clock), "inspected");
+                return inspected?.ok_or_else(|| {
                     ExecError::Other(format!(
                         "container {} vanished after its start",
                         spec.container_name

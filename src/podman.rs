@@ -121,6 +121,8 @@ pub struct Inspected {
     pub id: String,
     pub name: String,
     pub state: State,
+    /// Started at least once (Podman keeps a start time from then on).
+    pub ever_started: bool,
     pub ports: Vec<PublishedPort>,
 }
 
@@ -367,9 +369,7 @@ impl Podman {
     /// Podman would write through its bind mounts onto the host, so that is refused.
     pub async fn put_archive(&self, id: &str, tar: std::fs::File) -> Result<(), PodmanError> {
         let call = || format!("copy into container {}", short(id));
-        let filter = ContainerListFilter::Id(id.into());
-        let found = self.list(filter, call).await?;
-        match found.first() {
+        match self.inspect(id).await? {
             None => return Err(not_found(id)),
             Some(c) if c.ever_started || c.state != State::Created => {
                 let message = "refusing: the container has already started";
@@ -480,10 +480,14 @@ impl Podman {
             }
         }
         ports.sort_by(|a, b| (a.container_port, &a.protocol).cmp(&(b.container_port, &b.protocol)));
+        let (status, started_at) = data
+            .state
+            .map_or((None, None), |s| (s.status, s.started_at));
         Ok(Some(Inspected {
             id: data.id.unwrap_or_default(),
             name: data.name.unwrap_or_default(),
-            state: State::parse(&data.state.and_then(|s| s.status).unwrap_or_default()),
+            state: State::parse(&status.unwrap_or_default()),
+            ever_started: started_at.is_some_and(|t| t.timestamp() > 0),
             ports,
         }))
     }
