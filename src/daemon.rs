@@ -174,9 +174,16 @@ async fn refresh(shared: &Shared, list: bool) -> bool {
     if list {
         crate::status::remove_stale_temps(&ctx.dir);
     }
-    let with_containers: Option<BTreeSet<String>> = if list {
+    let epoch = match shared.index.lock() {
+        Ok(mut index) if list => index.begin_listing(),
+        _ => 0,
+    };
+    let listed = if list {
         match observe::observe(&ctx.podman, &ctx.instance).await {
-            Ok(o) => Some(o.into_keys().filter(|l| !l.is_empty()).collect()),
+            Ok(mut o) => {
+                o.remove(""); // instance label without lane label: not ours to judge
+                Some((o, look_up_images(ctx, &state).await))
+            }
             Err(e) => {
                 warn!(error = %e, "cannot list containers");
                 return false;
@@ -189,12 +196,24 @@ async fn refresh(shared: &Shared, list: bool) -> bool {
         return false;
     };
     let mut lanes: BTreeSet<String> = state.lanes.keys().cloned().collect();
-    match with_containers {
-        Some(c) => lanes.extend(c),
+    match &listed {
+        Some((c, _)) => lanes.extend(c.keys().cloned()),
         // Keep lanes that had containers: their manifest may just be gone.
         None => lanes.extend(index.lanes.iter().cloned()),
     }
     lanes.extend(state.listing.status_files.iter().cloned());
+    if let Some((mut by_lane, images)) = listed {
+        let lanes = lanes
+            .iter()
+            .map(|l| (l.clone(), by_lane.remove(l).unwrap_or_default()))
+            .collect();
+        index.store_listing(sources::Listing {
+            taken: Instant::now(),
+            epoch,
+            lanes,
+            images: Arc::new(images),
+        });
+    }
     index.lanes = lanes;
     index.sources = state
         .lanes
@@ -219,6 +238,29 @@ async fn refresh(shared: &Shared, list: bool) -> bool {
     true
 }
 
+/// Each distinct image of the valid lanes, looked up once (a failed lookup
+/// is left out: that lane looks it up itself).
+async fn look_up_images(ctx: &Ctx, state: &desired::DirState) -> HashMap<String, Option<String>> {
+    let images: BTreeSet<&str> = state
+        .lanes
+        .values()
+        .filter_map(|d| match d {
+            desired::Desired::Valid { spec, .. } => Some(spec.image.as_str()),
+            desired::Desired::Invalid { .. } => None,
+        })
+        .collect();
+    let found = futures_util::future::join_all(
+        images
+            .into_iter()
+            .map(|image| async move { (image.to_string(), ctx.podman.image_id(image).await) }),
+    )
+    .await;
+    found
+        .into_iter()
+        .filter_map(|(image, id)| Some((image, id.ok()?)))
+        .collect()
+}
+
 async fn worker(shared: Arc<Shared>, queue: Queue) {
     while let Some((lane, cause, cancel)) = queue.next().await {
         let span = info_span!("reconcile", lane = %lane, cause);
@@ -241,6 +283,30 @@ async fn worker(shared: Arc<Shared>, queue: Queue) {
         if let Some(at) = next {
             queue.retry(&lane, at);
         }
+        if queue.is_idle() {
+            release_free_memory();
+        }
+    }
+}
+
+/// Hands the heap's free pages back to the system once the daemon goes
+/// quiet: a burst of work (a cold start of 100 lanes) would otherwise keep
+/// its peak resident for good.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases memory that malloc holds free.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Fewer malloc arenas than glibc's default of 8 per core: the daemon's
+/// threads mostly wait, and each arena keeps its own free memory resident.
+pub fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt with M_ARENA_MAX only caps arenas created from now on.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 
@@ -289,15 +355,32 @@ async fn reconcile_lane(
         );
         return None;
     }
-    let observed = match ctx.podman.list_lane(&ctx.instance, lane).await {
+    let listed = shared
+        .index
+        .lock()
+        .ok()
+        .and_then(|mut i| i.take_listed(lane));
+    let (observed, known) = match listed {
+        Some((o, images)) => (Ok(o), Some(images)),
+        None => (ctx.podman.list_lane(&ctx.instance, lane).await, None),
+    };
+    let observed = match observed {
         Ok(o) => o,
         Err(e) => {
             reconcile::mark_unreachable(ctx, lane, desired.as_ref(), &e);
             return Some(backoff(shared, lane));
         }
     };
-    let outcome =
-        reconcile::reconcile(ctx, lane, desired, observed, Mode::Apply, Some(cancel)).await;
+    let outcome = reconcile::reconcile(
+        ctx,
+        lane,
+        desired,
+        observed,
+        Mode::Apply,
+        Some(cancel),
+        known,
+    )
+    .await;
     if outcome.interrupted {
         return None; // the interrupt queued the rerun (or this is shutdown)
     }

@@ -218,6 +218,16 @@ impl Queue {
         self.wake.notify_one();
     }
 
+    /// Nothing running and nothing due now (later retries may wait).
+    pub fn is_idle(&self) -> bool {
+        let now = Instant::now();
+        self.inner.lock().is_ok_and(|i| {
+            i.lanes
+                .values()
+                .all(|e| !e.running && e.due.is_none_or(|d| d > now))
+        })
+    }
+
     /// Stops handing out work; waiting `next` calls return `None`.
     pub fn close(&self) {
         if let Ok(mut inner) = self.inner.lock() {
@@ -259,6 +269,20 @@ mod tests {
         assert_eq!(next_now(&q).await, None);
         q.done("a");
         assert_eq!(next_now(&q).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_means_nothing_running_and_nothing_due_now() {
+        let q = Queue::new();
+        assert!(q.is_idle());
+        q.trigger("a", "test");
+        assert!(!q.is_idle(), "due now");
+        assert_eq!(next_now(&q).await.as_deref(), Some("a"));
+        assert!(!q.is_idle(), "running");
+        q.done("a");
+        assert!(q.is_idle());
+        q.retry("a", Instant::now() + Duration::from_secs(5));
+        assert!(q.is_idle(), "a retry later is not work now");
     }
 
     #[tokio::test(start_paused = true)]

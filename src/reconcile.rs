@@ -33,6 +33,10 @@ use crate::probe;
 use crate::spec::LaneSpec;
 use crate::status::{self, Phase, Status};
 
+/// Image IDs by reference as the daemon's resync looked them up (`None`:
+/// absent), handed to the lanes that resync schedules.
+pub type KnownImages = Arc<HashMap<String, Option<String>>>;
+
 /// Whether a pass only decides or also acts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -428,7 +432,7 @@ async fn run_bounded(
         let handle = tasks.spawn(
             async move {
                 let _permit = jobs.acquire_owned().await;
-                reconcile(&ctx, &lane, desired, containers, mode, None).await
+                reconcile(&ctx, &lane, desired, containers, mode, None, None).await
             }
             .instrument(span),
         );
@@ -459,6 +463,7 @@ pub async fn reconcile(
     observed: Vec<Observed>,
     mode: Mode,
     cancel: Option<&CancellationToken>,
+    known: Option<KnownImages>,
 ) -> Outcome {
     let previous = status::read(&ctx.dir, lane);
     match desired {
@@ -485,16 +490,11 @@ pub async fn reconcile(
             spec,
             manifest_sha256,
         }) => {
-            converge(
-                ctx,
-                &spec,
-                manifest_sha256,
-                observed,
-                previous,
-                mode,
-                cancel,
-            )
-            .await
+            let seen = Seen {
+                containers: observed,
+                images: known,
+            };
+            converge(ctx, &spec, manifest_sha256, seen, previous, mode, cancel).await
         }
     }
 }
@@ -542,8 +542,16 @@ enum Unready {
 }
 
 /// Image ID, codex fingerprint and tracked content -> the lane hash.
-async fn hash_lane(ctx: &Ctx, spec: &LaneSpec) -> Result<LaneHash, Unready> {
-    let image_id = match ctx.image_id(&spec.image).await {
+async fn hash_lane(
+    ctx: &Ctx,
+    spec: &LaneSpec,
+    known: Option<KnownImages>,
+) -> Result<LaneHash, Unready> {
+    let looked_up = match known.as_ref().and_then(|k| k.get(&spec.image)) {
+        Some(id) => Ok(id.clone()),
+        None => ctx.image_id(&spec.image).await,
+    };
+    let image_id = match looked_up {
         Ok(Some(id)) => id,
         Ok(None) => {
             return Err(Unready::Failed(format!(
@@ -582,18 +590,26 @@ async fn hash_lane(ctx: &Ctx, spec: &LaneSpec) -> Result<LaneHash, Unready> {
     Ok(hash::lane_hash(spec, &image_id, codex.as_deref(), &tracked))
 }
 
+/// What Podman showed of a lane: its containers, and the images a resync
+/// looked up with them.
+struct Seen {
+    containers: Vec<Observed>,
+    images: Option<KnownImages>,
+}
+
 async fn converge(
     ctx: &Ctx,
     spec: &LaneSpec,
     manifest_sha256: String,
-    observed: Vec<Observed>,
+    seen: Seen,
     previous: Option<Status>,
     mode: Mode,
     cancel: Option<&CancellationToken>,
 ) -> Outcome {
     let lane = spec.lane.as_str();
     let sha = Some(manifest_sha256);
-    let plan = match hash_lane(ctx, spec).await {
+    let observed = seen.containers;
+    let plan = match hash_lane(ctx, spec, seen.images).await {
         Ok(hash) => {
             let desired = plan::Desired {
                 state: spec.state,

@@ -42,6 +42,9 @@ pub async fn run(ctx: Arc<Ctx>, index: SharedIndex, queue: Queue, shutdown: Canc
             warned = false;
             let connected = Instant::now();
             let mut events = ctx.podman.events(&ctx.instance);
+            if let Ok(mut index) = index.lock() {
+                index.set_events_live(true);
+            }
             loop {
                 let event = tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -50,6 +53,9 @@ pub async fn run(ctx: Arc<Ctx>, index: SharedIndex, queue: Queue, shutdown: Canc
                 match event {
                     Some(Ok(e)) => {
                         trace!(action = %e.action, lane = ?e.lane, "podman event");
+                        if let (Some(lane), Ok(mut index)) = (&e.lane, index.lock()) {
+                            index.forget_listed(lane);
+                        }
                         match (e.lane, e.action.as_str()) {
                             // The container being probed is gone or going: no
                             // use finishing the probe. (Events about the
@@ -74,6 +80,9 @@ pub async fn run(ctx: Arc<Ctx>, index: SharedIndex, queue: Queue, shutdown: Canc
                     }
                     None => break,
                 }
+            }
+            if let Ok(mut index) = index.lock() {
+                index.set_events_live(false);
             }
             if connected.elapsed() >= HEALTHY {
                 backoff = Duration::from_secs(1);

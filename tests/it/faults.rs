@@ -613,9 +613,18 @@ fn podman_killed_and_restarted_repeatedly_under_the_daemon() {
         println!("podman killed and restarted: {f}");
     }
     println!("containers at the end: {lanes_of:?}");
-    assert_eq!(containers.len(), 3, "one container per lane: {lanes_of:?}");
+    let log = daemon.log();
+    assert_eq!(
+        containers.len(),
+        3,
+        "one container per lane: {lanes_of:?}\n{log}"
+    );
     let unique: BTreeSet<&String> = lanes_of.iter().collect();
-    assert_eq!(unique.len(), 3, "one container per lane: {lanes_of:?}");
+    assert_eq!(
+        unique.len(),
+        3,
+        "one container per lane: {lanes_of:?}\n{log}"
+    );
 }
 
 #[test]
