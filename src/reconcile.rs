@@ -295,16 +295,14 @@ pub async fn pass(
 ) -> Result<Vec<Outcome>, PassError> {
     ctx.new_pass();
     // Podman's list call is the longest wait of a pass that has nothing to do:
-    // the directory is read and the images are looked up meanwhile.
+    // the directory is read, the images looked up and the lanes probed meanwhile.
     let listed = CancellationToken::new();
-    let (state, observed) = tokio::join!(
-        read_dir_and_probe_early(&ctx, mode, opts.load, &listed),
-        async {
+    let (state, observed) =
+        tokio::join!(read_dir_and_probe_early(&ctx, mode, opts, &listed), async {
             let observed = observe::observe(&ctx.podman, &ctx.instance).await;
             listed.cancel();
             observed
-        }
-    );
+        });
     let state = state?;
     let mut observed = observed?;
     let stale = status::remove_stale_temps(&ctx.dir);
@@ -367,10 +365,10 @@ const EARLY_PROBES_AT_ONCE: usize = 64;
 async fn read_dir_and_probe_early(
     ctx: &Ctx,
     mode: Mode,
-    load: LoadOptions,
+    opts: &PassOptions,
     listed: &CancellationToken,
 ) -> Result<desired::DirState, PassError> {
-    let dir = ctx.dir.clone();
+    let (dir, load) = (ctx.dir.clone(), opts.load);
     let state = tokio::task::spawn_blocking(move || desired::load_dir(&dir, load))
         .await
         .map_err(|e| PassError::Internal(format!("reading the lanes directory: {e}")))??;
@@ -384,10 +382,14 @@ async fn read_dir_and_probe_early(
         .collect();
     futures_util::future::join_all(images.into_iter().map(|image| ctx.image_id(image))).await;
     if mode == Mode::Apply {
+        let named = |lane: &String| opts.only.is_empty() || opts.only.contains(lane);
         let probes = state.lanes.iter().filter_map(|(lane, d)| {
             let Desired::Valid { spec, .. } = d else {
                 return None;
             };
+            if !named(lane) {
+                return None;
+            }
             let probe = spec.probe.as_ref()?;
             let last = status::read(&ctx.dir, lane)?;
             let id = last.container_id?;
