@@ -3,9 +3,9 @@
 //!
 //! The notify callback only converts and `try_send`s (a full channel drops
 //! the event: the resync catches up). Debouncing is one loop: after the first
-//! event, paths are collected until the tree has been quiet for [`QUIET`] (so
-//! an editor's save or a `git checkout` of 50 files is one batch, and a
-//! half-written file is read only once it settles), then each path becomes
+//! event, paths are collected until the tree has been quiet for a while (so
+//! an editor's save or a `git checkout` of 50 files is one batch), then each
+//! path becomes
 //! lane names: `<lane>.yaml` that lane, `_defaults.yaml` every lane, a path
 //! under a source the lanes that read it. Status files, hidden files and
 //! editor leftovers (`*~`, `.*.swp`, `4913`, `.#*`) never trigger anything.
@@ -24,9 +24,13 @@ use super::SharedIndex;
 use crate::lane::{self, Kind};
 use crate::queue::Queue;
 
-/// A batch ends after this long without events.
-pub const QUIET: Duration = Duration::from_millis(150);
-/// A batch never waits longer than this (a file rewritten without pause).
+/// A batch ends after this long without events once every file in it is
+/// complete: its write closed, or renamed into place, removed, chmod-ed.
+pub const QUIET: Duration = Duration::from_millis(30);
+/// A batch never waits longer than this: not for a file rewritten without
+/// pause, nor for one left open for writing (a batch with an open file
+/// waits for its close, so a slow writer's half-written manifest is not
+/// read; a change that never closes, truncate(2), waits this long).
 const MAX_BATCH: Duration = Duration::from_secs(2);
 /// How often the watches are checked against the files: a lanes directory or
 /// a source directory replaced by a rename (a deploy that swaps a symlink or
@@ -75,17 +79,19 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let (tx, mut rx) = mpsc::channel::<PathBuf>(4096);
+    // (path, whether the event leaves it open for writing)
+    let (tx, mut rx) = mpsc::channel::<(PathBuf, bool)>(4096);
     let overflow = dir.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let Ok(event) = res else { return };
         if event.need_rescan() {
             // The kernel dropped events: treat it as "everything changed".
-            let _ = tx.try_send(overflow.clone());
+            let _ = tx.try_send((overflow.clone(), false));
         } else if counts(&event.kind) {
+            let open = leaves_open(&event.kind);
             for path in event.paths {
                 // Full: dropped; the periodic resync catches up.
-                let _ = tx.try_send(path);
+                let _ = tx.try_send((path, open));
             }
         }
     })
@@ -105,7 +111,7 @@ where
             _ = recheck.tick() => {
                 if file_id(&dir) != dir_id {
                     debug!(dir = %dir.display(), "the lanes directory was replaced: watching it again");
-                    dir.clone()
+                    (dir.clone(), false)
                 } else {
                     let renewed = update_watches(&mut watcher, &index, &mut watched);
                     for lane in lanes_under(&index, &renewed) {
@@ -120,16 +126,25 @@ where
             },
         };
         let started = Instant::now();
-        let mut paths = BTreeSet::from([first]);
-        loop {
-            let deadline = (Instant::now() + QUIET).min(started + MAX_BATCH);
+        let mut paths = BTreeSet::new();
+        let mut open = BTreeSet::new();
+        let mut next = Some(first);
+        while let Some((path, opened)) = next.take() {
+            if opened {
+                open.insert(path.clone());
+            } else {
+                open.remove(&path);
+            }
+            paths.insert(path);
+            let deadline = if open.is_empty() {
+                (Instant::now() + QUIET).min(started + MAX_BATCH)
+            } else {
+                started + MAX_BATCH
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                () = sleep_until(deadline) => break,
-                path = rx.recv() => match path {
-                    Some(p) => { paths.insert(p); }
-                    None => break,
-                },
+                () = sleep_until(deadline) => {}
+                path = rx.recv() => next = path,
             }
         }
         trace!(count = paths.len(), "file-system batch");
@@ -182,6 +197,17 @@ fn counts(kind: &EventKind) -> bool {
         EventKind::Access(_) => false,
         _ => true,
     }
+}
+
+/// Event kinds after which a file may be half-written: created or written,
+/// and not yet closed. Its close (or a rename, removal) completes it.
+fn leaves_open(kind: &EventKind) -> bool {
+    use notify::event::{CreateKind, ModifyKind};
+    matches!(
+        kind,
+        EventKind::Create(CreateKind::File | CreateKind::Any)
+            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any)
+    )
 }
 
 /// Paths -> (lanes to trigger, whether every lane is concerned, whether a
@@ -332,6 +358,29 @@ mod tests {
         assert_eq!(lanes.into_iter().collect::<Vec<_>>(), ["alpha", "beta"]);
         assert!(!all);
         assert!(manifests);
+    }
+
+    #[test]
+    fn a_file_is_open_from_its_create_or_write_until_its_close_or_rename() {
+        use notify::event::{
+            AccessKind, AccessMode, CreateKind, DataChange, MetadataKind, ModifyKind, RemoveKind,
+            RenameMode,
+        };
+        assert!(leaves_open(&EventKind::Create(CreateKind::File)));
+        assert!(leaves_open(&EventKind::Modify(ModifyKind::Data(
+            DataChange::Any
+        ))));
+        assert!(!leaves_open(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(!leaves_open(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
+        assert!(!leaves_open(&EventKind::Modify(ModifyKind::Metadata(
+            MetadataKind::Permissions
+        ))));
+        assert!(!leaves_open(&EventKind::Remove(RemoveKind::File)));
+        assert!(!leaves_open(&EventKind::Create(CreateKind::Folder)));
     }
 
     #[test]

@@ -84,6 +84,37 @@ fn the_daemon_follows_manifests_and_podman() {
 }
 
 #[test]
+fn a_manifest_written_slowly_is_read_only_once_closed() {
+    // A writer that pauses mid-file keeps it open: the daemon waits for the
+    // close, so the half-written (and valid) manifest is never applied. The
+    // resync is long here: a resync reads whatever is on disk.
+    use std::io::Write;
+    let lanes = Lanes::new("slow-writer");
+    let daemon = Daemon::start(&lanes, &["--resync", "60s"]);
+    wait_for(LIMIT, || daemon.log().contains("converging").then_some(()))
+        .unwrap_or_else(|| panic!("daemon not up\n{}", daemon.log()));
+    let full = lanes.worker_lane(&format!(
+        "container_name: {}-slow\nlabels: {{stage: full}}\n",
+        lanes.instance
+    ));
+    let (head, tail) = full.split_at(full.find("labels:").unwrap());
+    let mut file = std::fs::File::create(lanes.dir().join("slow.yaml")).unwrap();
+    file.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    file.write_all(tail.as_bytes()).unwrap();
+    drop(file);
+    let id = wait_ready(&lanes, &daemon, "slow");
+    assert_eq!(inspect(&id)["Config"]["Labels"]["stage"], "full");
+    let log = daemon.log();
+    let acted: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("lane=slow") && l.contains("acted action="))
+        .collect();
+    assert_eq!(acted.len(), 1, "one create, no recreate: {acted:?}\n{log}");
+    assert!(acted[0].contains("action=create"), "{log}");
+}
+
+#[test]
 fn a_codex_file_rewritten_under_the_daemon_recreates_its_lane() {
     let lanes = Lanes::new("daemon-codex");
     lanes.file("codex/a/token", "one\n");
