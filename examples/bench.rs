@@ -55,7 +55,8 @@
 //! the edit floor, manifest → ready to one lane's create+copy+start+probe),
 //! the targets checked against it (at N=30 when measured), and with
 //! `--json PATH` the same as JSON. Times are reported, never asserted: the exit
-//! code only says whether every measurement could be made.
+//! code only says whether every measurement of lanectl, the floor and the Go
+//! sequence could be made (docker-compose giving up is noted, not fatal).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -1647,7 +1648,16 @@ async fn run_all(
                 if bench.runs(kind) && present {
                     let what = format!("N={n}, run {}/{runs}, {kind}", run + 1);
                     let step = Step { n, run, runs, idle };
-                    failed += attempts(bench, res, &what, kind, step).await;
+                    let gave_up = attempts(bench, res, &what, kind, step).await;
+                    // A peer that cannot do the job is a finding, not a
+                    // failure of this benchmark (docker-compose 1.29 hangs
+                    // with 100 services on Podman's socket).
+                    if kind == "compose" && gave_up > 0 {
+                        res.notes
+                            .push(format!("{what}: docker-compose gave up; not measured"));
+                    } else {
+                        failed += gave_up;
+                    }
                 }
             }
         }
