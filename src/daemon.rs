@@ -241,16 +241,9 @@ async fn refresh(shared: &Shared, list: bool) -> bool {
 /// Each distinct image of the valid lanes, looked up once (a failed lookup
 /// is left out: that lane looks it up itself).
 async fn look_up_images(ctx: &Ctx, state: &desired::DirState) -> HashMap<String, Option<String>> {
-    let images: BTreeSet<&str> = state
-        .lanes
-        .values()
-        .filter_map(|d| match d {
-            desired::Desired::Valid { spec, .. } => Some(spec.image.as_str()),
-            desired::Desired::Invalid { .. } => None,
-        })
-        .collect();
     let found = futures_util::future::join_all(
-        images
+        state
+            .images()
             .into_iter()
             .map(|image| async move { (image.to_string(), ctx.podman.image_id(image).await) }),
     )

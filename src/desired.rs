@@ -6,7 +6,7 @@
 //! (every problem, with positions); a problem of one lane never stops another.
 //! Nothing here talks to Podman.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -32,6 +32,19 @@ pub enum Desired {
 pub struct DirState {
     pub lanes: BTreeMap<String, Desired>,
     pub listing: DirListing,
+}
+
+impl DirState {
+    /// The distinct images of the valid lanes.
+    pub fn images(&self) -> BTreeSet<&str> {
+        self.lanes
+            .values()
+            .filter_map(|d| match d {
+                Desired::Valid { spec, .. } => Some(spec.image.as_str()),
+                Desired::Invalid { .. } => None,
+            })
+            .collect()
+    }
 }
 
 /// Options that relax checks.

@@ -372,15 +372,8 @@ async fn read_dir_and_probe_early(
     let state = tokio::task::spawn_blocking(move || desired::load_dir(&dir, load))
         .await
         .map_err(|e| PassError::Internal(format!("reading the lanes directory: {e}")))??;
-    let images: BTreeSet<&str> = state
-        .lanes
-        .values()
-        .filter_map(|d| match d {
-            Desired::Valid { spec, .. } => Some(spec.image.as_str()),
-            Desired::Invalid { .. } => None,
-        })
-        .collect();
-    futures_util::future::join_all(images.into_iter().map(|image| ctx.image_id(image))).await;
+    let images = state.images().into_iter();
+    futures_util::future::join_all(images.map(|image| ctx.image_id(image))).await;
     if mode == Mode::Apply {
         let named = |lane: &String| opts.only.is_empty() || opts.only.contains(lane);
         let probes = state.lanes.iter().filter_map(|(lane, d)| {
