@@ -56,6 +56,17 @@ pub fn inspect(id: &str) -> Value {
     v[0].clone()
 }
 
+/// `podman inspect` of a container that may be gone by now (a status file
+/// read a moment ago may name a container being replaced).
+pub fn try_inspect(id: &str) -> Option<Value> {
+    let out = podman_output(&["container", "inspect", id]);
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(v[0].clone())
+}
+
 /// IDs of the containers carrying an instance label.
 pub fn containers_of(instance: &str) -> Vec<String> {
     let filter = format!("label=io.lanectl.instance={instance}");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Daemon, Lanes, OwnPodman, host, inspect, podman_output, wait_for};
+use crate::common::{Daemon, Lanes, OwnPodman, host, podman_output, try_inspect, wait_for};
 use crate::converge::sha256_hex;
 
 /// A deterministic generator (Knuth's MMIX LCG): the same seed gives the
@@ -770,7 +770,8 @@ fn the_lanes_dir_removed_or_emptied_under_the_daemon_prunes_nothing() {
     let ready = |lane: &str, v: u64| {
         let s = lanes.status(lane)?;
         let id = s["container_id"].as_str()?.to_string();
-        (s["phase"] == "ready" && env_has(&inspect(&id), &format!("LANE_V={v}"))).then_some(id)
+        let c = try_inspect(&id)?; // polled: the container may be being replaced
+        (s["phase"] == "ready" && env_has(&c, &format!("LANE_V={v}"))).then_some(id)
     };
     let wait_both = |va: u64, vb: u64, daemon: &Daemon, what: &str| {
         wait_for(Duration::from_secs(30), || {
