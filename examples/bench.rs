@@ -470,6 +470,24 @@ impl LaneStatus {
 
 // --- helpers ------------------------------------------------------------------
 
+/// A peer's three timed passes over a fleet: cold, the same again (no-op),
+/// and with lane 0 at revision 1 (one edit); `pass(r)` makes one pass with
+/// lane 0 at revision `r`. Samples are kept only when all three succeed.
+async fn three_passes<F, Fut>(res: &mut Results, n: usize, keys: [Key; 3], pass: F) -> Result<()>
+where
+    F: Fn(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut took = Vec::new();
+    for revision in [0, 0, 1] {
+        took.push(timed(pass(revision)).await?.1);
+    }
+    for (key, t) in keys.into_iter().zip(took) {
+        res.add_time(n, key, t);
+    }
+    Ok(())
+}
+
 async fn timed<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<(T, Duration)> {
     let start = Instant::now();
     let value = tokio::time::timeout(MEASUREMENT_LIMIT, work)
@@ -938,16 +956,8 @@ async fn go_pass(bench: &Bench, fleet: &Fleet, edited: u32) -> Result<()> {
 
 async fn measure_go(bench: &Bench, res: &mut Results, n: usize, run: usize) -> Result<()> {
     let fleet = Fleet::new(bench, tag("go", n, run), n)?;
-    let outcome = async {
-        let ((), cold) = timed(go_pass(bench, &fleet, 0)).await?;
-        let ((), noop) = timed(go_pass(bench, &fleet, 0)).await?;
-        let ((), edit) = timed(go_pass(bench, &fleet, 1)).await?;
-        res.add_time(n, Key::GoCold, cold);
-        res.add_time(n, Key::GoNoop, noop);
-        res.add_time(n, Key::GoEdit, edit);
-        Ok(())
-    }
-    .await;
+    let keys = [Key::GoCold, Key::GoNoop, Key::GoEdit];
+    let outcome = three_passes(res, n, keys, |edited| go_pass(bench, &fleet, edited)).await;
     remove_tagged(&bench.api, &fleet.tag).await?;
     outcome
 }
@@ -1055,16 +1065,8 @@ async fn compose_up(bench: &Bench, fleet: &Fleet, edited: u32) -> Result<()> {
 
 async fn measure_compose(bench: &Bench, res: &mut Results, n: usize, run: usize) -> Result<()> {
     let fleet = Fleet::new(bench, tag("dc", n, run), n)?;
-    let outcome = async {
-        let ((), cold) = timed(compose_up(bench, &fleet, 0)).await?;
-        let ((), noop) = timed(compose_up(bench, &fleet, 0)).await?;
-        let ((), edit) = timed(compose_up(bench, &fleet, 1)).await?;
-        res.add_time(n, Key::ComposeCold, cold);
-        res.add_time(n, Key::ComposeNoop, noop);
-        res.add_time(n, Key::ComposeEdit, edit);
-        Ok(())
-    }
-    .await;
+    let keys = [Key::ComposeCold, Key::ComposeNoop, Key::ComposeEdit];
+    let outcome = three_passes(res, n, keys, |edited| compose_up(bench, &fleet, edited)).await;
     let down = compose(bench, &fleet, &["down", "-t", "1"]).await;
     remove_tagged(&bench.api, &fleet.tag).await?;
     outcome.and(down)

@@ -186,6 +186,9 @@ async fn refresh(shared: &Shared, list: bool) -> bool {
             }
             Err(e) => {
                 warn!(error = %e, "cannot list containers");
+                if let Ok(mut index) = shared.index.lock() {
+                    index.listing_dirty = None; // no listing comes of it
+                }
                 return false;
             }
         }

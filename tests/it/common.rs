@@ -225,6 +225,13 @@ impl Lanes {
         )
     }
 
+    /// A worker lane whose probe never passes (the worker answers 404 on
+    /// its path) and gives up after 1 s; `extra` as for `worker_lane`.
+    pub fn failing_probe_lane(&self, extra: &str) -> String {
+        self.worker_lane(extra)
+            .replace("path: /healthz, timeout: 10s", "path: /nope, timeout: 1s")
+    }
+
     /// GET on a lane's endpoint: the worker's JSON report.
     pub fn worker_report(&self, lane: &str) -> Value {
         let status = self.status(lane).expect("status");

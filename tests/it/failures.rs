@@ -17,12 +17,7 @@ fn a_missing_image_a_failing_probe_and_a_foreign_name_fail_only_their_own_lane()
             .worker_lane("")
             .replace(&image(), "localhost/lanectl-no-such-image:1"),
     );
-    lanes.write(
-        "badprobe",
-        &lanes
-            .worker_lane("")
-            .replace("path: /healthz, timeout: 10s", "path: /nope, timeout: 1s"),
-    );
+    lanes.write("badprobe", &lanes.failing_probe_lane(""));
     lanes.write(
         "taken",
         &lanes.worker_lane(&format!("container_name: {foreign_name}\n")),
@@ -86,10 +81,7 @@ fn a_missing_image_a_failing_probe_and_a_foreign_name_fail_only_their_own_lane()
 #[test]
 fn a_probe_that_fails_is_retried_on_the_next_pass() {
     let lanes = Lanes::new("reprobe");
-    let yaml = lanes
-        .worker_lane("")
-        .replace("path: /healthz, timeout: 10s", "path: /nope, timeout: 1s");
-    lanes.write("a", &yaml);
+    lanes.write("a", &lanes.failing_probe_lane(""));
     assert_eq!(lanes.lanectl(&["apply"]).code, 1);
     let id = lanes.container_id("a");
     // Probe settings are not in the hash: fixing them reuses the container.
@@ -106,10 +98,7 @@ fn an_answer_at_the_port_a_status_file_names_counts_only_for_that_container() {
     // container on the same port. Here the status file points at a stranger.
     use std::io::{Read, Write};
     let lanes = Lanes::new("early-probe");
-    let yaml = lanes
-        .worker_lane("")
-        .replace("path: /healthz, timeout: 10s", "path: /nope, timeout: 1s");
-    lanes.write("a", &yaml);
+    lanes.write("a", &lanes.failing_probe_lane(""));
     assert_eq!(lanes.lanectl(&["apply"]).code, 1);
     let stranger = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = stranger.local_addr().unwrap().port();

@@ -25,10 +25,7 @@ fn secrets_never_reach_logs_status_plan_or_errors() {
     let codex = "codex: {source: ../codex/a, target: /root/.codex, fingerprint_env: CODEX_SHA}\n";
     lanes.write("a", &lanes.worker_lane(&format!("{env}{codex}")));
     // A lane that fails its probe, and one whose image is missing.
-    let failing = lanes
-        .worker_lane(&env)
-        .replace("path: /healthz, timeout: 10s", "path: /nope, timeout: 1s");
-    lanes.write("b", &failing);
+    lanes.write("b", &lanes.failing_probe_lane(&env));
     lanes.write(
         "c",
         &lanes
