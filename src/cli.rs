@@ -27,7 +27,7 @@ pub struct Global {
     #[arg(long, global = true)]
     pub podman: Option<String>,
     /// Which lanes directory owns the containers (default: from its path).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = instance_id)]
     pub instance: Option<String>,
     /// How many lanes converge at once.
     #[arg(long, global = true, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -99,10 +99,58 @@ fn lane_name(name: &str) -> Result<String, String> {
     crate::lane::check_name(name).map(|()| name.to_string())
 }
 
+/// An instance id goes into a Podman label filter (`label=KEY=VALUE`, and
+/// filters are joined with `,` in places): an empty value would match every
+/// instance, and `=`, `,`, whitespace or other punctuation could be read as
+/// filter syntax. Only `[A-Za-z0-9_.-]`, 1 to 63 characters, is accepted.
+pub fn instance_id(id: &str) -> Result<String, String> {
+    const RULE: &str = "letters, digits, '_', '.' and '-' only, 1 to 63 characters";
+    if id.is_empty() {
+        return Err(format!(
+            "must not be empty (an empty instance would match every lanes directory's containers; {RULE})"
+        ));
+    }
+    if id.len() > 63 {
+        return Err(format!("is {} characters long ({RULE})", id.len()));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(format!("contains {bad:?} ({RULE})"));
+    }
+    Ok(id.to_string())
+}
+
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let d = humantime::parse_duration(text).map_err(|e| format!("{e} (write e.g. 30s, 5m)"))?;
     if d < std::time::Duration::from_millis(100) {
         return Err("must be at least 100ms".into());
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_id_that_a_label_filter_could_misread_is_refused() {
+        for bad in [
+            "",
+            " ",
+            "a b",
+            "a=b",
+            "a,b",
+            "a\tb",
+            "é",
+            "a/b",
+            &"x".repeat(64),
+        ] {
+            assert!(instance_id(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["it-test-1", "abc123def456", "A_b.c-d", &"x".repeat(63)] {
+            assert_eq!(instance_id(good).as_deref(), Ok(good));
+        }
+    }
 }

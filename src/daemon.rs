@@ -164,7 +164,7 @@ async fn refresh(shared: &Shared, list: bool) -> bool {
             if let Ok(mut snapshot) = shared.snapshot.lock() {
                 *snapshot = None;
             }
-            warn!(error = %e, "cannot read the lanes directory; nothing is pruned until it is back");
+            warn!(error = %crate::error::Chain(&e), "cannot read the lanes directory; nothing is pruned until it is back");
             return false;
         }
     };
@@ -338,7 +338,7 @@ async fn reconcile_lane(
     let state = match dir_state(shared) {
         Ok(s) => s,
         Err(e) => {
-            warn!(error = %e, "cannot read the lanes directory; nothing is pruned");
+            warn!(error = %crate::error::Chain(&e), "cannot read the lanes directory; nothing is pruned");
             return Some(backoff(shared, lane));
         }
     };

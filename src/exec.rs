@@ -28,7 +28,7 @@ const PORT_RETRIES: usize = 3;
 pub enum ExecError {
     #[error(transparent)]
     Podman(#[from] PodmanError),
-    #[error("codex: {0}")]
+    #[error("codex")]
     Codex(#[from] HashError),
     #[error("codex source {0} changed while it was being copied; the next pass retries")]
     CodexChanged(String),

@@ -48,7 +48,7 @@ pub struct DirListing {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
-    #[error("cannot read lanes directory {}: {source}", path.display())]
+    #[error("cannot read lanes directory {}", path.display())]
     Read { path: PathBuf, source: io::Error },
     #[error("lanes directory {} is not a directory", path.display())]
     NotADir { path: PathBuf },

@@ -8,6 +8,7 @@ mod cli;
 mod cmd;
 mod daemon;
 mod desired;
+mod error;
 mod exec;
 #[cfg(test)]
 mod fuzz_tests;

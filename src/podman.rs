@@ -244,7 +244,11 @@ impl Podman {
     pub async fn list_instance(&self, instance: &str) -> Result<Vec<Observed>, PodmanError> {
         let filter = ContainerListFilter::LabelKeyVal(INSTANCE_LABEL.into(), instance.into());
         let call = || format!("list containers of instance {instance}");
-        self.list(filter, call).await
+        let found = self.list(filter, call).await?;
+        Ok(found
+            .into_iter()
+            .filter(|c| belongs(c, instance, None))
+            .collect())
     }
 
     /// The containers of one lane of one instance (both labels must match).
@@ -267,9 +271,7 @@ impl Podman {
             .map_err(|e| api_error(call(), e))?
             .into_iter()
             .map(observed);
-        // Label filters of one key may be OR-ed by some Podman versions: check.
-        let lane_of = |c: &Observed| c.labels.get(LANE_LABEL).map(String::as_str) == Some(lane);
-        Ok(found.filter(lane_of).collect())
+        Ok(found.filter(|c| belongs(c, instance, Some(lane))).collect())
     }
 
     /// Container events of this instance's containers, as they happen. The
@@ -282,6 +284,7 @@ impl Podman {
         use futures_util::StreamExt;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let api = self.api.clone();
+        let instance = instance.to_owned();
         let filters = vec![
             ("type".to_string(), vec!["container".to_string()]),
             (
@@ -297,6 +300,8 @@ impl Podman {
             let mut stream = api.events(&opts);
             while let Some(event) = stream.next().await {
                 let item = match event {
+                    // Another instance's event (the filter is a hint): not ours.
+                    Ok(e) if e.actor.attributes.get(INSTANCE_LABEL) != Some(&instance) => continue,
                     Ok(e) => Ok(ContainerEvent {
                         lane: e.actor.attributes.get(LANE_LABEL).cloned(),
                         action: e.action,
@@ -508,6 +513,18 @@ impl Podman {
             .map(observed)
             .collect())
     }
+}
+
+/// Whether a listed container carries exactly this instance (and lane)
+/// label. The list calls filter on them already, but Podman reads
+/// `label=KEY=` as "KEY present, any value", and some versions OR label
+/// filters: checking again keeps "never touch another instance's container"
+/// true whatever the filter does.
+fn belongs(c: &Observed, instance: &str, lane: Option<&str>) -> bool {
+    let label = |key| c.labels.get(key).map(String::as_str);
+    !instance.is_empty()
+        && label(INSTANCE_LABEL) == Some(instance)
+        && lane.is_none_or(|lane| label(LANE_LABEL) == Some(lane))
 }
 
 fn observed(c: ListContainer) -> Observed {
@@ -839,6 +856,35 @@ mod tests {
             "bulk transfer for r{…}: reading tar: unexpected EOF"
         );
         assert_eq!(tidy("short {a: b}: c"), "short {a: b}: c");
+    }
+
+    #[test]
+    fn a_listed_container_belongs_only_with_both_labels_exact() {
+        let c = |labels: &[(&str, &str)]| Observed {
+            id: "id".into(),
+            name: "n".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            state: State::Running,
+            ever_started: true,
+            exit_code: None,
+            ports: vec![],
+        };
+        let ours = c(&[(INSTANCE_LABEL, "me"), (LANE_LABEL, "a")]);
+        assert!(belongs(&ours, "me", Some("a")));
+        assert!(belongs(&ours, "me", None));
+        assert!(!belongs(&ours, "me", Some("b")));
+        assert!(!belongs(&ours, "other", Some("a")));
+        assert!(
+            !belongs(&ours, "", Some("a")),
+            "an empty instance matches nothing"
+        );
+        let foreign = c(&[(INSTANCE_LABEL, "other"), (LANE_LABEL, "a")]);
+        assert!(!belongs(&foreign, "me", Some("a")));
+        let unlabelled = c(&[(LANE_LABEL, "a")]);
+        assert!(!belongs(&unlabelled, "me", Some("a")));
     }
 
     #[test]

@@ -523,7 +523,7 @@ async fn remove_lane(
     }
     if let Err(e) = status::remove(&ctx.dir, lane) {
         outcome.phase = Phase::Failed;
-        outcome.message = e.to_string();
+        outcome.message = error_chain(&e);
     } else {
         outcome.message = "removed".into();
     }
@@ -935,8 +935,9 @@ fn write_status(ctx: &Ctx, st: Status) -> Option<String> {
         }
         Ok(false) => None,
         Err(e) => {
+            let e = error_chain(&e);
             warn!(lane = %lane, error = %e, "could not write status");
-            Some(e.to_string())
+            Some(e)
         }
     }
 }
@@ -1043,15 +1044,5 @@ pub fn mark_unreachable(ctx: &Ctx, lane: &str, desired: Option<&Desired>, err: &
 
 /// `err` and its sources, joined with ": ".
 pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.ends_with(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
+    crate::error::chain(err)
 }

@@ -98,14 +98,14 @@ pub fn now_rfc3339() -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("cannot write status file {}: {source}", path.display())]
+    #[error("cannot write status file {}", path.display())]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("cannot serialize status of lane {lane}: {message}")]
     Serialize { lane: String, message: String },
-    #[error("cannot remove status file {}: {source}", path.display())]
+    #[error("cannot remove status file {}", path.display())]
     Remove {
         path: PathBuf,
         source: std::io::Error,

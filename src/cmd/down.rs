@@ -31,7 +31,7 @@ pub async fn run(global: &Global, lanes: Vec<String>) -> anyhow::Result<u8> {
             }
         }
         if let Err(e) = status::remove(&ctx.dir, name) {
-            println!("{name}  failed: {e}");
+            println!("{name}  failed: {}", crate::error::chain(&e));
             failed = true;
         }
     }

@@ -44,7 +44,7 @@ pub enum FsError {
          (raise it: sysctl fs.inotify.max_user_watches=524288)", path.display()
     )]
     Limit { path: PathBuf },
-    #[error("cannot watch {}: {source}", path.display())]
+    #[error("cannot watch {}", path.display())]
     Watch {
         path: PathBuf,
         source: notify::Error,
@@ -158,7 +158,7 @@ where
             all = true;
             let _ = watcher.unwatch(&dir);
             if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                warn!(error = %watch_error(&dir, e), "the lanes directory is not watched; the resync still sees its changes");
+                warn!(error = %crate::error::Chain(&watch_error(&dir, e)), "the lanes directory is not watched; the resync still sees its changes");
             }
             dir_id = file_id(&dir);
         }
@@ -294,7 +294,7 @@ fn update_watches(
                 watched.insert(path, (mode, id));
             }
             Err(e) => {
-                warn!(error = %watch_error(&path, e), "a lane's source is not watched; the resync still sees its changes")
+                warn!(error = %crate::error::Chain(&watch_error(&path, e)), "a lane's source is not watched; the resync still sees its changes")
             }
         }
     }

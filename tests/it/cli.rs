@@ -134,3 +134,31 @@ fn status_json_is_an_array_even_for_no_lanes() {
         serde_json::json!([])
     );
 }
+
+#[test]
+fn an_instance_that_a_podman_label_filter_could_misread_is_a_usage_error() {
+    // `label=io.lanectl.instance=` matches every instance: a daemon started
+    // with an unset ${VAR} must not get to list (and prune) other
+    // directories' containers.
+    let lanes = Lanes::new("bad-instance");
+    lanes.write("alpha", "image: x\n");
+    for bad in ["", " ", "a=b", "a,b", "a b", &"x".repeat(64)] {
+        for command in [&["run"][..], &["apply"], &["plan"], &["down"]] {
+            let run = lanes.lanectl_in(&lanes.dir(), bad, command);
+            assert_eq!(run.code, 64, "--instance {bad:?} {command:?}: {run:?}");
+            assert!(run.stderr.contains("--instance"), "{run:?}");
+        }
+    }
+}
+
+#[test]
+fn an_error_prints_each_cause_once() {
+    let lanes = Lanes::new("cause-once");
+    let missing = lanes.path("nowhere");
+    for command in [&["status"][..], &["validate"]] {
+        let run = lanes.lanectl_in(&missing, &lanes.instance, command);
+        assert_eq!(run.code, 1, "{command:?}: {run:?}");
+        assert!(run.stderr.contains("nowhere"), "{run:?}");
+        assert_eq!(run.stderr.matches("os error 2").count(), 1, "{run:?}");
+    }
+}
