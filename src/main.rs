@@ -58,7 +58,17 @@ fn main() -> ExitCode {
 
 /// The daemon logs changes (`info`) by default; one-shot commands print
 /// their own lines and log only warnings.
+///
+/// Whatever filter the user passes (`-vv`, `LANECTL_LOG=trace`), other
+/// crates log at most `info`: below that, the HTTP client traces raw request
+/// and response bodies (an inspect's `Config.Env`, a create's env), and env
+/// values must never reach a log.
 fn init_tracing(global: &cli::Global, daemon: bool) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let level = match global.verbose {
         0 if daemon => "info",
         0 => "warn",
@@ -67,12 +77,69 @@ fn init_tracing(global: &cli::Global, daemon: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("LANECTL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("lanectl={level},warn")));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let filter = filter.and(tracing_subscriber::filter::filter_fn(never_secrets));
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    match global.log_format {
-        cli::LogFormat::Json => builder.json().init(),
-        cli::LogFormat::Text => builder.init(),
+    let layer = match global.log_format {
+        cli::LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+        cli::LogFormat::Text => fmt.with_filter(filter).boxed(),
+    };
+    // Another subscriber already set (only in tests) is fine to keep.
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// lanectl's own events at any level; other crates' at `info` and above.
+fn never_secrets(meta: &tracing::Metadata<'_>) -> bool {
+    let target = meta.target();
+    let ours = target == "lanectl" || target.starts_with("lanectl::");
+    ours || *meta.level() <= tracing::Level::INFO
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_crates_never_log_below_info() {
+        use tracing::Level;
+        use tracing::callsite::Identifier;
+        use tracing::field::FieldSet;
+        use tracing::metadata::Kind;
+        struct Cs;
+        impl tracing::Callsite for Cs {
+            fn set_interest(&self, _: tracing::subscriber::Interest) {}
+            fn metadata(&self) -> &tracing::Metadata<'_> {
+                unreachable!()
+            }
+        }
+        static CS: Cs = Cs;
+        let meta = |target: &'static str, level: Level| {
+            tracing::Metadata::new(
+                "e",
+                target,
+                level,
+                None,
+                None,
+                None,
+                FieldSet::new(&[], Identifier(&CS)),
+                Kind::EVENT,
+            )
+        };
+        assert!(never_secrets(&meta("lanectl::reconcile", Level::TRACE)));
+        assert!(never_secrets(&meta("lanectl", Level::TRACE)));
+        assert!(never_secrets(&meta(
+            "containers_api::conn::client",
+            Level::INFO
+        )));
+        for target in [
+            "containers_api::conn::client",
+            "podman_api::podman",
+            "hyper::proto",
+            "lanectlx",
+        ] {
+            assert!(!never_secrets(&meta(target, Level::TRACE)), "{target}");
+            assert!(!never_secrets(&meta(target, Level::DEBUG)), "{target}");
+        }
     }
 }

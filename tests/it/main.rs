@@ -9,6 +9,7 @@ mod daemon;
 mod diskfull;
 mod failures;
 mod faults;
+mod hardening;
 mod plan;
 mod secrets;
 mod watch;
