@@ -117,10 +117,16 @@ pub fn load_dir(dir: &Path, opts: LoadOptions) -> Result<DirState, ListError> {
         }
     }
 
+    // Relative sources resolve against the directory's canonical path, so
+    // that the hash does not depend on how `--dir` was spelled (a daemon
+    // started through a symlink and a git hook given the physical path must
+    // agree). Problems keep naming the files as the user spelled them.
+    let base = std::fs::canonicalize(dir)
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_path_buf());
     let mut specs: BTreeMap<String, (LaneSpec, &Loaded)> = BTreeMap::new();
     for (name, l) in &loaded {
-        let manifest_dir = l.path.parent().unwrap_or(dir);
-        match spec::resolve(name, l, manifest_dir) {
+        match spec::resolve(name, l, &base) {
             Ok(s) => {
                 specs.insert(name.clone(), (s, l));
             }

@@ -88,3 +88,38 @@ fn no_log_filter_prints_an_env_value() {
         "the daemon's trace log shows the env value:\n{text}"
     );
 }
+
+#[test]
+fn the_hash_does_not_depend_on_how_the_dir_is_spelled() {
+    // A daemon started through a symlink and a git hook given the physical
+    // path (`git rev-parse --show-toplevel`) must not recreate each other's
+    // lanes.
+    let lanes = Lanes::new("dir-spelling");
+    std::fs::create_dir_all(lanes.path("work/a")).expect("mkdir");
+    let mount = "mounts:\n  - {source: ../work/a, target: /work}\n";
+    let yaml = lanes.worker_lane("").replace("mounts:\n", mount);
+    lanes.write("a", &yaml);
+    let link = lanes.path("via-link");
+    std::os::unix::fs::symlink(lanes.root.path(), &link).expect("symlink");
+    let through_link = link.join("lanes.d");
+
+    let applied = lanes.lanectl_in(&through_link, &lanes.instance, &["apply"]);
+    assert_eq!(applied.code, 0, "{applied:?}");
+    let id = lanes.container_id("a");
+    for dir in [lanes.dir(), lanes.root.path().join("./lanes.d/../lanes.d")] {
+        let plan = lanes.lanectl_in(&dir, &lanes.instance, &["plan"]);
+        assert!(
+            plan.stdout.contains("nothing"),
+            "--dir {}: {plan:?}",
+            dir.display()
+        );
+        let apply = lanes.lanectl_in(&dir, &lanes.instance, &["apply"]);
+        assert_eq!(apply.code, 0, "{apply:?}");
+        assert_eq!(
+            lanes.container_id("a"),
+            id,
+            "recreated through {}",
+            dir.display()
+        );
+    }
+}
