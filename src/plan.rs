@@ -140,7 +140,9 @@ pub fn decide(desired: Option<Desired<'_>>, mut observed: Vec<Observed>) -> Plan
         DesiredState::Stopped => Action::Nothing,
         DesiredState::Running => match why_different(c, desired.hash) {
             Some(why) => Action::Recreate(why),
-            None if c.state == State::Created && !c.ever_started => Action::Recreate(Why::HalfMade),
+            // Never started, whatever Podman calls its state (`created`,
+            // `configured`, `initialized` after `podman init`): half-made.
+            None if !c.ever_started => Action::Recreate(Why::HalfMade),
             None if c.state == State::Running => Action::Nothing,
             None => Action::Start,
         },
@@ -271,6 +273,19 @@ mod tests {
             decide(running(DesiredState::Running, &h), vec![c]).action,
             Action::Recreate(Why::HalfMade)
         );
+    }
+
+    #[test]
+    fn plan_recreates_a_never_started_container_whatever_its_state_is_called() {
+        let h = hash();
+        for state in ["initialized", "configured", "exited", "stopped"] {
+            let c = container(State::parse(state), false, &h);
+            assert_eq!(
+                decide(running(DesiredState::Running, &h), vec![c]).action,
+                Action::Recreate(Why::HalfMade),
+                "{state}"
+            );
+        }
     }
 
     #[test]

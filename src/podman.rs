@@ -30,8 +30,6 @@ const COPY_TIMEOUT: Duration = Duration::from_secs(900);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a private service may take to answer its first `_ping`.
 const SERVICE_STARTUP: Duration = Duration::from_secs(10);
-/// `StartedAt` of a container that never started (Go's zero time, in Unix seconds).
-const NEVER: i64 = -62_135_596_800;
 
 /// Something Podman could not do, naming the call and the container or image.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +69,7 @@ pub enum State {
 }
 
 impl State {
-    fn parse(s: &str) -> State {
+    pub fn parse(s: &str) -> State {
         match s {
             "created" | "configured" => State::Created,
             "running" => State::Running,
@@ -492,7 +490,7 @@ impl Podman {
             id: data.id.unwrap_or_default(),
             name: data.name.unwrap_or_default(),
             state: State::parse(&status.unwrap_or_default()),
-            ever_started: started_at.is_some_and(|t| t.timestamp() > 0),
+            ever_started: ever_started(started_at.map(|t| t.timestamp())),
             ports,
         }))
     }
@@ -527,6 +525,15 @@ fn belongs(c: &Observed, instance: &str, lane: Option<&str>) -> bool {
         && lane.is_none_or(|lane| label(LANE_LABEL) == Some(lane))
 }
 
+/// Whether a container has ever started, from its `StartedAt` in Unix
+/// seconds, for listings and inspects alike: Podman keeps the time of the
+/// first start; a container that never started shows Go's zero time
+/// (-62135596800) or nothing, whatever its state is called (`created`,
+/// `configured`, `initialized`).
+fn ever_started(started_at_unix: Option<i64>) -> bool {
+    started_at_unix.is_some_and(|t| t > 0)
+}
+
 fn observed(c: ListContainer) -> Observed {
     let state = State::parse(c.state.as_deref().unwrap_or_default());
     let mut ports = Vec::new();
@@ -548,7 +555,7 @@ fn observed(c: ListContainer) -> Observed {
             .and_then(|n| n.into_iter().next())
             .unwrap_or_default(),
         labels: c.labels.unwrap_or_default().into_iter().collect(),
-        ever_started: c.started_at.is_some_and(|t| t > NEVER),
+        ever_started: ever_started(c.started_at),
         exit_code: (state == State::Exited).then(|| c.exit_code.unwrap_or(0).into()),
         state,
         ports,
@@ -885,6 +892,14 @@ mod tests {
         assert!(!belongs(&foreign, "me", Some("a")));
         let unlabelled = c(&[(LANE_LABEL, "a")]);
         assert!(!belongs(&unlabelled, "me", Some("a")));
+    }
+
+    #[test]
+    fn ever_started_reads_one_field_the_same_way_for_lists_and_inspects() {
+        assert!(!ever_started(None));
+        assert!(!ever_started(Some(-62_135_596_800)));
+        assert!(!ever_started(Some(0)));
+        assert!(ever_started(Some(1_764_000_000)));
     }
 
     #[test]

@@ -123,3 +123,37 @@ fn the_hash_does_not_depend_on_how_the_dir_is_spelled() {
         );
     }
 }
+
+#[test]
+fn a_container_never_started_is_half_made_whatever_its_state() {
+    // `podman init` leaves a container `initialized`: never started, so its
+    // codex copy may be missing. It is recreated, never started.
+    use crate::common::{image, inspect, podman};
+    let lanes = Lanes::new("half-made-init");
+    lanes.write("a", &lanes.worker_lane(""));
+    lanes.apply_ok();
+    let old = inspect(&lanes.container_id("a"));
+    let name = old["Name"].as_str().expect("name").to_string();
+    let mut args = vec!["create".to_string(), "--name".into(), name.clone()];
+    for (k, v) in old["Config"]["Labels"].as_object().expect("labels") {
+        args.push("--label".into());
+        args.push(format!("{k}={}", v.as_str().unwrap_or_default()));
+    }
+    args.push(image());
+    podman(&["rm", "-f", "-t", "0", &name]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let planted = podman(&args).trim().to_string();
+    podman(&["init", &planted]);
+    assert_eq!(inspect(&planted)["State"]["Status"], "initialized");
+
+    let plan = lanes.lanectl(&["plan"]);
+    assert!(plan.stdout.contains("recreate: half-made"), "{plan:?}");
+    lanes.apply_ok();
+    let now = lanes.container_id("a");
+    assert_ne!(now, planted, "the never-started container was started");
+    assert!(
+        crate::common::try_inspect(&planted).is_none(),
+        "left behind"
+    );
+    assert_eq!(lanes.containers(), vec![now]);
+}
