@@ -1,7 +1,9 @@
-//! HTTP readiness: `GET path` on 127.0.0.1 at the published host port until a
-//! 2xx answer or the timeout. A deliberately small HTTP/1.0 client: one
+//! HTTP readiness: `GET path` at the address the port is published on
+//! (127.0.0.1 for every IPv4 address, `::1` for every IPv6 one) until a 2xx
+//! answer or the timeout. A deliberately small HTTP/1.0 client: one
 //! request, the status line read, the connection dropped.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,16 +15,16 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Probes until ready; the error names the URL and the last failure.
 pub async fn wait_ready(
-    host_port: u16,
+    addr: SocketAddr,
     path: &str,
     budget: Duration,
     interval: Duration,
 ) -> Result<(), String> {
-    let url = format!("http://127.0.0.1:{host_port}{path}");
+    let url = format!("http://{addr}{path}");
     let deadline = Instant::now() + budget;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let last = match timeout(left.min(ATTEMPT_TIMEOUT), attempt(host_port, path)).await {
+        let last = match timeout(left.min(ATTEMPT_TIMEOUT), attempt(addr, path)).await {
             Ok(Ok(code)) if (200..300).contains(&code) => return Ok(()),
             Ok(Ok(code)) => format!("answered {code}"),
             Ok(Err(e)) => e,
@@ -39,20 +41,19 @@ pub async fn wait_ready(
 }
 
 /// One attempt (at most ATTEMPT_TIMEOUT): whether it answered 2xx.
-pub async fn once(host_port: u16, path: &str) -> bool {
+pub async fn once(addr: SocketAddr, path: &str) -> bool {
     matches!(
-        timeout(ATTEMPT_TIMEOUT, attempt(host_port, path)).await,
+        timeout(ATTEMPT_TIMEOUT, attempt(addr, path)).await,
         Ok(Ok(code)) if (200..300).contains(&code)
     )
 }
 
 /// One GET; returns the status code.
-async fn attempt(port: u16, path: &str) -> Result<u16, String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))
+async fn attempt(addr: SocketAddr, path: &str) -> Result<u16, String> {
+    let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let request =
-        format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: lanectl\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: lanectl\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .await
@@ -82,9 +83,9 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
-    async fn server(answer: &'static str) -> u16 {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+    async fn server_on(ip: &str, answer: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
                 let mut buf = [0u8; 512];
@@ -93,6 +94,26 @@ mod tests {
             }
         });
         port
+    }
+
+    async fn server(answer: &'static str) -> SocketAddr {
+        server_on("127.0.0.1", answer).await
+    }
+
+    #[tokio::test]
+    async fn the_probe_goes_to_the_address_given() {
+        let addr = server_on("127.0.0.2", "HTTP/1.1 200 OK\r\n\r\n").await;
+        assert!(once(addr, "/").await, "{addr}");
+        let elsewhere = SocketAddr::new([127, 0, 0, 1].into(), addr.port());
+        assert!(
+            !once(elsewhere, "/").await,
+            "nothing listens on {elsewhere}"
+        );
+        // IPv6 where the host has it.
+        if std::net::TcpListener::bind("[::1]:0").is_ok() {
+            let addr = server_on("::1", "HTTP/1.1 200 OK\r\n\r\n").await;
+            assert!(once(addr, "/").await, "{addr}");
+        }
     }
 
     #[tokio::test]
@@ -121,7 +142,7 @@ mod tests {
     async fn nothing_listening_fails_with_connect() {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
+            l.local_addr().unwrap()
         };
         let err = wait_ready(
             port,

@@ -10,6 +10,7 @@
 //! everything it needs each time: it is level-triggered.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -66,7 +67,7 @@ pub struct Ctx {
     restarts: Option<Mutex<HashMap<String, RestartState>>>,
     /// Lanes whose container answered its probe while the pass waited for
     /// Podman's list: lane -> (container id, host port) that answered.
-    early_ready: Mutex<HashMap<String, (String, u16)>>,
+    early_ready: Mutex<HashMap<String, (String, SocketAddr)>>,
     /// `--jobs`: lanes that change a container (and then probe it) at once.
     /// Lanes with nothing to do only hash and probe, many more at once.
     acting: Semaphore,
@@ -190,11 +191,11 @@ impl Ctx {
     }
 
     /// Whether this pass already saw container `id` answer on `host_port`.
-    fn answered_early(&self, lane: &str, id: &str, host_port: u16) -> bool {
+    fn answered_early(&self, lane: &str, id: &str, addr: SocketAddr) -> bool {
         self.early_ready.lock().is_ok_and(|mut early| {
             early
                 .remove(lane)
-                .is_some_and(|(i, p)| i == id && p == host_port)
+                .is_some_and(|(i, a)| i == id && a == addr)
         })
     }
 
@@ -387,12 +388,12 @@ async fn read_dir_and_probe_early(
             let last = status::read(&ctx.dir, lane)?;
             let id = last.container_id?;
             let url = last.endpoints.get(&format!("{}/tcp", probe.port))?;
-            let port: u16 = url.rsplit(':').next()?.parse().ok()?;
+            let addr: SocketAddr = url.strip_prefix("http://")?.parse().ok()?;
             Some(async move {
                 tokio::select! {
-                    ok = probe::once(port, &probe.path) => {
+                    ok = probe::once(addr, &probe.path) => {
                         if ok && let Ok(mut early) = ctx.early_ready.lock() {
-                            early.insert(lane.clone(), (id, port));
+                            early.insert(lane.clone(), (id, addr));
                         }
                     }
                     () = listed.cancelled() => {}
@@ -728,15 +729,15 @@ async fn converge(
             if let Ok(mut probing) = ctx.probing.lock() {
                 probing.insert(lane.to_string(), now.id.clone());
             }
-            let probed = match host_port_of(&now.ports, p.port) {
-                Some(port)
+            let probed = match probe_addr_of(&now.ports, p.port) {
+                Some(addr)
                     if plan.action == Action::Nothing
-                        && ctx.answered_early(lane, &now.id, port) =>
+                        && ctx.answered_early(lane, &now.id, addr) =>
                 {
                     Ok(())
                 }
-                Some(port) => {
-                    let probe = probe::wait_ready(port, &p.path, p.timeout, p.interval);
+                Some(addr) => {
+                    let probe = probe::wait_ready(addr, &p.path, p.timeout, p.interval);
                     match cancel {
                         Some(cancel) => tokio::select! {
                             r = probe => r,
@@ -966,19 +967,28 @@ fn endpoint(spec: &LaneSpec, ports: &[PublishedPort]) -> Option<String> {
 }
 
 fn url(p: &PublishedPort) -> String {
-    let host = match p.host_ip.as_str() {
-        "" | "0.0.0.0" | "::" => "127.0.0.1",
-        ip if ip.contains(':') => return format!("http://[{ip}]:{}", p.host_port),
-        ip => ip,
-    };
-    format!("http://{host}:{}", p.host_port)
+    format!("http://{}", reach(p))
 }
 
-fn host_port_of(ports: &[PublishedPort], container_port: u16) -> Option<u16> {
+/// Where a published port answers on this host: the address it is published
+/// on, 127.0.0.1 when that is every IPv4 address (or unknown), `::1` when it
+/// is every IPv6 address. The probe and the endpoint agree on it.
+fn reach(p: &PublishedPort) -> SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match p.host_ip.parse::<IpAddr>() {
+        Ok(ip) if ip.is_unspecified() && ip.is_ipv6() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        Ok(ip) if !ip.is_unspecified() => ip,
+        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    SocketAddr::new(ip, p.host_port)
+}
+
+/// The address to probe a container port at, when it is published over tcp.
+fn probe_addr_of(ports: &[PublishedPort], container_port: u16) -> Option<SocketAddr> {
     ports
         .iter()
         .find(|p| p.container_port == container_port && p.protocol == "tcp" && p.host_port != 0)
-        .map(|p| p.host_port)
+        .map(reach)
 }
 
 /// A name held by another container: say whose (its instance label), never
@@ -1045,4 +1055,31 @@ pub fn mark_unreachable(ctx: &Ctx, lane: &str, desired: Option<&Desired>, err: &
 /// `err` and its sources, joined with ": ".
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     crate::error::chain(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_is_reached_at_the_address_it_is_published_on() {
+        let at = |host_ip: &str| {
+            let p = PublishedPort {
+                container_port: 80,
+                protocol: "tcp".into(),
+                host_ip: host_ip.into(),
+                host_port: 41234,
+            };
+            (reach(&p).to_string(), url(&p))
+        };
+        assert_eq!(at("").0, "127.0.0.1:41234");
+        assert_eq!(at("0.0.0.0").0, "127.0.0.1:41234");
+        assert_eq!(at("127.0.0.2").0, "127.0.0.2:41234");
+        assert_eq!(at("::").0, "[::1]:41234");
+        assert_eq!(
+            at("::1"),
+            ("[::1]:41234".into(), "http://[::1]:41234".into())
+        );
+        assert_eq!(at("10.1.2.3").1, "http://10.1.2.3:41234");
+    }
 }

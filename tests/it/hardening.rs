@@ -157,3 +157,20 @@ fn a_container_never_started_is_half_made_whatever_its_state() {
     );
     assert_eq!(lanes.containers(), vec![now]);
 }
+
+#[test]
+fn the_probe_goes_to_the_address_the_port_is_published_on() {
+    let lanes = Lanes::new("probe-host-ip");
+    let yaml = lanes.worker_lane("").replace(
+        "ports: [{container: 31417}]",
+        "ports: [{container: 31417, host_ip: 127.0.0.2}]",
+    );
+    lanes.write("a", &yaml);
+    let run = lanes.lanectl(&["apply"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let status = lanes.status("a").expect("status");
+    let endpoint = status["endpoint"].as_str().expect("endpoint");
+    assert!(endpoint.starts_with("http://127.0.0.2:"), "{status:?}");
+    let report = crate::common::http_get(endpoint, "/healthz");
+    assert!(!report.is_empty(), "the endpoint answers");
+}
