@@ -48,8 +48,6 @@ struct Shared {
     ctx: Arc<Ctx>,
     opts: Options,
     index: SharedIndex,
-    /// Consecutive failed reconciles per lane.
-    failures: Mutex<HashMap<String, u32>>,
     /// The lanes directory as last read, with the index generation it was
     /// read at: lanes reuse it until a file-system batch or a resync makes it
     /// old (so a resync over N lanes reads the directory once, not N times).
@@ -69,7 +67,6 @@ pub async fn run(
         ctx: ctx.clone(),
         opts: opts.clone(),
         index: index.clone(),
-        failures: Mutex::new(HashMap::new()),
         snapshot: Mutex::new(None),
     });
 
@@ -85,7 +82,7 @@ pub async fn run(
         }
         wait = (wait * 2).min(Duration::from_secs(30));
     }
-    sources::trigger_all(&index, &queue, "startup");
+    sources::trigger_all(&index, &queue, "startup", sources::Backoffs::Keep);
     info!(lanes = index.lock().map(|i| i.lanes.len()).unwrap_or(0), dir = %ctx.dir.display(), "converging");
 
     let tracker = TaskTracker::new();
@@ -271,14 +268,23 @@ async fn worker(shared: Arc<Shared>, queue: Queue) {
             Ok(next) => next,
             Err(e) => {
                 tracing::error!(parent: &span, error = %e, "reconcile ended abnormally; retrying with back-off");
-                Some(backoff(&shared, &lane))
+                Next::Failed
             }
         };
-        debug!(parent: &span, took_ms = started.elapsed().as_millis() as u64, retry_in_ms = next.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64), "reconciled");
         queue.done(&lane);
-        if let Some(at) = next {
+        let retry_at = match next {
+            Next::Done => {
+                queue.succeeded(&lane);
+                None
+            }
+            Next::Later => None,
+            Next::At(at) => Some(at),
+            Next::Failed => Some(Instant::now() + retry_delay(queue.failed(&lane))),
+        };
+        if let Some(at) = retry_at {
             queue.retry(&lane, at);
         }
+        debug!(parent: &span, took_ms = started.elapsed().as_millis() as u64, retry_in_ms = retry_at.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64), "reconciled");
         if queue.is_idle() {
             release_free_memory();
         }
@@ -327,19 +333,27 @@ fn dir_state(shared: &Shared) -> Result<Arc<desired::DirState>, crate::lane::Lis
     Ok(state)
 }
 
-/// One lane, fresh from the files and Podman; returns when it wants to be
-/// looked at again, if it does.
-async fn reconcile_lane(
-    shared: &Shared,
-    lane: &str,
-    cancel: &CancellationToken,
-) -> Option<Instant> {
+/// What a lane's run asks of the queue.
+enum Next {
+    /// Converged (or invalid until its file changes): forget its failures.
+    Done,
+    /// Nothing to schedule (interrupted: the interrupt queued the rerun).
+    Later,
+    /// Look again at this time (a delayed restart).
+    At(Instant),
+    /// Failed: retry with back-off.
+    Failed,
+}
+
+/// One lane, fresh from the files and Podman; says when it wants to be
+/// looked at again.
+async fn reconcile_lane(shared: &Shared, lane: &str, cancel: &CancellationToken) -> Next {
     let ctx = &shared.ctx;
     let state = match dir_state(shared) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %crate::error::Chain(&e), "cannot read the lanes directory; nothing is pruned");
-            return Some(backoff(shared, lane));
+            return Next::Failed;
         }
     };
     let manifests = state.lanes.len();
@@ -349,7 +363,7 @@ async fn reconcile_lane(
             "the lanes directory holds no manifest: not removing this lane's container \
              (a bad checkout must not wipe a host; pass --allow-prune-all)"
         );
-        return None;
+        return Next::Done;
     }
     let listed = shared
         .index
@@ -364,7 +378,7 @@ async fn reconcile_lane(
         Ok(o) => o,
         Err(e) => {
             reconcile::mark_unreachable(ctx, lane, desired.as_ref(), &e);
-            return Some(backoff(shared, lane));
+            return Next::Failed;
         }
     };
     let outcome = reconcile::reconcile(
@@ -378,42 +392,23 @@ async fn reconcile_lane(
     )
     .await;
     if outcome.interrupted {
-        return None; // the interrupt queued the rerun (or this is shutdown)
+        return Next::Later; // the interrupt queued the rerun (or this is shutdown)
     }
     if let Some(at) = outcome.retry_at {
-        return Some(at);
+        return Next::At(at);
     }
     if outcome.status_error.is_some() {
-        return Some(backoff(shared, lane)); // logged; retried until it is written
+        return Next::Failed; // logged; retried until it is written
     }
     match outcome.phase {
-        Phase::Ready | Phase::Stopped | Phase::Invalid => {
-            if let Ok(mut f) = shared.failures.lock() {
-                f.remove(lane);
-            }
-            None
-        }
-        Phase::Pending | Phase::Failed => Some(backoff(shared, lane)),
+        Phase::Ready | Phase::Stopped | Phase::Invalid => Next::Done,
+        Phase::Pending | Phase::Failed => Next::Failed,
     }
-}
-
-/// The next retry of a failed lane: 1 s, doubling, at most 5 min.
-fn backoff(shared: &Shared, lane: &str) -> Instant {
-    let n = shared
-        .failures
-        .lock()
-        .map(|mut f| {
-            let n = f.entry(lane.to_string()).or_insert(0);
-            *n += 1;
-            *n
-        })
-        .unwrap_or(1);
-    Instant::now() + retry_delay(n)
 }
 
 /// Delay before retry `n` (1-based).
 fn retry_delay(n: u32) -> Duration {
-    Duration::from_secs(1u64 << (n - 1).min(16)).min(MAX_BACKOFF)
+    Duration::from_secs(1u64 << n.saturating_sub(1).min(16)).min(MAX_BACKOFF)
 }
 
 #[cfg(test)]

@@ -24,9 +24,14 @@
 //!    failed lane at its back-off time and holds it until then against
 //!    [`Queue::resync`] triggers; any other trigger (a file changed, a Podman
 //!    event) clears the hold, because something changed.
+//! 7. **A change that voids every back-off starts afresh.** Podman answering
+//!    again after an outage, or the defaults changing, invalidates the reason
+//!    lanes failed: [`Queue::trigger_afresh`] clears the lane's hold and its
+//!    count of consecutive failures ([`Queue::failed`]), so it runs now and,
+//!    should it fail again, backs off from the first step.
 //!
 //! The back-off policy itself is not here: the daemon decides when a lane is
-//! due again.
+//! due again, from the count the queue keeps.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -49,6 +54,8 @@ struct Entry {
     cancel: Option<CancellationToken>,
     /// Not before this time for resync triggers (a back-off).
     hold: Option<Instant>,
+    /// Consecutive failed runs (reset by a success or a fresh start).
+    failures: u32,
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +131,35 @@ impl Queue {
             e.hold = None;
         }
         self.schedule(lane, Instant::now(), cause);
+    }
+
+    /// Asks for `lane` now, forgetting its back-off and its failures: the
+    /// reason it failed may be gone (Podman is back, the defaults changed).
+    pub fn trigger_afresh(&self, lane: &str, cause: &'static str) {
+        if let Ok(mut inner) = self.inner.lock()
+            && let Some(e) = inner.lanes.get_mut(lane)
+        {
+            e.failures = 0;
+        }
+        self.trigger(lane, cause);
+    }
+
+    /// Counts a failed run of `lane`; returns how many failed in a row.
+    pub fn failed(&self, lane: &str) -> u32 {
+        self.inner.lock().map_or(1, |mut inner| {
+            let e = inner.lanes.entry(lane.to_string()).or_default();
+            e.failures = e.failures.saturating_add(1);
+            e.failures
+        })
+    }
+
+    /// A run of `lane` succeeded: its failures are forgotten.
+    pub fn succeeded(&self, lane: &str) {
+        if let Ok(mut inner) = self.inner.lock()
+            && let Some(e) = inner.lanes.get_mut(lane)
+        {
+            e.failures = 0;
+        }
     }
 
     /// Asks for `lane` now unless it is held by a back-off (then at the end
@@ -210,7 +246,10 @@ impl Queue {
                 entry.cause = entry.rerun_cause;
                 entry.due = Some(entry.due.map_or(at, |d| d.min(at)));
             }
-            if entry.due.is_none() && entry.hold.is_none_or(|h| h <= Instant::now()) {
+            if entry.due.is_none()
+                && entry.hold.is_none_or(|h| h <= Instant::now())
+                && entry.failures == 0
+            {
                 inner.lanes.remove(lane);
             }
         }
@@ -401,6 +440,25 @@ mod tests {
             Some("a"),
             "a change goes through"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_trigger_clears_the_back_off_and_the_failure_count() {
+        let q = Queue::new();
+        q.trigger("a", "test");
+        assert_eq!(next_now(&q).await.as_deref(), Some("a"));
+        q.done("a");
+        assert_eq!(q.failed("a"), 1);
+        assert_eq!(q.failed("a"), 2, "counted across runs");
+        q.retry("a", Instant::now() + Duration::from_secs(30));
+        q.resync("a", "resync");
+        assert_eq!(next_now(&q).await, None, "held against a resync");
+        q.trigger_afresh("a", "podman back");
+        assert_eq!(next_now(&q).await.as_deref(), Some("a"), "not held");
+        q.done("a");
+        assert_eq!(q.failed("a"), 1, "counts from the first step again");
+        q.succeeded("a");
+        assert_eq!(q.failed("a"), 1, "a success forgets");
     }
 
     #[tokio::test(start_paused = true)]

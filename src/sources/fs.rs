@@ -170,7 +170,7 @@ where
             }
         }
         if all {
-            super::trigger_all(&index, &queue, "defaults changed");
+            super::trigger_all(&index, &queue, "defaults changed", super::Backoffs::Forget);
         }
         // A changed manifest or source makes a running probe moot.
         for lane in lanes {

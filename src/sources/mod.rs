@@ -114,14 +114,28 @@ impl Index {
 
 pub type SharedIndex = Arc<Mutex<Index>>;
 
-/// Schedules every known lane now (a lane held by a back-off waits for it).
-pub fn trigger_all(index: &SharedIndex, queue: &Queue, cause: &'static str) {
+/// How a full resync treats lanes held by a failure back-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backoffs {
+    /// The periodic resync: a held lane waits for its back-off.
+    Keep,
+    /// A cause that voids the reason lanes failed (Podman answers again, the
+    /// defaults or the whole directory changed): every lane now, its
+    /// failures forgotten.
+    Forget,
+}
+
+/// Schedules every known lane now.
+pub fn trigger_all(index: &SharedIndex, queue: &Queue, cause: &'static str, backoffs: Backoffs) {
     let lanes: Vec<String> = match index.lock() {
         Ok(index) => index.lanes.iter().cloned().collect(),
         Err(_) => return,
     };
     for lane in lanes {
-        queue.resync(&lane, cause);
+        match backoffs {
+            Backoffs::Keep => queue.resync(&lane, cause),
+            Backoffs::Forget => queue.trigger_afresh(&lane, cause),
+        }
     }
 }
 

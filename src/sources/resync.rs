@@ -31,6 +31,6 @@ pub async fn run<F, Fut>(
             _ = ticks.tick() => {}
         }
         refresh().await;
-        super::trigger_all(&index, &queue, "resync");
+        super::trigger_all(&index, &queue, "resync", super::Backoffs::Keep);
     }
 }

@@ -174,3 +174,80 @@ fn the_probe_goes_to_the_address_the_port_is_published_on() {
     let report = crate::common::http_get(endpoint, "/healthz");
     assert!(!report.is_empty(), "the endpoint answers");
 }
+
+/// Kills the test's own Podman under a daemon (resync far longer than the
+/// test) for `outage`, edits lane `a` meanwhile, starts Podman again and
+/// returns how long after it answered both lanes were ready, `a` with the
+/// edit.
+fn recovery_after_outage(test: &str, outage: Duration) -> Duration {
+    use crate::common::{Daemon, OwnPodman};
+    let lanes = Lanes::new(test);
+    let mut own = OwnPodman::new(&lanes);
+    own.load_test_image(&lanes);
+    let manifest = |v: u32| lanes.worker_lane(&format!("env: {{LANE_V: '{v}'}}\n"));
+    lanes.write("a", &manifest(0));
+    lanes.write("b", &manifest(0));
+    let url = own.url();
+    let daemon = Daemon::start_with(&lanes, &url, &["--resync", "1h"]);
+    let ready = |lane: &str, v: u32| {
+        let id = lanes.ready_id(lane)?;
+        let out = Command::new("podman")
+            .args(["--remote", "--url", &url, "container", "inspect", &id])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.contains(&format!("LANE_V={v}")).then_some(id)
+    };
+    wait_for(Duration::from_secs(60), || {
+        Some((ready("a", 0)?, ready("b", 0)?))
+    })
+    .unwrap_or_else(|| panic!("not ready at start\n{}", daemon.log()));
+
+    own.kill();
+    std::thread::sleep(Duration::from_secs(1));
+    lanes.write("a", &manifest(1)); // an edit made during the outage
+    std::thread::sleep(outage.saturating_sub(Duration::from_secs(1)));
+    own.start(); // returns once Podman answers
+    let back = std::time::Instant::now();
+    wait_for(Duration::from_secs(120), || {
+        Some((ready("a", 1)?, ready("b", 0)?))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not converged after a {outage:?} outage: {:?} {:?}\n{}",
+            lanes.status("a"),
+            lanes.status("b"),
+            daemon.log()
+        )
+    });
+    back.elapsed()
+}
+
+#[test]
+fn lanes_converge_within_seconds_of_podman_answering_again() {
+    // 20 s is long enough for the old failure back-off (1, 2, 4, 8, 16 s) to
+    // hold the edited lane well past Podman's return.
+    let took = recovery_after_outage("outage-20s", Duration::from_secs(20));
+    println!(
+        "after a 20 s outage: converged {:.1} s after Podman answered",
+        took.as_secs_f64()
+    );
+    assert!(took <= Duration::from_secs(5), "took {took:?}");
+}
+
+/// The README's figures: recovery after outages of 5, 30 and 120 s.
+#[test]
+#[ignore = "figures for the README (3 min): cargo test --test it outage_recovery_figures -- --ignored --nocapture"]
+fn outage_recovery_figures() {
+    for secs in [5, 30, 120] {
+        let took = recovery_after_outage(&format!("outage-{secs}s"), Duration::from_secs(secs));
+        println!(
+            "after a {secs} s outage: converged {:.1} s after Podman answered",
+            took.as_secs_f64()
+        );
+        assert!(
+            took <= Duration::from_secs(5),
+            "{secs} s outage: took {took:?}"
+        );
+    }
+}
