@@ -268,9 +268,9 @@ impl Problem {
 
     fn from_yaml(file: &Path, err: yaml::Error) -> Self {
         Problem {
+            message: err.describe(),
             pos: err.pos,
             file: file.to_path_buf(),
-            message: err.message,
         }
     }
 }
