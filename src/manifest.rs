@@ -8,7 +8,14 @@
 //! can be pointed at `file:line:col`, and reports every problem of a file at
 //! once: each top-level key is typed on its own, so one bad key does not hide
 //! the next.
+//!
+//! `env` and `labels` may also be written as docker compose's list of
+//! `NAME=value`; loading turns that list into the map it means before the
+//! merge (so it merges with a map in the defaults key by key), and the rest
+//! of lanectl only ever sees the map. No problem reported here quotes a value
+//! of either (see `yaml.rs` for how type errors avoid quoting).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
@@ -16,8 +23,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use schemars::JsonSchema;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::yaml::{self, Node, Position, Value};
@@ -42,11 +49,15 @@ pub struct RawManifest {
     pub command: Option<Words>,
     /// Working directory inside the container (absolute).
     pub workdir: Option<String>,
-    /// Environment; numbers and booleans are taken as written.
-    #[schemars(with = "Option<BTreeMap<String, EnvScalar>>")]
+    /// Environment; numbers and booleans are taken as written. A map, or a
+    /// list of `NAME=value` as in docker compose.
+    #[serde(default, deserialize_with = "name_values")]
+    #[schemars(with = "Option<NameValues>")]
     pub env: Option<BTreeMap<String, String>>,
-    /// Extra container labels (`io.lanectl.*` is reserved).
-    #[schemars(with = "Option<BTreeMap<String, EnvScalar>>")]
+    /// Extra container labels (`io.lanectl.*` is reserved). A map, or a list
+    /// of `NAME=value` as in docker compose.
+    #[serde(default, deserialize_with = "name_values")]
+    #[schemars(with = "Option<NameValues>")]
     pub labels: Option<BTreeMap<String, String>>,
     /// Bind mounts; relative sources resolve against the manifest's directory.
     pub mounts: Option<Vec<RawMount>>,
@@ -187,6 +198,142 @@ enum EnvScalar {
     Bool(bool),
 }
 
+/// `env` or `labels`: a map of `NAME: value`, or docker compose's list of
+/// `NAME=value` (which [`load`] has already turned into the map).
+pub struct NameValues(pub BTreeMap<String, String>);
+
+impl JsonSchema for NameValues {
+    fn schema_name() -> Cow<'static, str> {
+        "NameValues".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let scalar = generator.subschema_for::<EnvScalar>();
+        schemars::json_schema!({
+            "description": "A map of NAME: value, or a list of NAME=value as in docker compose.",
+            "oneOf": [
+                { "type": "object", "additionalProperties": scalar },
+                { "type": "array", "items": { "type": "string", "pattern": "^[^=]+=" } }
+            ]
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for NameValues {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NameValuesVisitor;
+        impl<'de> Visitor<'de> for NameValuesVisitor {
+            type Value = NameValues;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of NAME: value or a list of NAME=value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NameValues, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some((k, v)) = map.next_entry::<String, String>()? {
+                    out.insert(k, v);
+                }
+                Ok(NameValues(out))
+            }
+            // Only for a tree that did not go through `load`: the first
+            // problem, by the same rules and without quoting the item.
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NameValues, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    match item.split_once('=') {
+                        Some((name, value)) if !name.is_empty() && !out.contains_key(name) => {
+                            out.insert(name.to_string(), value.to_string());
+                        }
+                        _ => return Err(de::Error::custom("expected distinct items NAME=value")),
+                    }
+                }
+                Ok(NameValues(out))
+            }
+        }
+        d.deserialize_any(NameValuesVisitor)
+    }
+}
+
+fn name_values<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    Option::<NameValues>::deserialize(d).map(|o| o.map(|n| n.0))
+}
+
+/// Turns docker compose's list form of `env` and `labels` into the map it
+/// means, in place. Every item that is not `NAME=value` with a name not seen
+/// before is a problem at the item, and no message quotes an item: a bare
+/// item is a name in compose (taken from the host environment, which lanectl
+/// never reads) but may as well be a value pasted without its name.
+fn lists_to_maps(tree: &mut Node, file: &Path) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let Value::Map(entries) = &mut tree.value else {
+        return problems;
+    };
+    for (key, value) in entries.iter_mut() {
+        let field = match key.as_str() {
+            Some(f @ ("env" | "labels")) => f,
+            _ => continue,
+        };
+        let Value::Seq(items) = &value.value else {
+            continue;
+        };
+        let mut map: Vec<(Node, Node)> = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let mut bad = |what: String| {
+                problems.push(Problem {
+                    pos: Some(item.pos.clone()),
+                    file: file.to_path_buf(),
+                    message: format!("{field}[{i}]: {what}"),
+                })
+            };
+            let text = match &item.value {
+                _ if item.is_null() => {
+                    bad("expected NAME=value, found nothing".into());
+                    continue;
+                }
+                Value::Scalar { text, .. } => text,
+                Value::Seq(_) => {
+                    bad("expected NAME=value, found a list".into());
+                    continue;
+                }
+                Value::Map(_) => {
+                    bad("expected NAME=value, found a map".into());
+                    continue;
+                }
+            };
+            let Some((name, text)) = text.split_once('=') else {
+                bad(if field == "env" {
+                    "no '=' in this item (not shown: it may be a value); docker compose \
+                     would take a bare NAME from the host environment, lanectl never \
+                     reads the host environment: write NAME=value"
+                        .into()
+                } else {
+                    "no '=' in this item (not shown: it may be a value): write NAME=value".into()
+                });
+                continue;
+            };
+            if name.is_empty() {
+                bad("empty name before '='".into());
+                continue;
+            }
+            if map.iter().any(|(k, _)| k.as_str() == Some(name)) {
+                bad(format!("name `{}` is listed twice", yaml::shown_key(name)));
+                continue;
+            }
+            let scalar = |text: &str| Node {
+                value: Value::Scalar {
+                    text: text.to_string(),
+                    plain: false,
+                },
+                pos: item.pos.clone(),
+            };
+            map.push((scalar(name), scalar(text)));
+        }
+        value.value = Value::Map(map);
+    }
+    problems
+}
+
 /// A command line: a list of words, or a string split by shell rules.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[schemars(untagged)]
@@ -268,9 +415,9 @@ impl Problem {
 
     fn from_yaml(file: &Path, err: yaml::Error) -> Self {
         Problem {
+            message: err.describe(),
             pos: err.pos,
             file: file.to_path_buf(),
-            message: err.message,
         }
     }
 }
@@ -382,19 +529,62 @@ impl Loaded {
             message: message.into(),
         }
     }
+
+    /// A problem about the key `key` of the map at `path`, at the key when
+    /// the tree has it (else as [`Loaded::problem`]).
+    pub fn key_problem(&self, path: &[Seg], key: &str, message: impl Into<String>) -> Problem {
+        let mut problem = self.problem(path, message);
+        let mut node = self.tree.as_ref();
+        for seg in path {
+            node = match (seg, node) {
+                (Seg::Key(k), Some(n)) => n.get(k),
+                (
+                    Seg::Index(i),
+                    Some(Node {
+                        value: Value::Seq(items),
+                        ..
+                    }),
+                ) => items.get(*i),
+                _ => None,
+            };
+        }
+        if let Some(Node {
+            value: Value::Map(entries),
+            ..
+        }) = node
+            && let Some((k, _)) = entries.iter().find(|(k, _)| k.as_str() == Some(key))
+        {
+            problem.pos = Some(k.pos.clone());
+        }
+        problem
+    }
 }
 
 /// Merges the lane over the defaults and types the result, reporting every
 /// top-level key's problem.
 pub fn load(lane: Source, defaults: Option<&Source>) -> Result<Loaded, Vec<Problem>> {
-    let tree = match (lane.tree, defaults.and_then(|d| d.tree.as_ref())) {
-        (Some(lane), Some(base)) => Some(lane.merged_over(base)),
-        (Some(lane), None) => Some(lane),
-        (None, base) => base.cloned(),
+    let mut problems = Vec::new();
+    let mut as_maps = |mut tree: Node| {
+        problems.extend(lists_to_maps(&mut tree, &lane.path));
+        tree
+    };
+    let base = defaults.and_then(|d| d.tree.clone()).map(&mut as_maps);
+    let tree = match (lane.tree.map(&mut as_maps), base) {
+        (Some(lane), Some(base)) => Some(lane.merged_over(&base)),
+        (lane, base) => lane.or(base),
     };
     let raw = match &tree {
-        None => RawManifest::default(),
-        Some(tree) => type_tree(tree, &lane.path)?,
+        None => Some(RawManifest::default()),
+        Some(tree) => type_tree(tree, &lane.path)
+            .map_err(|p| problems.extend(p))
+            .ok(),
+    };
+    let raw = match raw {
+        Some(raw) if problems.is_empty() => raw,
+        _ => {
+            problems.sort_by_key(|p| p.pos.as_ref().map(|p| (p.file.clone(), p.line, p.column)));
+            return Err(problems);
+        }
     };
     Ok(Loaded {
         raw,
@@ -478,6 +668,102 @@ mod tests {
         let pos = problems[0].pos.as_ref().unwrap();
         assert!(pos.file.ends_with("_defaults.yaml"), "{}", problems[0]);
         assert_eq!(pos.line, 2);
+    }
+
+    /// A planted value that no message may quote.
+    const SECRET: &str = "sk-S3CR3T";
+
+    #[test]
+    fn the_list_form_of_env_and_labels_means_the_map_form() {
+        let s = source(
+            "a.yaml",
+            "env: [A=1, 'B=x=y', C=, D=1.50, \"E=sk-S3CR3T\"]\nlabels:\n  - team=infra\n",
+        );
+        let raw = load(s, None).unwrap().raw;
+        let env = raw.env.unwrap();
+        let want: BTreeMap<String, String> = [
+            ("A", "1"),
+            ("B", "x=y"),
+            ("C", ""),
+            ("D", "1.50"),
+            ("E", SECRET),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(env, want);
+        assert_eq!(raw.labels.unwrap()["team"], "infra");
+    }
+
+    #[test]
+    fn a_list_form_merges_with_the_defaults_key_by_key() {
+        let d = source("_defaults.yaml", "env: {A: '1', B: '2'}\nlabels: [x=1]\n");
+        let l = source("a.yaml", "env: [B=three]\nlabels: {y: '2'}\n");
+        let raw = load(l, Some(&d)).unwrap().raw;
+        let env = raw.env.unwrap();
+        assert_eq!((env["A"].as_str(), env["B"].as_str()), ("1", "three"));
+        let labels = raw.labels.unwrap();
+        assert_eq!((labels["x"].as_str(), labels["y"].as_str()), ("1", "2"));
+    }
+
+    #[test]
+    fn list_items_that_are_not_name_equals_value_are_problems_at_the_item() {
+        let s = source(
+            "a.yaml",
+            "env:\n  - A=1\n  - sk-S3CR3T\n  - =sk-S3CR3T\n  - A=sk-S3CR3T\n  \
+             - {B: sk-S3CR3T}\n  - [sk-S3CR3T]\n  - API_TOKEN\nlabels: [team, x=sk-S3CR3T, x=2]\n",
+        );
+        let problems = load(s, None).unwrap_err();
+        let at: Vec<(usize, usize)> = problems
+            .iter()
+            .map(|p| p.pos.as_ref().map(|p| (p.line, p.column)).unwrap())
+            .collect();
+        assert_eq!(
+            at,
+            [
+                (3, 5),
+                (4, 5),
+                (5, 5),
+                (6, 5),
+                (7, 5),
+                (8, 5),
+                (9, 10),
+                (9, 29)
+            ],
+            "{problems:#?}"
+        );
+        for p in &problems {
+            assert!(!p.to_string().contains(SECRET), "{p}");
+        }
+        assert!(
+            problems[0].message.contains("host environment"),
+            "{}",
+            problems[0]
+        );
+        assert!(problems[2].message.contains("`A`"), "{}", problems[2]);
+        assert!(
+            problems[3].message.contains("found a map"),
+            "{}",
+            problems[3]
+        );
+        assert!(problems[7].message.contains("`x`"), "{}", problems[7]);
+    }
+
+    #[test]
+    fn the_schema_takes_a_map_or_a_list_for_env_and_labels() {
+        let schema: serde_json::Value = serde_json::from_str(&schema_json()).unwrap();
+        for key in ["env", "labels"] {
+            let text = schema["properties"][key].to_string();
+            let name = text
+                .split("#/definitions/")
+                .nth(1)
+                .and_then(|t| t.split('"').next())
+                .unwrap_or_else(|| panic!("{key} has no definition: {text}"));
+            let forms = schema["definitions"][name]["oneOf"].as_array().unwrap();
+            let types: Vec<&str> = forms.iter().map(|f| f["type"].as_str().unwrap()).collect();
+            assert_eq!(types, ["object", "array"], "{key}");
+            assert_eq!(forms[1]["items"]["type"], "string");
+        }
     }
 
     #[test]

@@ -132,22 +132,30 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
             format!("workdir {w:?} must be an absolute path"),
         );
     }
+    // Names may be shown, values never: a name is shown up to a first `=`,
+    // since `NAME=value` typed as a key holds a value after it. (Reported
+    // after the others: `bad` holds `problems` until then.)
+    let mut name_problems = Vec::new();
     let env = raw.env.clone().unwrap_or_default();
-    for key in env.keys() {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            bad(
-                &[Seg::Key("env")],
-                format!("env name {key:?} must be non-empty without '='"),
-            );
-        }
-    }
     let user_labels = raw.labels.clone().unwrap_or_default();
-    for key in user_labels.keys() {
-        if key.starts_with(labels::PREFIX) {
-            bad(
-                &[Seg::Key("labels")],
-                format!("label {key:?}: {}* is reserved for lanectl", labels::PREFIX),
-            );
+    for (field, what, names) in [("env", "env", &env), ("labels", "label", &user_labels)] {
+        for key in names.keys() {
+            let shown = crate::yaml::shown_key(key);
+            let why = if key.is_empty() {
+                format!("{what} name must not be empty")
+            } else if key.contains('=') {
+                format!("{what} name `{shown}` must not contain '='")
+            } else if key.contains('\0') {
+                format!("{what} name `{shown}` must not contain a NUL byte")
+            } else if field == "labels" && key.starts_with(labels::PREFIX) {
+                format!(
+                    "label `{shown}`: {}* is reserved for lanectl",
+                    labels::PREFIX
+                )
+            } else {
+                continue;
+            };
+            name_problems.push(loaded.key_problem(&[Seg::Key(field)], key, why));
         }
     }
 
@@ -361,6 +369,7 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
         resources.pids = r.pids;
     }
 
+    problems.extend(name_problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -584,6 +593,89 @@ pub(crate) mod tests {
         std::fs::write(&path, text).unwrap();
         let loaded = load(read_source(&path).unwrap(), None).unwrap();
         resolve("alpha", &loaded, dir.path())
+    }
+
+    /// Every problem of a manifest, from reading, typing or resolving it.
+    fn problems_of(text: &str) -> Vec<Problem> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alpha.yaml");
+        std::fs::write(&path, text).unwrap();
+        let loaded = read_source(&path).and_then(|s| load(s, None));
+        match loaded.and_then(|l| resolve("alpha", &l, dir.path())) {
+            Ok(_) => panic!("{text:?} is a valid manifest"),
+            Err(problems) => problems,
+        }
+    }
+
+    /// A planted value that no message may quote.
+    const SECRET: &str = "sk-S3CR3T";
+
+    #[test]
+    fn no_typo_around_an_env_or_label_value_quotes_it() {
+        // (manifest after `image: i\n`, position of the first problem, a
+        // word its message has)
+        let cases = [
+            ("env: {API_TOKEN=sk-S3CR3T}\n", (2, 7), "`API_TOKEN=…`"),
+            ("env:\n  API_TOKEN=sk-S3CR3T:\n", (3, 3), "`API_TOKEN=…`"),
+            (
+                "env:\n  \"API_TOKEN=sk-S3CR3T\": x\n",
+                (3, 3),
+                "`API_TOKEN=…`",
+            ),
+            ("env: \"API_TOKEN=sk-S3CR3T\"\n", (2, 6), "found a string"),
+            ("env: 'API_TOKEN=sk-S3CR3T'\n", (2, 6), "found a string"),
+            ("env: API_TOKEN=sk-S3CR3T\n", (2, 6), "found a string"),
+            ("env:\n  API_TOKEN=sk-S3CR3T\n", (3, 3), "found a string"),
+            ("env: sk-S3CR3T\n", (2, 6), "found a string"),
+            ("env: |\n  API_TOKEN=sk-S3CR3T\n", (3, 3), "found a string"),
+            ("env: {A: [sk-S3CR3T]}\n", (2, 10), "found a list"),
+            ("env: {A: {x: sk-S3CR3T}}\n", (2, 10), "found a map"),
+            ("env:\n  A:\n    - sk-S3CR3T\n", (4, 5), "found a list"),
+            ("env: [{A: sk-S3CR3T}]\n", (2, 7), "found a map"),
+            ("env:\n  - A: sk-S3CR3T\n", (3, 5), "found a map"),
+            ("env: [sk-S3CR3T]\n", (2, 7), "host environment"),
+            ("env: ['sk-S3CR3T']\n", (2, 7), "host environment"),
+            ("env:\n  - sk-S3CR3T\n", (3, 5), "host environment"),
+            ("env: [=sk-S3CR3T]\n", (2, 7), "empty"),
+            ("env: [A=1, A=sk-S3CR3T]\n", (2, 12), "`A`"),
+            ("env: [[sk-S3CR3T]]\n", (2, 7), "found a list"),
+            ("labels: \"team=sk-S3CR3T\"\n", (2, 9), "found a string"),
+            ("labels: team=sk-S3CR3T\n", (2, 9), "found a string"),
+            ("labels: {team=sk-S3CR3T}\n", (2, 10), "`team=…`"),
+            (
+                "labels: {io.lanectl.x=sk-S3CR3T: y}\n",
+                (2, 10),
+                "`io.lanectl.x=…`",
+            ),
+            ("labels: [{team: sk-S3CR3T}]\n", (2, 10), "found a map"),
+            ("labels: [sk-S3CR3T]\n", (2, 10), "no '='"),
+            ("API_TOKEN=sk-S3CR3T: x\n", (2, 1), "`API_TOKEN=…`"),
+            ("env: {A: 1, A: sk-S3CR3T}\n", (2, 13), "duplicate"),
+        ];
+        for (text, at, word) in cases {
+            let text = format!("image: i\n{text}");
+            let problems = problems_of(&text);
+            for p in &problems {
+                assert!(!p.to_string().contains(SECRET), "{text:?} quoted: {p}");
+            }
+            let first = &problems[0];
+            let pos = first.pos.as_ref().map(|p| (p.line, p.column));
+            assert_eq!(pos, Some(at), "{text:?}: {first}");
+            assert!(first.message.contains(word), "{text:?}: {first}");
+        }
+    }
+
+    #[test]
+    fn the_list_form_gives_the_same_hash_as_the_map_form() {
+        let map =
+            resolve_text("image: i\nenv: {API_TOKEN: sk-1, B: 2, C: ''}\nlabels: {team: infra}\n")
+                .unwrap();
+        let list =
+            resolve_text("image: i\nenv: [API_TOKEN=sk-1, B=2, C=]\nlabels:\n  - team=infra\n")
+                .unwrap();
+        assert_eq!(map, list);
+        let h = |s: &LaneSpec| crate::hash::lane_hash(s, "img", None, &[]);
+        assert_eq!(h(&map), h(&list));
     }
 
     #[test]

@@ -12,6 +12,13 @@
 //! The parser is serde-saphyr's own (granit-parser), used at the event level:
 //! serde-saphyr's deserializer stops at the first error, while `validate` must
 //! report every problem of a file at once.
+//!
+//! No message made here quotes a scalar's text: an env value typed in the
+//! wrong place (`env: "API_TOKEN=sk-…"`) would otherwise reach stdout, logs
+//! and the world-readable status file. Type errors name the field and the
+//! kind of node found; keys are names and may be shown, but only up to a
+//! first `=` (see [`shown_key`]), because `NAME=value` typed as a key is the
+//! usual way a value ends up in one.
 
 use std::fmt;
 use std::path::Path;
@@ -118,39 +125,169 @@ impl Node {
     }
 }
 
+/// A key as it may appear in a message: up to its first `=` (then `=…`),
+/// with control characters escaped. A key is a name, but `NAME=value` typed
+/// as a key holds a value after the `=`.
+pub fn shown_key(key: &str) -> String {
+    match key.split_once('=') {
+        Some((name, _)) => format!("{}=…", name.escape_debug()),
+        None => key.escape_debug().to_string(),
+    }
+}
+
 /// A problem found while parsing or typing, at a position when one is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     pub message: String,
     pub pos: Option<Position>,
+    /// The field the problem is about (`mounts[0].relabel`), when typing.
+    pub field: Option<String>,
 }
 
 impl Error {
+    fn new(message: impl Into<String>, pos: Option<Position>) -> Self {
+        Error {
+            message: message.into(),
+            pos,
+            field: None,
+        }
+    }
+
     fn at(mut self, node: &Node) -> Self {
         if self.pos.is_none() {
             self.pos = Some(node.pos.clone());
         }
         self
     }
+
+    /// Puts the error under the map key `key` (shown as [`shown_key`]).
+    fn under_key(mut self, key: &Node) -> Self {
+        let key = match key.as_str() {
+            Some(k) => shown_key(k),
+            None => "?".into(),
+        };
+        self.field = Some(match self.field.take() {
+            None => key,
+            Some(f) if f.starts_with('[') => format!("{key}{f}"),
+            Some(f) => format!("{key}.{f}"),
+        });
+        self
+    }
+
+    /// Puts the error under the list item `index`.
+    fn under_index(mut self, index: usize) -> Self {
+        self.field = Some(match self.field.take() {
+            None => format!("[{index}]"),
+            Some(f) if f.starts_with('[') => format!("[{index}]{f}"),
+            Some(f) => format!("[{index}].{f}"),
+        });
+        self
+    }
+
+    /// The message with the field it is about in front.
+    pub fn describe(&self) -> String {
+        match &self.field {
+            Some(field) => format!("{field}: {}", self.message),
+            None => self.message.clone(),
+        }
+    }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.pos {
-            Some(pos) => write!(f, "{pos}: {}", self.message),
-            None => f.write_str(&self.message),
+            Some(pos) => write!(f, "{pos}: {}", self.describe()),
+            None => f.write_str(&self.describe()),
         }
     }
 }
 
 impl std::error::Error for Error {}
 
+/// What was found, by kind only: `Unexpected` carries the text of strings
+/// (and numbers), which may be an env value typed in the wrong place.
+fn found(unexp: de::Unexpected<'_>) -> &'static str {
+    use de::Unexpected as U;
+    match unexp {
+        U::Bool(_) => "a boolean",
+        U::Unsigned(_) | U::Signed(_) | U::Float(_) => "a number",
+        U::Char(_) | U::Str(_) => "a string",
+        U::Bytes(_) => "bytes",
+        U::Unit => "nothing",
+        U::Option => "an optional value",
+        U::NewtypeStruct | U::NewtypeVariant => "a wrapped value",
+        U::Seq => "a list",
+        U::Map => "a map",
+        U::Enum | U::UnitVariant | U::TupleVariant | U::StructVariant => "a variant",
+        U::Other(_) => "something else",
+    }
+}
+
+/// serde's "`a`", "`a` or `b`", "one of `a`, `b`, `c`".
+fn one_of(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    match quoted.as_slice() {
+        [] => "nothing".into(),
+        [one] => one.clone(),
+        [a, b] => format!("{a} or {b}"),
+        all => format!("one of {}", all.join(", ")),
+    }
+}
+
+/// Every serde error that could embed manifest content is overridden: none
+/// of these quotes a scalar's text. (`custom` carries the messages of our
+/// own visitors and of serde's derives, which quote none.)
 impl de::Error for Error {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        Error {
-            message: msg.to_string(),
-            pos: None,
-        }
+        Error::new(msg.to_string(), None)
+    }
+
+    fn invalid_type(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
+        Error::new(format!("expected {exp}, found {}", found(unexp)), None)
+    }
+
+    fn invalid_value(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
+        Error::new(
+            format!("expected {exp}, found {} that does not fit", found(unexp)),
+            None,
+        )
+    }
+
+    fn invalid_length(len: usize, exp: &dyn de::Expected) -> Self {
+        Error::new(format!("expected {exp}, found {len} items"), None)
+    }
+
+    fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
+        Error::new(
+            format!(
+                "unknown field `{}`, expected {}",
+                shown_key(field),
+                one_of(expected)
+            ),
+            None,
+        )
+    }
+
+    // The written word is quoted: only enum fields (`state`, `relabel`,
+    // `protocol`) reach this, never an env or label value (they are strings),
+    // and `unknown variant `sleeping`` is what a user needs to see.
+    fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
+        Error::new(
+            format!(
+                "unknown variant `{}`, expected {}",
+                shown_key(variant),
+                one_of(expected)
+            ),
+            None,
+        )
+    }
+
+    fn missing_field(field: &'static str) -> Self {
+        Error::new(format!("missing field `{field}`"), None)
+    }
+
+    fn duplicate_field(field: &'static str) -> Self {
+        Error::new(format!("duplicate field `{field}`"), None)
     }
 }
 
@@ -161,10 +298,8 @@ pub fn parse(text: &str, file: &Arc<Path>) -> Result<Option<Node>, Error> {
         line,
         column: col + 1,
     };
-    let fail = |message: String, line: usize, col: usize| Error {
-        message,
-        pos: Some(pos_of(line, col)),
-    };
+    let fail =
+        |message: String, line: usize, col: usize| Error::new(message, Some(pos_of(line, col)));
 
     // Open collections: the node being built, its anchor id (0 for none) and,
     // for maps, a key waiting for its value. An anchor is registered when its
@@ -298,10 +433,10 @@ pub fn parse(text: &str, file: &Arc<Path>) -> Result<Option<Node>, Error> {
                         if let Some(k) = key.as_str()
                             && entries.iter().any(|(e, _)| e.as_str() == Some(k))
                         {
-                            return Err(Error {
-                                message: format!("duplicate key `{k}`"),
-                                pos: Some(key.pos.clone()),
-                            });
+                            return Err(Error::new(
+                                format!("duplicate key `{}`", shown_key(k)),
+                                Some(key.pos.clone()),
+                            ));
                         }
                         entries.push((key, node));
                     }
@@ -340,10 +475,7 @@ pub fn from_node<'de, T: de::Deserialize<'de>>(node: &'de Node) -> Result<T, Err
 
 /// Parses `text` and deserializes it; an empty document is an error.
 pub fn from_str<T: de::DeserializeOwned>(text: &str, file: &Arc<Path>) -> Result<T, Error> {
-    let node = parse(text, file)?.ok_or_else(|| Error {
-        message: "the file is empty".into(),
-        pos: None,
-    })?;
+    let node = parse(text, file)?.ok_or_else(|| Error::new("the file is empty", None))?;
     T::deserialize(&node)
 }
 
@@ -376,7 +508,7 @@ impl<'de> de::Deserializer<'de> for &'de Node {
                 }
             }
             Value::Scalar { text, .. } => visitor.visit_str(text),
-            Value::Seq(items) => visitor.visit_seq(Seq(items.iter())),
+            Value::Seq(items) => visitor.visit_seq(Seq(items.iter().enumerate())),
             Value::Map(entries) => visitor.visit_map(Map {
                 entries: entries.iter(),
                 value: None,
@@ -419,14 +551,21 @@ impl<'de> de::Deserializer<'de> for &'de Node {
     fn deserialize_enum<V: Visitor<'de>>(
         self,
         _name: &'static str,
-        _variants: &'static [&'static str],
+        variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Error> {
         match &self.value {
             Value::Scalar { text, .. } => visitor
                 .visit_enum(text.as_str().into_deserializer())
                 .map_err(|e: Error| e.at(self)),
-            _ => Err(<Error as de::Error>::custom("expected one of the listed words").at(self)),
+            Value::Seq(_) => Err(Error::new(
+                format!("expected {}, found a list", one_of(variants)),
+                Some(self.pos.clone()),
+            )),
+            Value::Map(_) => Err(Error::new(
+                format!("expected {}, found a map", one_of(variants)),
+                Some(self.pos.clone()),
+            )),
         }
     }
 
@@ -455,7 +594,7 @@ fn looks_like_float(text: &str) -> bool {
             .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'))
 }
 
-struct Seq<'a>(std::slice::Iter<'a, Node>);
+struct Seq<'a>(std::iter::Enumerate<std::slice::Iter<'a, Node>>);
 
 impl<'de> SeqAccess<'de> for Seq<'de> {
     type Error = Error;
@@ -465,7 +604,10 @@ impl<'de> SeqAccess<'de> for Seq<'de> {
         seed: T,
     ) -> Result<Option<T::Value>, Error> {
         match self.0.next() {
-            Some(node) => seed.deserialize(node).map(Some).map_err(|e| e.at(node)),
+            Some((i, node)) => seed
+                .deserialize(node)
+                .map(Some)
+                .map_err(|e| e.at(node).under_index(i)),
             None => Ok(None),
         }
     }
@@ -477,7 +619,8 @@ impl<'de> SeqAccess<'de> for Seq<'de> {
 
 struct Map<'a> {
     entries: std::slice::Iter<'a, (Node, Node)>,
-    value: Option<&'a Node>,
+    /// The entry whose key was just read.
+    value: Option<&'a (Node, Node)>,
 }
 
 impl<'de> MapAccess<'de> for Map<'de> {
@@ -488,8 +631,9 @@ impl<'de> MapAccess<'de> for Map<'de> {
         seed: K,
     ) -> Result<Option<K::Value>, Error> {
         match self.entries.next() {
-            Some((key, value)) => {
-                self.value = Some(value);
+            Some(entry) => {
+                self.value = Some(entry);
+                let key = &entry.0;
                 seed.deserialize(key).map(Some).map_err(|e| e.at(key))
             }
             None => Ok(None),
@@ -498,7 +642,9 @@ impl<'de> MapAccess<'de> for Map<'de> {
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
         match self.value.take() {
-            Some(node) => seed.deserialize(node).map_err(|e| e.at(node)),
+            Some((key, node)) => seed
+                .deserialize(node)
+                .map_err(|e| e.at(node).under_key(key)),
             None => Err(<Error as de::Error>::custom(
                 "a value was asked for before its key",
             )),
@@ -542,6 +688,80 @@ mod tests {
     fn type_errors_are_reported_at_the_value() {
         let err = from_str::<BTreeMap<String, u16>>("a: 1\nb:   [x]\n", &file()).unwrap_err();
         assert_eq!(err.pos.as_ref().map(|p| (p.line, p.column)), Some((2, 6)));
+    }
+
+    /// A planted value that no message may quote.
+    const SECRET: &str = "sk-S3CR3T";
+
+    #[test]
+    fn type_errors_never_quote_the_scalar_they_are_about() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)] // the fields are only there to be typed
+        struct S {
+            n: Option<u16>,
+            b: Option<bool>,
+            f: Option<f64>,
+            m: Option<BTreeMap<String, String>>,
+            l: Option<Vec<u16>>,
+        }
+        for (text, found) in [
+            ("n: sk-S3CR3T\n", "found a string"),
+            ("n: 'sk-S3CR3T'\n", "found a string"),
+            ("b: \"sk-S3CR3T\"\n", "found a string"),
+            ("f: sk-S3CR3T\n", "found a string"),
+            ("m: sk-S3CR3T\n", "found a string"),
+            ("m: |\n  sk-S3CR3T\n", "found a string"),
+            ("l: [1, sk-S3CR3T]\n", "found a string"),
+            ("n: 7000012345\n", "number"),
+            ("n: -12345\n", "number"),
+            ("b: 12345\n", "found a number"),
+            ("m: {a: [sk-S3CR3T]}\n", "found a list"),
+        ] {
+            let err = from_str::<S>(text, &file()).unwrap_err();
+            let shown = err.to_string();
+            assert!(
+                !shown.contains(SECRET) && !shown.contains("12345"),
+                "{text:?} quoted: {shown}"
+            );
+            assert!(shown.contains(found), "{text:?}: {shown}");
+            // A block scalar's position is its first line of text.
+            let line = if text.contains('|') { 2 } else { 1 };
+            assert_eq!(err.pos.as_ref().map(|p| p.line), Some(line), "{shown}");
+        }
+    }
+
+    #[test]
+    fn type_errors_name_the_field_they_are_about() {
+        let err = from_str::<BTreeMap<String, Vec<BTreeMap<String, u16>>>>(
+            "m: [{a: 1}, {a: x}]\n",
+            &file(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("x.yaml:1:17: m[1].a: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_with_an_equals_sign_is_shown_only_up_to_it() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)] // the field is only there to be known
+        struct S {
+            env: Option<u16>,
+        }
+        let err = from_str::<S>("API_TOKEN=sk-S3CR3T: 1\n", &file()).unwrap_err();
+        assert!(!err.to_string().contains(SECRET), "{err}");
+        assert!(err.message.contains("`API_TOKEN=…`"), "{err}");
+        assert_eq!(err.pos.as_ref().map(|p| (p.line, p.column)), Some((1, 1)));
+    }
+
+    #[test]
+    fn a_duplicate_key_with_an_equals_sign_is_shown_only_up_to_it() {
+        let err = parse("env: {A=sk-S3CR3T: 1, A=sk-S3CR3T: 2}\n", &file()).unwrap_err();
+        assert!(!err.to_string().contains(SECRET), "{err}");
+        assert!(err.message.contains("`A=…`"), "{err}");
     }
 
     #[test]

@@ -121,3 +121,95 @@ fn secrets_never_reach_logs_status_plan_or_errors() {
         outputs.len()
     );
 }
+
+/// Typos that put an env or label value where lanectl would quote it (a key,
+/// a string, a bare list item): every lane is invalid, and no output, log or
+/// status file shows the value. The compose list form is accepted, reaches
+/// the container, and has the hash of the map form.
+#[test]
+fn typos_around_a_secret_never_show_it() {
+    let lanes = Lanes::new("secret-typos");
+    let s = ENV_SECRET;
+    let typos = [
+        format!("env: {{API_TOKEN={s}}}\n"),
+        format!("env:\n  API_TOKEN={s}:\n"),
+        format!("env: \"API_TOKEN={s}\"\n"),
+        format!("env: 'API_TOKEN={s}'\n"),
+        format!("env: API_TOKEN={s}\n"),
+        format!("env:\n  API_TOKEN={s}\n"),
+        format!("env: |\n  API_TOKEN={s}\n"),
+        format!("env: [{s}]\n"),
+        format!("env:\n  - \"{s}\"\n"),
+        format!("env: [={s}]\n"),
+        format!("env: [A=1, A={s}]\n"),
+        format!("env: [{{API_TOKEN: {s}}}]\n"),
+        format!("env:\n  - API_TOKEN: {s}\n"),
+        format!("env: [[{s}]]\n"),
+        format!("env: {{A: [{s}]}}\n"),
+        format!("env: {{A: {{x: {s}}}}}\n"),
+        format!("env: {{API_TOKEN={s}: 1, API_TOKEN={s}: 2}}\n"),
+        format!("labels: \"team={s}\"\n"),
+        format!("labels: {{team={s}}}\n"),
+        format!("labels: [{s}]\n"),
+        format!("labels: [{{team: {s}}}]\n"),
+        format!("API_TOKEN={s}: x\n"),
+    ];
+    let names: Vec<String> = (0..typos.len()).map(|i| format!("t{i:02}")).collect();
+    for (name, typo) in names.iter().zip(&typos) {
+        lanes.write(name, &lanes.worker_lane(typo));
+    }
+    let list = format!("env: [API_TOKEN={s}, B=2]\nlabels:\n  - team=infra\n");
+    lanes.write("list", &lanes.worker_lane(&list));
+
+    let mut outputs = Vec::new();
+    let validate = lanes.lanectl(&["-vv", "validate"]);
+    assert_eq!(validate.code, 1, "{validate:?}");
+    for name in &names {
+        assert!(
+            validate.stdout.contains(&format!("{name}.yaml:")),
+            "{name} is not reported: {validate:?}"
+        );
+    }
+    assert!(!validate.stdout.contains("list.yaml"), "{validate:?}");
+    outputs.push(("validate", validate));
+    outputs.push(("plan", lanes.lanectl(&["-vv", "plan"])));
+    let apply = lanes.lanectl(&["-vv", "apply"]);
+    assert_eq!(apply.code, 1, "the typo lanes are invalid: {apply:?}");
+    outputs.push(("apply", apply));
+    outputs.push(("status --json", lanes.lanectl(&["status", "--json"])));
+    for name in &names {
+        let status = lanes
+            .status(name)
+            .unwrap_or_else(|| panic!("{name}: no status"));
+        assert_eq!(status["phase"], "invalid", "{name}: {status}");
+    }
+
+    // The list form reached the container as NAME=value.
+    let ready = lanes.ready_id("list").expect("the list-form lane is ready");
+    let env = crate::common::inspect(&ready)["Config"]["Env"].to_string();
+    assert!(env.contains(&format!("API_TOKEN={s}")), "{env}");
+    assert!(env.contains("\"B=2\""), "{env}");
+    // The same lane in the map form has the same hash: nothing to do.
+    let map = format!("env: {{API_TOKEN: {s}, B: 2}}\nlabels: {{team: infra}}\n");
+    lanes.write("list", &lanes.worker_lane(&map));
+    let plan = lanes.lanectl(&["-vv", "plan", "list"]);
+    assert_eq!(plan.stdout.trim(), "list  nothing", "{plan:?}");
+    outputs.push(("plan after the map form", plan));
+
+    for (what, run) in &outputs {
+        assert_clean(what, &format!("{}\n{}", run.stdout, run.stderr));
+    }
+    let mut checked = 0;
+    for entry in std::fs::read_dir(lanes.dir()).unwrap().flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".status.yaml")
+        {
+            let text = std::fs::read_to_string(entry.path()).unwrap();
+            assert_clean(&entry.path().display().to_string(), &text);
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, names.len() + 1, "a status file per lane");
+}
