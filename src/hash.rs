@@ -42,9 +42,9 @@ pub enum HashError {
     /// The file was replaced, or its length changed, while it was being read.
     #[error("{} changed while being read", path.display())]
     Changed { path: PathBuf },
-    /// The archive target is not an absolute path of plain components.
-    #[error("invalid codex target {target:?}: must be an absolute path without `.` or `..`")]
-    Target { target: String },
+    /// The archive target is not a directory below `/` named by plain components.
+    #[error("invalid codex target {target:?}: {reason}")]
+    Target { target: String, reason: String },
     /// Writing the archive failed.
     #[error("cannot write {} to the codex archive", path.display())]
     Archive {
@@ -388,21 +388,29 @@ fn header(
     header
 }
 
-/// `target` made relative (`/root/.codex` -> `root/.codex`), checked to be a plain path.
-fn archive_prefix(target: &str) -> Result<PathBuf, HashError> {
-    let invalid = || HashError::Target {
+/// `target` made relative (`/root/.codex` -> `root/.codex`), checked to be a directory
+/// below `/` named by plain components. `spec` applies the same rule to a manifest's
+/// codex target, so that a target the archive would refuse is an invalid lane.
+pub fn archive_prefix(target: &str) -> Result<PathBuf, HashError> {
+    let invalid = |reason: &str| HashError::Target {
         target: target.to_owned(),
+        reason: reason.to_owned(),
     };
     let mut prefix = PathBuf::new();
     for component in Path::new(target).components() {
         match component {
             Component::RootDir => {}
             Component::Normal(part) => prefix.push(part),
-            _ => return Err(invalid()),
+            _ => return Err(invalid("must be an absolute path without `.` or `..`")),
         }
     }
-    if !target.starts_with('/') || prefix.as_os_str().is_empty() {
-        return Err(invalid());
+    if !target.starts_with('/') {
+        return Err(invalid("must be an absolute path without `.` or `..`"));
+    }
+    if prefix.as_os_str().is_empty() {
+        return Err(invalid(
+            "the container's root cannot be a codex target: name a directory below it",
+        ));
     }
     Ok(prefix)
 }
