@@ -11,4 +11,5 @@ mod failures;
 mod faults;
 mod plan;
 mod secrets;
+mod validate;
 mod watch;
