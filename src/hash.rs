@@ -412,10 +412,11 @@ fn listing(dir: &Path, policy: Policy, found: Option<&mut Findings>) -> Result<L
     Ok((dirs, files))
 }
 
-/// Fingerprints of unchanged directories, for a daemon that looks at the same
-/// codex again and again: a directory whose files all keep their path, device,
-/// inode, size, mtime and ctime keeps its fingerprint, and only a changed one
-/// is read again. (Hash and tar at create time always read the bytes.)
+/// Fingerprints and tracked content of unchanged sources, for a daemon that looks at
+/// the same ones again and again: a directory whose files all keep their path,
+/// device, inode, size, mtime and ctime keeps its fingerprint, a file that keeps its
+/// own keeps its hash, and only a changed one is read again. (Hash and tar at create
+/// time always read the bytes.)
 #[derive(Debug, Default)]
 pub struct FingerprintCache {
     entries: Mutex<HashMap<PathBuf, (Vec<u8>, String)>>,
@@ -436,6 +437,18 @@ impl FingerprintCache {
         self.cached(dir, signature, files.len(), || {
             hash_listing::<io::Sink>(dir, dirs, files, None, policy)
         })
+    }
+
+    /// [`tracked_content`], from the cache when nothing changed: a directory as
+    /// [`FingerprintCache::fingerprint`], a file by its own stat.
+    pub fn tracked(&self, path: &Path, policy: Policy) -> Result<String, HashError> {
+        let meta = fs::metadata(path).map_err(io_error(path))?;
+        if meta.is_dir() {
+            return self.fingerprint(path, policy);
+        }
+        let mut signature = stamp_policy(b'f', policy);
+        stamp(&mut signature, &meta);
+        self.cached(path, signature, 1, || tracked_content(path, policy))
     }
 
     /// The answer kept for `path` when `signature` is the one it was kept with, else
@@ -1310,6 +1323,38 @@ mod tests {
         let missing = dir.path().join("missing");
         let found = check_source(&missing, Shape::DirOrFile, Policy::OFF).found;
         assert!(found.len() == 1 && found[0].path == missing, "{found:?}");
+    }
+
+    #[test]
+    fn the_tracked_content_cache_reads_nothing_for_unchanged_sources_and_rereads_changed_ones() {
+        let dir = TempDir::new().unwrap();
+        write(dir.path(), "tree/a", b"one");
+        write(dir.path(), "tree/sub/b", b"two");
+        write(dir.path(), "file", b"three");
+        let (tree, file) = (dir.path().join("tree"), dir.path().join("file"));
+        let cache = FingerprintCache::default();
+        let reads = || cache.reads.load(Ordering::Relaxed);
+        let fresh = |path: &Path| tracked_content(path, Policy::OFF).unwrap();
+
+        assert_eq!(cache.tracked(&tree, Policy::OFF).unwrap(), fresh(&tree));
+        assert_eq!(cache.tracked(&file, Policy::OFF).unwrap(), fresh(&file));
+        assert_eq!(reads(), 3);
+        assert_eq!(cache.tracked(&tree, Policy::OFF).unwrap(), fresh(&tree));
+        assert_eq!(cache.tracked(&file, Policy::OFF).unwrap(), fresh(&file));
+        assert_eq!(reads(), 3, "unchanged sources are not read again");
+
+        fs::write(&file, b"changed").unwrap();
+        assert_eq!(cache.tracked(&file, Policy::OFF).unwrap(), fresh(&file));
+        assert_eq!(reads(), 4);
+        fs::write(tree.join("sub/b"), b"changed").unwrap();
+        assert_eq!(cache.tracked(&tree, Policy::OFF).unwrap(), fresh(&tree));
+        assert_eq!(reads(), 6);
+        // A file swapped in by a rename, same size and times aside, is a new inode.
+        let new = dir.path().join("new");
+        fs::write(&new, b"CHANGED").unwrap();
+        fs::rename(&new, &file).unwrap();
+        assert_eq!(cache.tracked(&file, Policy::OFF).unwrap(), fresh(&file));
+        assert_eq!(reads(), 7);
     }
 
     /// Prints figures, asserts nothing about time (run it with

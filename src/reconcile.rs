@@ -56,7 +56,7 @@ pub struct Ctx {
     /// which looks an image up on every reconcile (a rebuilt or newly built
     /// image must be seen, and a lookup that failed once must not stick).
     images: Option<Mutex<HashMap<String, Arc<ImageCell>>>>,
-    /// Codex fingerprints of unchanged directories.
+    /// Codex fingerprints and tracked content of unchanged sources.
     fingerprints: Arc<hash::FingerprintCache>,
     /// Whose files the codex and tracked content may be (checked on each read).
     policy: hash::Policy,
@@ -582,7 +582,8 @@ async fn hash_lane(
         let tracked = tracked_sources
             .into_iter()
             .map(|(target, source)| {
-                hash::tracked_content(&source, policy)
+                fingerprints
+                    .tracked(&source, policy)
                     .map(|h| (target, h))
                     .map_err(|e| format!("track_content: {}", error_chain(&e)))
             })
