@@ -1,15 +1,18 @@
 //! The lanes directory as a whole -> what each lane wants.
 //!
 //! Lists the directory, checks who may command lanectl (SPEC.md "Safety"),
-//! reads `_defaults.yaml` once, loads and resolves every lane, and applies the
-//! cross-lane rules. Each lane ends up either valid (a `LaneSpec`) or invalid
+//! reads `_defaults.yaml` once, loads and resolves every lane, applies the
+//! cross-lane rules, and checks each valid lane's codex and `track_content`
+//! sources by the fingerprint's own rules and the permission policy
+//! ([`hash::check_source`]), so that what `apply` would refuse at hash time
+//! is already `invalid` here, and `validate` shows it. Each lane ends up either valid (a `LaneSpec`) or invalid
 //! (every problem, with positions); a problem of one lane never stops another.
 //! Nothing here talks to Podman.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use crate::hash::{self, Policy, Shape};
 use crate::lane::{self, DirListing, ListError};
 use crate::manifest::{self, Loaded, Problem, Source};
 use crate::spec::{self, LaneSpec};
@@ -56,16 +59,25 @@ pub struct LoadOptions {
 /// Reads the whole directory. Only a directory that cannot be listed is an
 /// error; everything else is a lane's problem.
 pub fn load_dir(dir: &Path, opts: LoadOptions) -> Result<DirState, ListError> {
+    load(dir, Policy::of_process(opts.allow_insecure_permissions))
+}
+
+/// [`load_dir`] under a given permission policy.
+fn load(dir: &Path, policy: Policy) -> Result<DirState, ListError> {
     let listing = lane::list_dir(dir)?;
-    let check = !opts.allow_insecure_permissions && is_root();
+    let check = policy.check;
     let dir_problem = if check {
-        check_dir_chain(dir).err()
+        check_dir_chain(dir, policy).err()
     } else {
         None
     };
 
     let defaults = listing.defaults.as_ref().map(|path| {
-        let perm = if check { check_file(path).err() } else { None };
+        let perm = if check {
+            check_file(path, policy).err()
+        } else {
+            None
+        };
         match perm {
             Some(p) => Err(vec![p]),
             None => manifest::read_source(path),
@@ -83,7 +95,7 @@ pub fn load_dir(dir: &Path, opts: LoadOptions) -> Result<DirState, ListError> {
             problems.push(p.clone());
         }
         if check {
-            problems.extend(check_file(&file.path).err());
+            problems.extend(check_file(&file.path, policy).err());
         }
         if let Some(Err(defaults_problems)) = &defaults {
             problems.extend(defaults_problems.iter().cloned());
@@ -149,115 +161,232 @@ pub fn load_dir(dir: &Path, opts: LoadOptions) -> Result<DirState, ListError> {
                 problems: vec![problem.clone()],
                 manifest_sha256: Some(manifest_sha256),
             },
-            None => match check_sources(&spec, check) {
-                Err(problem) => Desired::Invalid {
-                    problems: vec![problem],
-                    manifest_sha256: Some(manifest_sha256),
-                },
-                Ok(()) => Desired::Valid {
-                    spec: Box::new(spec),
-                    manifest_sha256,
-                },
-            },
+            None => {
+                let problems = check_sources(&spec, policy);
+                if problems.is_empty() {
+                    Desired::Valid {
+                        spec: Box::new(spec),
+                        manifest_sha256,
+                    }
+                } else {
+                    Desired::Invalid {
+                        problems,
+                        manifest_sha256: Some(manifest_sha256),
+                    }
+                }
+            }
         };
         lanes.insert(name, desired);
     }
     Ok(DirState { lanes, listing })
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// A file that only root (or the user lanectl runs as) can write.
-fn check_file(path: &Path) -> Result<(), Problem> {
-    check_owner_and_mode(path, false).map_err(|m| Problem::in_file(path, m))
+fn check_file(path: &Path, policy: Policy) -> Result<(), Problem> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| Problem::in_file(path, format!("cannot stat: {e}")))?;
+    policy.content(&meta).map_err(|m| Problem::in_file(path, m))
 }
 
 /// The lanes directory, and its parents up to `/`.
-fn check_dir_chain(dir: &Path) -> Result<(), Problem> {
+fn check_dir_chain(dir: &Path, policy: Policy) -> Result<(), Problem> {
     let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    check_owner_and_mode(&abs, false).map_err(|m| Problem::in_file(&abs, m))?;
+    check_file(&abs, policy)?;
     for parent in abs.ancestors().skip(1) {
-        check_owner_and_mode(parent, true).map_err(|m| Problem::in_file(parent, m))?;
+        let meta = std::fs::metadata(parent)
+            .map_err(|e| Problem::in_file(parent, format!("cannot stat: {e}")))?;
+        policy
+            .parent(&meta)
+            .map_err(|m| Problem::in_file(parent, m))?;
     }
     Ok(())
 }
 
-/// Codex and `track_content` sources: whoever can write there can put files
-/// into a root container.
-fn check_sources(spec: &LaneSpec, check: bool) -> Result<(), Problem> {
-    if !check {
-        return Ok(());
-    }
-    let sources: Vec<&PathBuf> = spec
-        .codex
+/// Codex and `track_content` sources: what the files alone show (see
+/// [`hash::check_source`]: the fingerprint's own rules, and who could have
+/// written there), every problem with its path, at most
+/// [`Findings::LIMIT`](hash::Findings::LIMIT) per source.
+fn check_sources(spec: &LaneSpec, policy: Policy) -> Vec<Problem> {
+    let codex = spec.codex.iter().map(|c| (&c.source, Shape::Dir));
+    let tracked = spec
+        .mounts
         .iter()
-        .map(|c| &c.source)
-        .chain(
-            spec.mounts
-                .iter()
-                .filter(|m| m.track_content)
-                .map(|m| &m.source),
-        )
-        .collect();
-    for source in sources {
-        check_tree(source)?;
-        for parent in source.ancestors().skip(1) {
-            check_owner_and_mode(parent, true).map_err(|m| Problem::in_file(parent, m))?;
-        }
-    }
-    Ok(())
-}
-
-/// A source and everything under it (not following symlinks: a link's target
-/// is checked by the fingerprint's own rules).
-fn check_tree(root: &Path) -> Result<(), Problem> {
-    for entry in walkdir::WalkDir::new(root).follow_links(false) {
-        let entry = entry.map_err(|e| Problem::in_file(root, format!("cannot read: {e}")))?;
-        if entry.path_is_symlink() {
-            continue;
-        }
-        check_owner_and_mode(entry.path(), false).map_err(|m| Problem::in_file(entry.path(), m))?;
-    }
-    Ok(())
-}
-
-const FIX: &str = "(fix with chmod go-w / chown root, or pass --allow-insecure-permissions)";
-
-fn check_owner_and_mode(path: &Path, parent: bool) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot stat: {e}"))?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != 0 && meta.uid() != me {
-        return Err(format!(
-            "owned by uid {}, not root: refused because a manifest can mount any host path into a root container {FIX}",
-            meta.uid()
-        ));
-    }
-    let mode = meta.mode();
-    let sticky = mode & 0o1000 != 0;
-    if parent {
-        if mode & 0o002 != 0 && !sticky {
-            return Err(format!(
-                "writable by others without the sticky bit (mode {:o}): anyone could swap the lanes directory {FIX}",
-                mode & 0o7777
+        .filter(|m| m.track_content)
+        .map(|m| (&m.source, Shape::DirOrFile));
+    let mut problems = Vec::new();
+    for (source, shape) in codex.chain(tracked) {
+        let found = hash::check_source(source, shape, policy);
+        problems.extend(
+            found
+                .found
+                .into_iter()
+                .map(|f| Problem::in_file(&f.path, f.message)),
+        );
+        if found.more > 0 {
+            problems.push(Problem::in_file(
+                source,
+                format!("and {} more problems below", found.more),
             ));
         }
-    } else if mode & 0o022 != 0 {
-        return Err(format!(
-            "writable by group or others (mode {:o}): refused because lanectl runs as root {FIX}",
-            mode & 0o7777
-        ));
     }
-    Ok(())
+    problems
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::path::PathBuf;
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    /// Checks as lanectl does as root, whoever runs the test (files are owned
+    /// by the user running it).
+    fn strict() -> Policy {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        Policy { check: true, euid }
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// A root dir holding `lanes.d/a.yaml` (`yaml`), all in safe modes.
+    fn lane_with(yaml: &str) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        set_mode(root.path(), 0o755);
+        let lanes = root.path().join("lanes.d");
+        std::fs::create_dir(&lanes).unwrap();
+        set_mode(&lanes, 0o755);
+        std::fs::write(lanes.join("a.yaml"), yaml).unwrap();
+        set_mode(&lanes.join("a.yaml"), 0o644);
+        root
+    }
+
+    /// A file under `root` with `mode`, its directories made 0755.
+    fn file_in(root: &Path, rel: &str, mode: u32) -> PathBuf {
+        let path = root.join(rel);
+        let parent = path.parent().unwrap();
+        std::fs::create_dir_all(parent).unwrap();
+        set_mode(parent, 0o755);
+        std::fs::write(&path, "x").unwrap();
+        set_mode(&path, mode);
+        path
+    }
+
+    /// Lane `a`'s problems under `policy`, as `validate` prints them.
+    fn problems_of(root: &Path, policy: Policy) -> Vec<String> {
+        let state = load(&root.join("lanes.d"), policy).unwrap();
+        match &state.lanes["a"] {
+            Desired::Invalid { problems, .. } => problems.iter().map(|p| p.to_string()).collect(),
+            Desired::Valid { .. } => Vec::new(),
+        }
+    }
+
+    /// Whether some problem is about `path` and says `what`.
+    fn names(problems: &[String], path: &Path, what: &str) -> bool {
+        let head = format!("{}: ", path.display());
+        problems
+            .iter()
+            .any(|p| p.starts_with(&head) && p.contains(what))
+    }
+
+    #[test]
+    fn a_codex_source_given_as_a_symlink_to_a_group_writable_dir_is_refused() {
+        let root = lane_with("image: i\ncodex: {source: ../link, target: /c}\n");
+        file_in(root.path(), "real/config.toml", 0o644);
+        let real = root.path().join("real");
+        set_mode(&real, 0o775);
+        symlink("real", root.path().join("link")).unwrap();
+        let problems = problems_of(root.path(), strict());
+        assert!(names(&problems, &real, "writable by group"), "{problems:?}");
+        assert!(names(&problems, &real, "chmod go-w"), "{problems:?}");
+        assert!(problems_of(root.path(), Policy::OFF).is_empty());
+    }
+
+    #[test]
+    fn a_codex_source_whose_real_parent_others_can_write_without_the_sticky_bit_is_refused() {
+        let root = lane_with("image: i\ncodex: {source: ../link, target: /c}\n");
+        file_in(root.path(), "open/codex/config.toml", 0o644);
+        let open = root.path().join("open");
+        set_mode(&open, 0o777);
+        symlink("open/codex", root.path().join("link")).unwrap();
+        let problems = problems_of(root.path(), strict());
+        assert!(
+            names(&problems, &open, "without the sticky bit"),
+            "{problems:?}"
+        );
+        set_mode(&open, 0o1777);
+        assert_eq!(problems_of(root.path(), strict()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_track_content_source_given_as_a_symlink_to_a_group_writable_file_is_refused() {
+        let root = lane_with(
+            "image: i\nmounts: [{source: ../link.txt, target: /t, track_content: true}, \
+             {source: ../tree, target: /u, track_content: true}]\n",
+        );
+        let real = file_in(root.path(), "real.txt", 0o664);
+        symlink("real.txt", root.path().join("link.txt")).unwrap();
+        let deep = file_in(root.path(), "tree/sub/deep.txt", 0o646);
+        set_mode(&root.path().join("tree"), 0o755);
+        let problems = problems_of(root.path(), strict());
+        assert!(names(&problems, &real, "writable by group"), "{problems:?}");
+        assert!(names(&problems, &deep, "writable by group"), "{problems:?}");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn a_source_given_as_a_symlink_owned_by_another_user_is_refused() {
+        let root = lane_with("image: i\ncodex: {source: ../link, target: /c}\n");
+        file_in(root.path(), "real/config.toml", 0o644);
+        let link = root.path().join("link");
+        symlink("real", &link).unwrap();
+        // Root trusts what root owns: then the link is given away; anyone else
+        // tries the check as if lanectl ran as another user.
+        let policy = if is_root() {
+            std::os::unix::fs::lchown(&link, Some(1234), None).unwrap();
+            strict()
+        } else {
+            Policy {
+                check: true,
+                euid: strict().euid + 1,
+            }
+        };
+        let problems = problems_of(root.path(), policy);
+        assert!(names(&problems, &link, "owned by uid"), "{problems:?}");
+    }
+
+    #[test]
+    fn every_problem_of_a_codex_tree_is_reported_up_to_a_limit() {
+        let root = lane_with("image: i\ncodex: {source: ../codex, target: /c}\n");
+        file_in(root.path(), "codex/ok.txt", 0o644);
+        let fifos = hash::Findings::LIMIT + 5;
+        for i in 0..fifos {
+            let fifo = root.path().join(format!("codex/pipe{i:02}"));
+            let made = std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap();
+            assert!(made.success());
+        }
+        let problems = problems_of(root.path(), Policy::OFF);
+        assert_eq!(problems.len(), hash::Findings::LIMIT + 1, "{problems:?}");
+        assert!(
+            problems[..hash::Findings::LIMIT]
+                .iter()
+                .all(|p| p.contains("pipe") && p.contains("a FIFO"))
+        );
+        let codex = root.path().join("codex");
+        assert!(
+            names(&problems, &codex, "and 5 more problems"),
+            "{problems:?}"
+        );
+    }
 
     fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();

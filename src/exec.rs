@@ -42,6 +42,7 @@ pub async fn create_and_start(
     spec: &LaneSpec,
     hash: &LaneHash,
     instance: &str,
+    policy: hash::Policy,
 ) -> Result<Inspected, ExecError> {
     let request = create_request(spec, hash, instance);
     let mut attempt = 0;
@@ -55,7 +56,7 @@ pub async fn create_and_start(
         debug!(took_ms = ms(clock), "created");
         let started = async {
             let step = std::time::Instant::now();
-            copy_codex(podman, &id, spec, hash).await?;
+            copy_codex(podman, &id, spec, hash, policy).await?;
             debug!(took_ms = ms(step), "copied the codex in");
             let step = std::time::Instant::now();
             podman.start(&id).await?;
@@ -90,12 +91,14 @@ pub async fn create_and_start(
     }
 }
 
-/// Builds the codex tar in one pass with its fingerprint and copies it in.
+/// Builds the codex tar in one pass with its fingerprint and copies it in;
+/// `policy` judges each file as opened.
 async fn copy_codex(
     podman: &Podman,
     id: &str,
     spec: &LaneSpec,
     hash: &LaneHash,
+    policy: hash::Policy,
 ) -> Result<(), ExecError> {
     let Some(codex) = &spec.codex else {
         return Ok(());
@@ -107,7 +110,7 @@ async fn copy_codex(
     let (fingerprint, tar) = tokio::task::spawn_blocking(move || {
         let mut tar =
             tempfile::tempfile().map_err(|e| ExecError::Other(format!("codex archive: {e}")))?;
-        let fingerprint = hash::codex_archive(&source, &target, owner, &mut tar)?;
+        let fingerprint = hash::codex_archive(&source, &target, owner, &mut tar, policy)?;
         tar.rewind()
             .map_err(|e| ExecError::Other(format!("codex archive: {e}")))?;
         Ok::<_, ExecError>((fingerprint, tar))

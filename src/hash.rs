@@ -1,5 +1,6 @@
 //! Content hashes of host files: the codex fingerprint, the codex tar that is copied
-//! into a container, and the content of `track_content` mounts.
+//! into a container, and the content of `track_content` mounts; and the check of those
+//! sources that reads none of their bytes.
 //!
 //! The fingerprint keeps the algorithm of the Go runtime that lanectl replaces
 //! (`runtimeCodexFingerprint`): sha256 over every file of the directory, in byte order
@@ -10,13 +11,25 @@
 //! a socket, a device) is an error naming its path. The archive is written in the
 //! same pass as the fingerprint, from one open of each file, so the hash covers
 //! exactly the bytes that are copied.
+//!
+//! One walk (`list`, which judges each entry with `classify`) serves the fingerprint,
+//! the archive and [`check_source`], the check that every load of the lanes directory
+//! (and so `validate`) makes: the check collects every problem where the fingerprint
+//! stops at the first, so the two cannot disagree, and it only `lstat`s, so a large
+//! codex stays cheap. Running as root, a [`Policy`] refuses what another user could
+//! have written (SPEC.md "Safety"): the check judges paths, and the fingerprint and
+//! the archive judge what they opened (`fstat`), so a file swapped in between the
+//! check and the read is caught.
 
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::fs::{self, File, FileType, Metadata};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -39,12 +52,15 @@ pub enum HashError {
     /// An entry that may not be hashed: a FIFO, a socket, a device or a bad symlink.
     #[error("unsupported file {}: {reason}", path.display())]
     Unsupported { path: PathBuf, reason: String },
+    /// Another user could have written it (see [`Policy`]).
+    #[error("{}: {message}", path.display())]
+    Refused { path: PathBuf, message: String },
     /// The file was replaced, or its length changed, while it was being read.
     #[error("{} changed while being read", path.display())]
     Changed { path: PathBuf },
-    /// The archive target is not an absolute path of plain components.
-    #[error("invalid codex target {target:?}: must be an absolute path without `.` or `..`")]
-    Target { target: String },
+    /// The archive target is not a directory below `/` named by plain components.
+    #[error("invalid codex target {target:?}: {reason}")]
+    Target { target: String, reason: String },
     /// Writing the archive failed.
     #[error("cannot write {} to the codex archive", path.display())]
     Archive {
@@ -54,9 +70,105 @@ pub enum HashError {
     },
 }
 
+impl HashError {
+    /// The path the error concerns, and what is wrong there (without the path).
+    pub fn into_parts(self) -> (PathBuf, String) {
+        match self {
+            HashError::Io { path, source } => (path, format!("cannot read: {source}")),
+            HashError::NotADirectory { path } => (path, "not a directory".into()),
+            HashError::Unsupported { path, reason } => {
+                (path, format!("unsupported file: {reason}"))
+            }
+            HashError::Refused { path, message } => (path, message),
+            HashError::Changed { path } => (path, "changed while being read".into()),
+            HashError::Target { target, reason } => (
+                PathBuf::from(&target),
+                format!("invalid codex target: {reason}"),
+            ),
+            HashError::Archive { path, source } => {
+                (path, format!("cannot write to the codex archive: {source}"))
+            }
+        }
+    }
+}
+
+/// The usual fix of a refused permission.
+const FIX: &str = "(fix with chmod go-w / chown root, or pass --allow-insecure-permissions)";
+
+/// Who may have written what lanectl trusts (SPEC.md "Safety"): a manifest can mount
+/// any host path into a root container, and a codex or `track_content` source puts
+/// files into one. Running as root, such a file or directory must be owned by root or
+/// by lanectl's own user and writable by neither group nor others, and a directory
+/// above it that others can write needs the sticky bit. Passed in rather than looked
+/// up, so that tests can apply it without root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Whether to check at all: as root, without `--allow-insecure-permissions`.
+    pub check: bool,
+    /// The user lanectl runs as: what it owns is trusted like what root owns.
+    pub euid: u32,
+}
+
+impl Policy {
+    /// Checks nothing.
+    #[cfg(test)]
+    pub const OFF: Policy = Policy {
+        check: false,
+        euid: 0,
+    };
+
+    /// This process's policy: checks when it runs as root, unless `allow_insecure`.
+    pub fn of_process(allow_insecure: bool) -> Policy {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        Policy {
+            check: euid == 0 && !allow_insecure,
+            euid,
+        }
+    }
+
+    /// A file or directory whose content is trusted.
+    pub fn content(&self, meta: &Metadata) -> Result<(), String> {
+        self.owner(meta)?;
+        let mode = meta.mode();
+        if self.check && mode & 0o022 != 0 {
+            return Err(format!(
+                "writable by group or others (mode {:o}): refused because lanectl runs as root {FIX}",
+                mode & 0o7777
+            ));
+        }
+        Ok(())
+    }
+
+    /// A directory above one whose content is trusted: whoever may write it can
+    /// rename what lies below, unless the sticky bit keeps them to their own entries.
+    pub fn parent(&self, meta: &Metadata) -> Result<(), String> {
+        self.owner(meta)?;
+        let mode = meta.mode();
+        if self.check && mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            return Err(format!(
+                "writable by others without the sticky bit (mode {:o}): anyone could swap what lies below it {FIX}",
+                mode & 0o7777
+            ));
+        }
+        Ok(())
+    }
+
+    /// Who owns it; all that counts for a symlink, whose mode means nothing.
+    pub fn owner(&self, meta: &Metadata) -> Result<(), String> {
+        if self.check && meta.uid() != 0 && meta.uid() != self.euid {
+            return Err(format!(
+                "owned by uid {}, not root: refused because a manifest can mount any host path into a root container {FIX}",
+                meta.uid()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The Go runtime's codex fingerprint of `dir`: lower-hex sha256.
-pub fn codex_fingerprint(dir: &Path) -> Result<String, HashError> {
-    hash_tree::<io::Sink>(dir, None)
+pub fn codex_fingerprint(dir: &Path, policy: Policy) -> Result<String, HashError> {
+    hash_tree::<io::Sink>(dir, None, policy)
 }
 
 /// Fingerprints `dir` and, in the same pass, writes to `out` a tar of exactly the files
@@ -73,10 +185,11 @@ pub fn codex_archive<W: Write>(
     target: &str,
     owner: (u64, u64),
     out: W,
+    policy: Policy,
 ) -> Result<String, HashError> {
     let prefix = archive_prefix(target)?;
     let mut builder = tar::Builder::new(out);
-    let fingerprint = hash_tree(dir, Some((&mut builder, &prefix, owner)))?;
+    let fingerprint = hash_tree(dir, Some((&mut builder, &prefix, owner)), policy)?;
     builder
         .into_inner()
         .and_then(|mut out| out.flush())
@@ -89,20 +202,115 @@ pub fn codex_archive<W: Write>(
 
 /// Content hash of a `track_content` mount source: the fingerprint of a directory, the
 /// lower-hex sha256 of the bytes of a regular file.
-pub fn tracked_content(path: &Path) -> Result<String, HashError> {
+pub fn tracked_content(path: &Path, policy: Policy) -> Result<String, HashError> {
     let meta = fs::metadata(path).map_err(io_error(path))?;
     if meta.is_dir() {
-        return codex_fingerprint(path);
+        return codex_fingerprint(path, policy);
     }
     if !meta.is_file() {
         return Err(unsupported(path, kind(meta.file_type())));
     }
-    let (file, meta) = Listed::new(Vec::new(), path.into(), path.into(), meta).open()?;
+    let (file, meta) = Listed::new(Vec::new(), path.into(), path.into(), meta).open(policy)?;
     let mut sum = Sha256::new();
     let mut reader = Exact::new(path, file, meta.len(), &mut sum);
     let drained = io::copy(&mut reader, &mut io::sink()).map(drop);
     reader.finish(drained)?;
     Ok(hex::encode(sum.finalize()))
+}
+
+/// What a source must be: a codex is a directory, a `track_content` mount either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Dir,
+    DirOrFile,
+}
+
+/// One problem that [`check_source`] found: where, and what is wrong there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// What [`check_source`] found: the first [`Findings::LIMIT`] problems, and how many
+/// more there were.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub found: Vec<Finding>,
+    pub more: usize,
+}
+
+impl Findings {
+    /// Problems kept per source; a tree of thousands of FIFOs is counted, not listed.
+    pub const LIMIT: usize = 20;
+
+    fn push(&mut self, err: HashError) {
+        if self.found.len() < Self::LIMIT {
+            let (path, message) = err.into_parts();
+            self.found.push(Finding { path, message });
+        } else {
+            self.more += 1;
+        }
+    }
+}
+
+/// Everything the files alone show about a codex or `track_content` source, without
+/// reading a byte of content: every entry the fingerprint would refuse (a symlink
+/// leading outside, to a directory or nowhere, a FIFO, a socket, a device, a source of
+/// the wrong shape or none), and under `policy` every file and directory another user
+/// could have written, the source itself when it is a symlink, and the parents of both
+/// the source as given and its real path.
+pub fn check_source(source: &Path, shape: Shape, policy: Policy) -> Findings {
+    let mut found = Findings::default();
+    if policy.check {
+        check_parents(source, policy, &mut found);
+    }
+    match fs::metadata(source) {
+        Ok(meta) if shape == Shape::DirOrFile && meta.is_file() => {
+            if let Err(message) = policy.content(&meta) {
+                let real = fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+                found.push(refused(&real, message));
+            }
+        }
+        Ok(meta) if shape == Shape::DirOrFile && !meta.is_dir() => {
+            found.push(unsupported(source, kind(meta.file_type())));
+        }
+        _ => {
+            if let Err(err) = listing(source, policy, Some(&mut found)) {
+                found.push(err);
+            }
+        }
+    }
+    found
+}
+
+/// The parents of a source as given and of its real path, and the source itself when
+/// it is a symlink: whoever can swap one of them chooses what is read.
+fn check_parents(source: &Path, policy: Policy, found: &mut Findings) {
+    let mut seen = BTreeSet::new();
+    let mut parents = |path: &Path, found: &mut Findings| {
+        for parent in path.ancestors().skip(1) {
+            if parent.as_os_str().is_empty() || !seen.insert(parent.to_path_buf()) {
+                continue;
+            }
+            let checked = fs::metadata(parent)
+                .map_err(io_error(parent))
+                .and_then(|meta| policy.parent(&meta).map_err(|m| refused(parent, m)));
+            if let Err(err) = checked {
+                found.push(err);
+            }
+        }
+    };
+    parents(source, found);
+    if let Ok(meta) = fs::symlink_metadata(source)
+        && meta.file_type().is_symlink()
+        && let Err(message) = policy.owner(&meta)
+    {
+        found.push(refused(source, message));
+    }
+    if let Ok(real) = fs::canonicalize(source) {
+        parents(&real, found);
+    }
 }
 
 /// Where archive entries go, under which prefix, with which owner.
@@ -128,10 +336,12 @@ impl Listed {
     }
 
     /// Opens the file and checks that the handle is the regular file that was listed,
-    /// so a file swapped for a symlink or directory after listing is caught. (A FIFO
-    /// swapped in within that instant could still block the open: std has no
-    /// `O_NONBLOCK`, and the type was checked before opening.)
-    fn open(&self) -> Result<(File, Metadata), HashError> {
+    /// so a file swapped for a symlink or directory after listing is caught, and that
+    /// what was opened passes `policy` (its `fstat`, not the path's: a file swapped
+    /// in after the check is judged itself). (A FIFO swapped in within that instant
+    /// could still block the open: std has no `O_NONBLOCK`, and the type was checked
+    /// before opening.)
+    fn open(&self, policy: Policy) -> Result<(File, Metadata), HashError> {
         let file = File::open(&self.open).map_err(io_error(&self.path))?;
         let meta = file.metadata().map_err(io_error(&self.path))?;
         if !meta.is_file() || (meta.dev(), meta.ino()) != (self.meta.dev(), self.meta.ino()) {
@@ -139,6 +349,9 @@ impl Listed {
                 path: self.path.clone(),
             });
         }
+        policy
+            .content(&meta)
+            .map_err(|message| refused(&self.open, message))?;
         Ok((file, meta))
     }
 }
@@ -146,8 +359,38 @@ impl Listed {
 /// A directory's listing: its directories and files, in fingerprint order.
 type Listing = (Vec<(Vec<u8>, Metadata)>, Vec<Listed>);
 
-/// Lists `dir` for fingerprinting, checking every entry's type.
-fn listing(dir: &Path) -> Result<Listing, HashError> {
+/// One walk of a tree: its canonical root (a symlink must resolve inside it), the
+/// policy, and what becomes of a problem: the fingerprint stops at the first
+/// (`found` is `None`), the check collects them all and goes on.
+struct Walk<'a> {
+    root: PathBuf,
+    policy: Policy,
+    found: Option<&'a mut Findings>,
+}
+
+impl Walk<'_> {
+    fn problem(&mut self, err: HashError) -> Result<(), HashError> {
+        match self.found.as_deref_mut() {
+            Some(found) => {
+                found.push(err);
+                Ok(())
+            }
+            None => Err(err),
+        }
+    }
+
+    /// Applies the policy to what `meta` shows of `path`.
+    fn permit(&mut self, path: &Path, meta: &Metadata) -> Result<(), HashError> {
+        match self.policy.content(meta) {
+            Ok(()) => Ok(()),
+            Err(message) => self.problem(refused(path, message)),
+        }
+    }
+}
+
+/// Lists `dir` for fingerprinting (`found` is `None`: the first problem is the error)
+/// or for the check (problems go to `found`), judging every entry.
+fn listing(dir: &Path, policy: Policy, found: Option<&mut Findings>) -> Result<Listing, HashError> {
     let meta = fs::metadata(dir).map_err(io_error(dir))?;
     if !meta.is_dir() {
         return Err(HashError::NotADirectory {
@@ -155,63 +398,116 @@ fn listing(dir: &Path) -> Result<Listing, HashError> {
         });
     }
     let root = fs::canonicalize(dir).map_err(io_error(dir))?;
+    let mut walk = Walk {
+        root: root.clone(),
+        policy,
+        found,
+    };
+    walk.permit(&root, &meta)?;
     let (mut dirs, mut files) = (vec![(Vec::new(), meta)], Vec::new());
-    list(&root, dir, &[], &mut dirs, &mut files)?;
+    list(&mut walk, dir, &[], &mut dirs, &mut files)?;
     // Byte order of the whole relative path, not the order of a sorted walk.
     dirs.sort_by(|a, b| a.0.cmp(&b.0));
     files.sort_by(|a, b| a.rel.cmp(&b.rel));
     Ok((dirs, files))
 }
 
-/// Fingerprints of unchanged directories, for a daemon that looks at the same
-/// codex again and again: a directory whose files all keep their path, device,
-/// inode, size, mtime and ctime keeps its fingerprint, and only a changed one
-/// is read again. (Hash and tar at create time always read the bytes.)
+/// Fingerprints and tracked content of unchanged sources, for a daemon that looks at
+/// the same ones again and again: a directory whose files all keep their path,
+/// device, inode, size, mtime and ctime keeps its fingerprint, a file that keeps its
+/// own keeps its hash, and only a changed one is read again. (Hash and tar at create
+/// time always read the bytes.)
 #[derive(Debug, Default)]
 pub struct FingerprintCache {
-    entries: std::sync::Mutex<std::collections::HashMap<PathBuf, (Vec<u8>, String)>>,
+    entries: Mutex<HashMap<PathBuf, (Vec<u8>, String)>>,
+    /// Files read to answer so far (an answer from the cache reads none).
+    reads: AtomicUsize,
 }
 
 impl FingerprintCache {
     /// [`codex_fingerprint`], from the cache when nothing changed.
-    pub fn fingerprint(&self, dir: &Path) -> Result<String, HashError> {
-        let (dirs, files) = listing(dir)?;
-        let mut signature = Sha256::new();
+    pub fn fingerprint(&self, dir: &Path, policy: Policy) -> Result<String, HashError> {
+        let (dirs, files) = listing(dir, policy, None)?;
+        let mut signature = stamp_policy(b'd', policy);
         for f in &files {
-            let m = &f.meta;
             signature.update(&f.rel);
             signature.update([0]);
-            for n in [
-                m.dev(),
-                m.ino(),
-                m.len(),
-                m.mtime() as u64,
-                m.mtime_nsec() as u64,
-                m.ctime() as u64,
-                m.ctime_nsec() as u64,
-            ] {
-                signature.update(n.to_le_bytes());
-            }
+            stamp(&mut signature, &f.meta);
         }
+        self.cached(dir, signature, files.len(), || {
+            hash_listing::<io::Sink>(dir, dirs, files, None, policy)
+        })
+    }
+
+    /// [`tracked_content`], from the cache when nothing changed: a directory as
+    /// [`FingerprintCache::fingerprint`], a file by its own stat.
+    pub fn tracked(&self, path: &Path, policy: Policy) -> Result<String, HashError> {
+        let meta = fs::metadata(path).map_err(io_error(path))?;
+        if meta.is_dir() {
+            return self.fingerprint(path, policy);
+        }
+        let mut signature = stamp_policy(b'f', policy);
+        stamp(&mut signature, &meta);
+        self.cached(path, signature, 1, || tracked_content(path, policy))
+    }
+
+    /// The answer kept for `path` when `signature` is the one it was kept with, else
+    /// `read()` (which reads `files` files), kept.
+    fn cached(
+        &self,
+        path: &Path,
+        signature: Sha256,
+        files: usize,
+        read: impl FnOnce() -> Result<String, HashError>,
+    ) -> Result<String, HashError> {
         let signature = signature.finalize().to_vec();
         if let Ok(entries) = self.entries.lock()
-            && let Some((known, fingerprint)) = entries.get(dir)
+            && let Some((known, hash)) = entries.get(path)
             && *known == signature
         {
-            return Ok(fingerprint.clone());
+            return Ok(hash.clone());
         }
-        let fingerprint = hash_listing::<io::Sink>(dir, dirs, files, None)?;
+        self.reads.fetch_add(files, Ordering::Relaxed);
+        let hash = read()?;
         if let Ok(mut entries) = self.entries.lock() {
-            entries.insert(dir.to_path_buf(), (signature, fingerprint.clone()));
+            entries.insert(path.to_path_buf(), (signature, hash.clone()));
         }
-        Ok(fingerprint)
+        Ok(hash)
+    }
+}
+
+/// The start of a cache signature: what is signed (`d`irectory, `f`ile) and under
+/// which policy it was read.
+fn stamp_policy(what: u8, policy: Policy) -> Sha256 {
+    let mut signature = Sha256::new();
+    signature.update([what, u8::from(policy.check)]);
+    signature.update(policy.euid.to_le_bytes());
+    signature
+}
+
+/// Adds what a stat shows of a file's identity and last change to a signature.
+fn stamp(signature: &mut Sha256, m: &Metadata) {
+    for n in [
+        m.dev(),
+        m.ino(),
+        m.len(),
+        m.mtime() as u64,
+        m.mtime_nsec() as u64,
+        m.ctime() as u64,
+        m.ctime_nsec() as u64,
+    ] {
+        signature.update(n.to_le_bytes());
     }
 }
 
 /// The one pass behind [`codex_fingerprint`] and [`codex_archive`].
-fn hash_tree<W: Write>(dir: &Path, tar: Option<TarOut<'_, W>>) -> Result<String, HashError> {
-    let (dirs, files) = listing(dir)?;
-    hash_listing(dir, dirs, files, tar)
+fn hash_tree<W: Write>(
+    dir: &Path,
+    tar: Option<TarOut<'_, W>>,
+    policy: Policy,
+) -> Result<String, HashError> {
+    let (dirs, files) = listing(dir, policy, None)?;
+    hash_listing(dir, dirs, files, tar, policy)
 }
 
 fn hash_listing<W: Write>(
@@ -219,6 +515,7 @@ fn hash_listing<W: Write>(
     dirs: Vec<(Vec<u8>, Metadata)>,
     files: Vec<Listed>,
     mut tar: Option<TarOut<'_, W>>,
+    policy: Policy,
 ) -> Result<String, HashError> {
     if let Some((builder, prefix, owner)) = tar.as_mut() {
         for (rel, meta) in &dirs {
@@ -234,7 +531,7 @@ fn hash_listing<W: Write>(
     }
     let mut sum = Sha256::new();
     for file in &files {
-        let (handle, meta) = file.open()?;
+        let (handle, meta) = file.open(policy)?;
         sum.update(&file.rel);
         sum.update([0]);
         let mut reader = Exact::new(&file.path, handle, meta.len(), &mut sum);
@@ -253,36 +550,85 @@ fn hash_listing<W: Write>(
     Ok(hex::encode(sum.finalize()))
 }
 
+/// What the walk makes of an entry: a directory to descend into, or a regular file to
+/// read (at `open`, the resolved target when the entry is a symlink).
+enum Entry {
+    Dir(Metadata),
+    File { open: PathBuf, meta: Metadata },
+}
+
+/// Judges one entry of a tree rooted at `root` (canonical), given its `lstat`: the one
+/// rule of what a fingerprint reads, shared by the fingerprint, the archive and the
+/// check. A directory or a regular file is itself; a symlink must resolve to a regular
+/// file inside `root`; anything else is refused.
+fn classify(root: &Path, path: &Path, meta: Metadata) -> Result<Entry, HashError> {
+    let file_type = meta.file_type();
+    if file_type.is_dir() {
+        Ok(Entry::Dir(meta))
+    } else if file_type.is_file() {
+        Ok(Entry::File {
+            open: path.to_path_buf(),
+            meta,
+        })
+    } else if file_type.is_symlink() {
+        let (open, meta) = resolve(root, path)?;
+        Ok(Entry::File { open, meta })
+    } else {
+        Err(unsupported(path, kind(file_type)))
+    }
+}
+
 /// Collects, below `dir` (listed as `rel`), every directory and every regular file or
-/// symlink to one; rejects anything else. Only real directories are descended into, so
-/// symlinks cannot make the walk loop.
+/// symlink to one, and judges each entry (see [`Walk`] for what becomes of a problem).
+/// Only real directories are descended into, so symlinks cannot make the walk loop.
+/// Directories are held to the policy here; files are held to it here by the check,
+/// which never opens them, and by the fingerprint on open, where it judges what it
+/// opened. (A symlink's target is an entry of the tree, judged as itself.)
 fn list(
-    root: &Path,
+    walk: &mut Walk<'_>,
     dir: &Path,
     rel: &[u8],
     dirs: &mut Vec<(Vec<u8>, Metadata)>,
     files: &mut Vec<Listed>,
 ) -> Result<(), HashError> {
-    for entry in fs::read_dir(dir).map_err(io_error(dir))? {
-        let entry = entry.map_err(io_error(dir))?;
-        let path = entry.path();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) => return walk.problem(io_error(dir)(err)),
+    };
+    for entry in entries {
+        let path = match entry {
+            Ok(entry) => entry.path(),
+            Err(err) => {
+                walk.problem(io_error(dir)(err))?;
+                continue;
+            }
+        };
         let mut child = rel.to_vec();
         if !child.is_empty() {
             child.push(b'/');
         }
-        child.extend_from_slice(entry.file_name().as_bytes());
-        let meta = fs::symlink_metadata(&path).map_err(io_error(&path))?;
-        let file_type = meta.file_type();
-        if file_type.is_dir() {
-            list(root, &path, &child, dirs, files)?;
-            dirs.push((child, meta));
-        } else if file_type.is_file() {
-            files.push(Listed::new(child, path.clone(), path, meta));
-        } else if file_type.is_symlink() {
-            let (open, meta) = resolve(root, &path)?;
-            files.push(Listed::new(child, path, open, meta));
-        } else {
-            return Err(unsupported(&path, kind(file_type)));
+        child.extend_from_slice(path.file_name().unwrap_or_default().as_bytes());
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(err) => {
+                walk.problem(io_error(&path)(err))?;
+                continue;
+            }
+        };
+        let is_link = meta.file_type().is_symlink();
+        match classify(&walk.root, &path, meta) {
+            Ok(Entry::Dir(meta)) => {
+                walk.permit(&path, &meta)?;
+                list(walk, &path, &child, dirs, files)?;
+                dirs.push((child, meta));
+            }
+            Ok(Entry::File { open, meta }) => {
+                if walk.found.is_some() && !is_link {
+                    walk.permit(&path, &meta)?;
+                }
+                files.push(Listed::new(child, path, open, meta));
+            }
+            Err(err) => walk.problem(err)?,
         }
     }
     Ok(())
@@ -388,21 +734,29 @@ fn header(
     header
 }
 
-/// `target` made relative (`/root/.codex` -> `root/.codex`), checked to be a plain path.
-fn archive_prefix(target: &str) -> Result<PathBuf, HashError> {
-    let invalid = || HashError::Target {
+/// `target` made relative (`/root/.codex` -> `root/.codex`), checked to be a directory
+/// below `/` named by plain components. `spec` applies the same rule to a manifest's
+/// codex target, so that a target the archive would refuse is an invalid lane.
+pub fn archive_prefix(target: &str) -> Result<PathBuf, HashError> {
+    let invalid = |reason: &str| HashError::Target {
         target: target.to_owned(),
+        reason: reason.to_owned(),
     };
     let mut prefix = PathBuf::new();
     for component in Path::new(target).components() {
         match component {
             Component::RootDir => {}
             Component::Normal(part) => prefix.push(part),
-            _ => return Err(invalid()),
+            _ => return Err(invalid("must be an absolute path without `.` or `..`")),
         }
     }
-    if !target.starts_with('/') || prefix.as_os_str().is_empty() {
-        return Err(invalid());
+    if !target.starts_with('/') {
+        return Err(invalid("must be an absolute path without `.` or `..`"));
+    }
+    if prefix.as_os_str().is_empty() {
+        return Err(invalid(
+            "the container's root cannot be a codex target: name a directory below it",
+        ));
     }
     Ok(prefix)
 }
@@ -423,6 +777,13 @@ fn unsupported(path: &Path, reason: &str) -> HashError {
     HashError::Unsupported {
         path: path.to_path_buf(),
         reason: reason.to_owned(),
+    }
+}
+
+fn refused(path: &Path, message: String) -> HashError {
+    HashError::Refused {
+        path: path.to_path_buf(),
+        message,
     }
 }
 
@@ -548,7 +909,7 @@ mod tests {
     }
 
     fn rejected(dir: &Path, needle: &str, path: &Path) {
-        let err = codex_fingerprint(dir).unwrap_err();
+        let err = codex_fingerprint(dir, Policy::OFF).unwrap_err();
         let text = err.to_string();
         assert!(matches!(err, HashError::Unsupported { .. }), "{err:?}");
         assert!(
@@ -561,7 +922,7 @@ mod tests {
     fn fixture_fingerprint_matches_the_go_runtime() {
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
         let want = fs::read_to_string(fixtures.join("codex-fixture.fingerprint")).unwrap();
-        let got = codex_fingerprint(&fixtures.join("codex-fixture")).unwrap();
+        let got = codex_fingerprint(&fixtures.join("codex-fixture"), Policy::OFF).unwrap();
         assert_eq!(got, want.trim());
     }
 
@@ -572,14 +933,17 @@ mod tests {
         write(dir.path(), "a-b", b"dash");
         write(dir.path(), "a/a", b"");
         let want = expected(&[(b"a-b", b"dash"), (b"a/a", b""), (b"a/b", b"slash")]);
-        assert_eq!(codex_fingerprint(dir.path()).unwrap(), want);
+        assert_eq!(codex_fingerprint(dir.path(), Policy::OFF).unwrap(), want);
     }
 
     #[test]
     fn empty_directory_hashes_to_sha256_of_nothing() {
         let dir = TempDir::new().unwrap();
         fs::create_dir(dir.path().join("only-dirs")).unwrap();
-        assert_eq!(codex_fingerprint(dir.path()).unwrap(), EMPTY_SHA256);
+        assert_eq!(
+            codex_fingerprint(dir.path(), Policy::OFF).unwrap(),
+            EMPTY_SHA256
+        );
     }
 
     #[test]
@@ -587,7 +951,7 @@ mod tests {
         let dir = TempDir::new().unwrap();
         fs::write(dir.path().join(OsStr::from_bytes(b"caf\xe9")), b"x").unwrap();
         assert_eq!(
-            codex_fingerprint(dir.path()).unwrap(),
+            codex_fingerprint(dir.path(), Policy::OFF).unwrap(),
             expected(&[(b"caf\xe9", b"x")])
         );
     }
@@ -598,7 +962,7 @@ mod tests {
         write(dir.path(), "sub/real", b"body");
         symlink("sub/real", dir.path().join("link")).unwrap();
         let want = expected(&[(b"link", b"body"), (b"sub/real", b"body")]);
-        assert_eq!(codex_fingerprint(dir.path()).unwrap(), want);
+        assert_eq!(codex_fingerprint(dir.path(), Policy::OFF).unwrap(), want);
     }
 
     #[test]
@@ -646,7 +1010,7 @@ mod tests {
         assert!(status.success());
         rejected(dir.path(), "a FIFO", &fifo);
         assert!(matches!(
-            tracked_content(&fifo),
+            tracked_content(&fifo, Policy::OFF),
             Err(HashError::Unsupported { .. })
         ));
         let link = dir.path().join("link");
@@ -660,12 +1024,12 @@ mod tests {
         let dir = TempDir::new().unwrap();
         let missing = dir.path().join("missing");
         assert!(
-            matches!(codex_fingerprint(&missing), Err(HashError::Io { path, .. }) if path == missing)
+            matches!(codex_fingerprint(&missing, Policy::OFF), Err(HashError::Io { path, .. }) if path == missing)
         );
         write(dir.path(), "file", b"");
         let file = dir.path().join("file");
         assert!(
-            matches!(codex_fingerprint(&file), Err(HashError::NotADirectory { path }) if path == file)
+            matches!(codex_fingerprint(&file, Policy::OFF), Err(HashError::NotADirectory { path }) if path == file)
         );
     }
 
@@ -675,12 +1039,12 @@ mod tests {
         write(dir.path(), "tree/file", b"hello");
         let file = dir.path().join("tree/file");
         assert_eq!(
-            tracked_content(&file).unwrap(),
+            tracked_content(&file, Policy::OFF).unwrap(),
             hex::encode(Sha256::digest(b"hello"))
         );
         let tree = dir.path().join("tree");
         assert_eq!(
-            tracked_content(&tree).unwrap(),
+            tracked_content(&tree, Policy::OFF).unwrap(),
             expected(&[(b"file", b"hello")])
         );
     }
@@ -728,14 +1092,23 @@ mod tests {
         symlink("config.toml", dir.path().join("link")).unwrap();
 
         let mut tar = Vec::new();
-        let fingerprint =
-            codex_archive(dir.path(), "/root/.codex/", (1000, 1001), &mut tar).unwrap();
+        let fingerprint = codex_archive(
+            dir.path(),
+            "/root/.codex/",
+            (1000, 1001),
+            &mut tar,
+            Policy::OFF,
+        )
+        .unwrap();
         fs::set_permissions(
             dir.path().join("sessions"),
             fs::Permissions::from_mode(0o755),
         )
         .unwrap();
-        assert_eq!(fingerprint, codex_fingerprint(dir.path()).unwrap());
+        assert_eq!(
+            fingerprint,
+            codex_fingerprint(dir.path(), Policy::OFF).unwrap()
+        );
 
         let mut got = Vec::new();
         for entry in tar::Archive::new(tar.as_slice()).entries().unwrap() {
@@ -786,7 +1159,7 @@ mod tests {
             .unpack(unpacked.path())
             .unwrap();
         assert_eq!(
-            codex_fingerprint(&unpacked.path().join("root/.codex")).unwrap(),
+            codex_fingerprint(&unpacked.path().join("root/.codex"), Policy::OFF).unwrap(),
             fingerprint
         );
     }
@@ -795,7 +1168,8 @@ mod tests {
     fn archive_target_must_be_absolute_and_plain() {
         let dir = TempDir::new().unwrap();
         for target in ["root/.codex", "/", "/root/../etc", ""] {
-            let err = codex_archive(dir.path(), target, (0, 0), io::sink()).unwrap_err();
+            let err =
+                codex_archive(dir.path(), target, (0, 0), io::sink(), Policy::OFF).unwrap_err();
             assert!(matches!(err, HashError::Target { .. }), "{target}: {err:?}");
         }
     }
@@ -805,18 +1179,182 @@ mod tests {
         let dir = TempDir::new().unwrap();
         fs::write(dir.path().join("a"), "one").unwrap();
         let cache = FingerprintCache::default();
-        let first = cache.fingerprint(dir.path()).unwrap();
-        assert_eq!(first, codex_fingerprint(dir.path()).unwrap());
-        assert_eq!(cache.fingerprint(dir.path()).unwrap(), first);
+        let first = cache.fingerprint(dir.path(), Policy::OFF).unwrap();
+        assert_eq!(first, codex_fingerprint(dir.path(), Policy::OFF).unwrap());
+        assert_eq!(cache.fingerprint(dir.path(), Policy::OFF).unwrap(), first);
         fs::write(dir.path().join("a"), "two").unwrap();
-        let second = cache.fingerprint(dir.path()).unwrap();
+        let second = cache.fingerprint(dir.path(), Policy::OFF).unwrap();
         assert_ne!(second, first);
-        assert_eq!(second, codex_fingerprint(dir.path()).unwrap());
+        assert_eq!(second, codex_fingerprint(dir.path(), Policy::OFF).unwrap());
         fs::write(dir.path().join("b"), "").unwrap();
         assert_eq!(
-            cache.fingerprint(dir.path()).unwrap(),
-            codex_fingerprint(dir.path()).unwrap()
+            cache.fingerprint(dir.path(), Policy::OFF).unwrap(),
+            codex_fingerprint(dir.path(), Policy::OFF).unwrap()
         );
+    }
+
+    /// Checks as lanectl does as root, whoever runs the test (files are owned by
+    /// the user running it).
+    fn strict() -> Policy {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        Policy { check: true, euid }
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// A directory of safe modes holding `a` (0644).
+    fn safe_dir() -> TempDir {
+        let dir = TempDir::new().unwrap();
+        set_mode(dir.path(), 0o755);
+        write(dir.path(), "a", b"one");
+        set_mode(&dir.path().join("a"), 0o644);
+        dir
+    }
+
+    fn is_refused(result: Result<String, HashError>, path: &Path) -> bool {
+        matches!(
+            result,
+            Err(HashError::Refused { path: p, message })
+                if p == path && message.contains("writable by group") && message.contains("chmod go-w")
+        )
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_group_writable_one_after_the_check_is_refused_when_read() {
+        let dir = safe_dir();
+        let found = check_source(dir.path(), Shape::Dir, strict());
+        assert!(found.found.is_empty(), "{:?}", found.found);
+        // The swap: a new file, group-writable, renamed over the checked one.
+        let (a, new) = (dir.path().join("a"), dir.path().join(".new"));
+        fs::write(&new, b"two").unwrap();
+        set_mode(&new, 0o664);
+        fs::rename(&new, &a).unwrap();
+        assert!(is_refused(codex_fingerprint(dir.path(), strict()), &a));
+        let archived = codex_archive(dir.path(), "/c", (0, 0), io::sink(), strict());
+        assert!(is_refused(archived, &a));
+        assert!(is_refused(
+            FingerprintCache::default().fingerprint(dir.path(), strict()),
+            &a
+        ));
+        assert!(is_refused(tracked_content(&a, strict()), &a));
+        assert!(codex_fingerprint(dir.path(), Policy::OFF).is_ok());
+    }
+
+    #[test]
+    fn a_file_made_group_writable_between_listing_and_reading_is_refused() {
+        let dir = safe_dir();
+        let (dirs, files) = listing(dir.path(), strict(), None).unwrap();
+        let a = dir.path().join("a");
+        set_mode(&a, 0o620);
+        let read = hash_listing::<io::Sink>(dir.path(), dirs, files, None, strict());
+        assert!(is_refused(read, &a));
+    }
+
+    #[test]
+    fn the_check_names_every_entry_the_fingerprint_refuses_and_reads_none() {
+        let (outside, dir) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+        write(outside.path(), "secret", b"shadow");
+        write(dir.path(), "sub/ok", b"ok");
+        let bad = [
+            ("escape", outside.path().join("secret")),
+            ("sub/dirlink", dir.path().join("sub")),
+            ("sub/dangling", dir.path().join("nowhere")),
+        ];
+        for (rel, target) in &bad {
+            symlink(target, dir.path().join(rel)).unwrap();
+        }
+        let fifo = dir.path().join("sub/pipe");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Unreadable bytes are never read: the check passes over them.
+        let locked = dir.path().join("sub/locked");
+        write(dir.path(), "sub/locked", b"x");
+        set_mode(&locked, 0o000);
+
+        let found = check_source(dir.path(), Shape::Dir, Policy::OFF);
+        fs::remove_file(&locked).unwrap();
+        let mut paths: Vec<PathBuf> = found.found.iter().map(|f| f.path.clone()).collect();
+        paths.sort();
+        let mut want: Vec<PathBuf> = bad.iter().map(|(rel, _)| dir.path().join(rel)).collect();
+        want.push(fifo.clone());
+        want.sort();
+        assert_eq!(paths, want, "{:?}", found.found);
+        assert_eq!(found.more, 0);
+        // The fingerprint refuses the same entries, one at a time.
+        let mut refused = Vec::new();
+        while let Err(err) = codex_fingerprint(dir.path(), Policy::OFF) {
+            let HashError::Unsupported { path, .. } = err else {
+                panic!("{err:?}");
+            };
+            fs::remove_file(&path).unwrap();
+            refused.push(path);
+        }
+        refused.sort();
+        assert_eq!(refused, want);
+        assert!(
+            check_source(dir.path(), Shape::Dir, Policy::OFF)
+                .found
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_check_wants_a_codex_to_be_a_directory_and_a_tracked_source_to_exist() {
+        let dir = TempDir::new().unwrap();
+        write(dir.path(), "file", b"x");
+        let file = dir.path().join("file");
+        let found = check_source(&file, Shape::Dir, Policy::OFF).found;
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].path == file && found[0].message == "not a directory",
+            "{found:?}"
+        );
+        assert!(
+            check_source(&file, Shape::DirOrFile, Policy::OFF)
+                .found
+                .is_empty()
+        );
+        let missing = dir.path().join("missing");
+        let found = check_source(&missing, Shape::DirOrFile, Policy::OFF).found;
+        assert!(found.len() == 1 && found[0].path == missing, "{found:?}");
+    }
+
+    #[test]
+    fn the_tracked_content_cache_reads_nothing_for_unchanged_sources_and_rereads_changed_ones() {
+        let dir = TempDir::new().unwrap();
+        write(dir.path(), "tree/a", b"one");
+        write(dir.path(), "tree/sub/b", b"two");
+        write(dir.path(), "file", b"three");
+        let (tree, file) = (dir.path().join("tree"), dir.path().join("file"));
+        let cache = FingerprintCache::default();
+        let reads = || cache.reads.load(Ordering::Relaxed);
+        let fresh = |path: &Path| tracked_content(path, Policy::OFF).unwrap();
+
+        assert_eq!(cache.tracked(&tree, Policy::OFF).unwrap(), fresh(&tree));
+        assert_eq!(cache.tracked(&file, Policy::OFF).unwrap(), fresh(&file));
+        assert_eq!(reads(), 3);
+        assert_eq!(cache.tracked(&tree, Policy::OFF).unwrap(), fresh(&tree));
+        assert_eq!(cache.tracked(&file, Policy::OFF).unwrap(), fresh(&file));
+        assert_eq!(reads(), 3, "unchanged sources are not read again");
+
+        fs::write(&file, b"changed").unwrap();
+        assert_eq!(cache.tracked(&file, Policy::OFF).unwrap(), fresh(&file));
+        assert_eq!(reads(), 4);
+        fs::write(tree.join("sub/b"), b"changed").unwrap();
+        assert_eq!(cache.tracked(&tree, Policy::OFF).unwrap(), fresh(&tree));
+        assert_eq!(reads(), 6);
+        // A file swapped in by a rename, same size and times aside, is a new inode.
+        let new = dir.path().join("new");
+        fs::write(&new, b"CHANGED").unwrap();
+        fs::rename(&new, &file).unwrap();
+        assert_eq!(cache.tracked(&file, Policy::OFF).unwrap(), fresh(&file));
+        assert_eq!(reads(), 7);
     }
 
     /// Prints figures, asserts nothing about time (run it with
@@ -833,11 +1371,11 @@ mod tests {
         fs::write(dir.path().join("big"), vec![7u8; 256 << 20]).unwrap();
         let cache = FingerprintCache::default();
         let t = std::time::Instant::now();
-        cache.fingerprint(dir.path()).unwrap();
+        cache.fingerprint(dir.path(), Policy::OFF).unwrap();
         let cold = t.elapsed();
         let t = std::time::Instant::now();
         for _ in 0..20 {
-            cache.fingerprint(dir.path()).unwrap();
+            cache.fingerprint(dir.path(), Policy::OFF).unwrap();
         }
         let warm = t.elapsed() / 20;
         let mb = (256 + 4) as f64 / cold.as_secs_f64();

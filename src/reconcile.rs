@@ -57,8 +57,10 @@ pub struct Ctx {
     /// which looks an image up on every reconcile (a rebuilt or newly built
     /// image must be seen, and a lookup that failed once must not stick).
     images: Option<Mutex<HashMap<String, Arc<ImageCell>>>>,
-    /// Codex fingerprints of unchanged directories.
+    /// Codex fingerprints and tracked content of unchanged sources.
     fingerprints: Arc<hash::FingerprintCache>,
+    /// Whose files the codex and tracked content may be (checked on each read).
+    policy: hash::Policy,
     /// The container each lane is probing now (the daemon interrupts a probe
     /// only for events about that container, not about the one it replaced).
     pub probing: Mutex<HashMap<String, String>>,
@@ -98,6 +100,7 @@ impl Ctx {
             images: Some(Mutex::new(HashMap::new())),
             probing: Mutex::new(HashMap::new()),
             fingerprints: Arc::default(),
+            policy: hash::Policy::of_process(false),
             restarts: None,
             early_ready: Mutex::new(HashMap::new()),
             acting: Semaphore::new(Semaphore::MAX_PERMITS),
@@ -107,6 +110,13 @@ impl Ctx {
     /// At most `jobs` lanes change containers at once (`--jobs`).
     pub fn with_jobs(mut self, jobs: usize) -> Self {
         self.acting = Semaphore::new(jobs.clamp(1, Semaphore::MAX_PERMITS));
+        self
+    }
+
+    /// Whose files may be read into a container (`--allow-insecure-permissions`
+    /// relaxes the default, which checks when running as root).
+    pub fn with_policy(mut self, policy: hash::Policy) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -564,16 +574,17 @@ async fn hash_lane(
         .filter(|m| m.track_content)
         .map(|m| (m.target.clone(), m.source.clone()))
         .collect();
-    let fingerprints = ctx.fingerprints.clone();
+    let (fingerprints, policy) = (ctx.fingerprints.clone(), ctx.policy);
     let hashed = tokio::task::spawn_blocking(move || {
         let codex = codex_source
-            .map(|s| fingerprints.fingerprint(&s))
+            .map(|s| fingerprints.fingerprint(&s, policy))
             .transpose()
             .map_err(|e| format!("codex: {}", error_chain(&e)))?;
         let tracked = tracked_sources
             .into_iter()
             .map(|(target, source)| {
-                hash::tracked_content(&source)
+                fingerprints
+                    .tracked(&source, policy)
                     .map(|h| (target, h))
                     .map_err(|e| format!("track_content: {}", error_chain(&e)))
             })
@@ -821,7 +832,8 @@ async fn act(
             if let Some(old) = current {
                 ctx.podman.remove(&old.id).await.map_err(keep)?;
             }
-            let mut created = exec::create_and_start(&ctx.podman, spec, hash, &ctx.instance).await;
+            let mut created =
+                exec::create_and_start(&ctx.podman, spec, hash, &ctx.instance, ctx.policy).await;
             // The name is taken, by a container of this very lane that the
             // list did not show: one whose create was still under way in
             // Podman when a previous lanectl was killed. It never started:
@@ -844,7 +856,9 @@ async fn act(
                     Ok(None) => tokio::time::sleep(Duration::from_millis(300)).await,
                     Err(_) => break,
                 }
-                created = exec::create_and_start(&ctx.podman, spec, hash, &ctx.instance).await;
+                created =
+                    exec::create_and_start(&ctx.podman, spec, hash, &ctx.instance, ctx.policy)
+                        .await;
             }
             match created {
                 Ok(c) => Ok(Some(Now::from_inspected(&c, hash))),

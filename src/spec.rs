@@ -166,6 +166,10 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
                 &at("target"),
                 format!("codex target {:?} must be an absolute path", c.target),
             );
+        } else if let Err(e) = crate::hash::archive_prefix(&normalize_target(&c.target)) {
+            // The archive's own rule (`/` is refused), so that what the copy would
+            // refuse is an invalid lane before anything is created.
+            bad(&at("target"), e.to_string());
         }
         let source = absolute(dir, &c.source);
         match source_kind(&source) {
@@ -728,6 +732,23 @@ pub(crate) mod tests {
             joined.contains(":8:") && joined.contains("duration"),
             "{joined}"
         );
+    }
+
+    #[test]
+    fn a_codex_target_of_the_container_root_is_refused() {
+        for target in ["/", "//", "/root/..", "/./"] {
+            let problems = resolve_text(&format!(
+                "image: i\ncodex: {{source: codex, target: {target:?}}}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(problems.len(), 1, "{target}: {problems:?}");
+            let text = problems[0].to_string();
+            assert!(
+                text.contains(":2:") && text.contains("codex target"),
+                "{text}"
+            );
+        }
+        resolve_text("image: i\ncodex: {source: codex, target: /root/../c}\n").unwrap();
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::cli::{Cli, Command, Global};
+use crate::hash::Policy;
 use crate::podman::Podman;
 use crate::reconcile::Ctx;
 
@@ -75,7 +76,9 @@ async fn context(global: &Global) -> anyhow::Result<Arc<Ctx>> {
     let instance = instance(global)?;
     let podman = Podman::connect(global.podman.as_deref()).await?;
     tracing::debug!(url = podman.url(), instance = %instance, "connected to podman");
-    let ctx = Ctx::new(podman, dir_of(&global.dir), instance).with_jobs(global.jobs.into());
+    let ctx = Ctx::new(podman, dir_of(&global.dir), instance)
+        .with_jobs(global.jobs.into())
+        .with_policy(Policy::of_process(global.allow_insecure_permissions));
     Ok(Arc::new(ctx))
 }
 

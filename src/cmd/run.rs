@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use crate::cli::Global;
 use crate::daemon::{self, Options};
 use crate::desired::LoadOptions;
+use crate::hash::Policy;
 use crate::podman::Podman;
 use crate::reconcile::Ctx;
 
@@ -46,7 +47,9 @@ pub async fn run(global: &Global, resync: Duration, allow_prune_all: bool) -> an
         wait = (wait * 2).min(Duration::from_secs(30));
     };
     info!(url = podman.url(), instance = %instance, "connected to podman");
-    let ctx = Ctx::new(podman, super::dir_of(&global.dir), instance).with_restart_backoff();
+    let ctx = Ctx::new(podman, super::dir_of(&global.dir), instance)
+        .with_restart_backoff()
+        .with_policy(Policy::of_process(global.allow_insecure_permissions));
     let opts = Options {
         resync,
         jobs: usize::from(global.jobs),

@@ -1,6 +1,8 @@
 //! `validate [PATH...]`: every problem of the manifests, `file:line:col:
 //! message` each, exit 1 on any. A directory is checked whole (with the
-//! cross-lane rules); a file is checked within its directory. Needs no Podman.
+//! cross-lane rules); a file is checked within its directory. Codex and
+//! `track_content` sources are checked as `apply` would hash them, every bad
+//! entry as `path: message` (none of their bytes are read). Needs no Podman.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -93,6 +93,16 @@ pub struct Run {
     pub stderr: String,
 }
 
+impl Run {
+    fn of(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -163,11 +173,33 @@ impl Lanes {
             .env("CONTAINER_HOST", host())
             .output()
             .expect("run lanectl");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        Run::of(out)
+    }
+
+    /// Runs lanectl on this directory with no Podman to reach
+    /// (`CONTAINER_HOST` unset), for commands that must not need one.
+    pub fn lanectl_offline(&self, args: &[&str]) -> Run {
+        let out = Command::new(env!("CARGO_BIN_EXE_lanectl"))
+            .arg("--dir")
+            .arg(self.dir())
+            .arg("--instance")
+            .arg(&self.instance)
+            .args(args)
+            .env_remove("CONTAINER_HOST")
+            .output()
+            .expect("run lanectl");
+        Run::of(out)
+    }
+
+    /// Makes a FIFO under the test's root (e.g. `codex/alpha/pipe`).
+    pub fn fifo(&self, rel: &str) -> PathBuf {
+        let path = self.path(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
         }
+        let made = Command::new("mkfifo").arg(&path).status().expect("mkfifo");
+        assert!(made.success(), "mkfifo {}", path.display());
+        path
     }
 
     /// `apply`, asserting exit 0.

@@ -12,4 +12,5 @@ mod faults;
 mod hardening;
 mod plan;
 mod secrets;
+mod validate;
 mod watch;
