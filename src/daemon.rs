@@ -155,7 +155,7 @@ async fn refresh(shared: &Shared, list: bool) -> bool {
         .lock()
         .map(|i| i.generation)
         .unwrap_or(u64::MAX);
-    let state = match desired::load_dir(&ctx.dir, shared.opts.load) {
+    let state = match load_dir(shared).await {
         Ok(s) => Arc::new(s),
         Err(e) => {
             if let Ok(mut snapshot) = shared.snapshot.lock() {
@@ -312,9 +312,26 @@ pub fn limit_malloc_arenas() {
     }
 }
 
+/// Why the lanes directory could not be read.
+#[derive(Debug, thiserror::Error)]
+enum DirError {
+    #[error(transparent)]
+    List(#[from] crate::lane::ListError),
+    #[error("reading the lanes directory ended abnormally")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Reads the lanes directory off the async threads: it parses every
+/// manifest and walks every codex and tracked tree (a large one takes
+/// a while), which must not stall the event sources and the probes.
+async fn load_dir(shared: &Shared) -> Result<desired::DirState, DirError> {
+    let (dir, opts) = (shared.ctx.dir.clone(), shared.opts.load);
+    Ok(tokio::task::spawn_blocking(move || desired::load_dir(&dir, opts)).await??)
+}
+
 /// The lanes directory: the snapshot when no file changed since it was
 /// taken, else read anew (and kept).
-fn dir_state(shared: &Shared) -> Result<Arc<desired::DirState>, crate::lane::ListError> {
+async fn dir_state(shared: &Shared) -> Result<Arc<desired::DirState>, DirError> {
     let generation = shared
         .index
         .lock()
@@ -326,7 +343,7 @@ fn dir_state(shared: &Shared) -> Result<Arc<desired::DirState>, crate::lane::Lis
     {
         return Ok(state.clone());
     }
-    let state = Arc::new(desired::load_dir(&shared.ctx.dir, shared.opts.load)?);
+    let state = Arc::new(load_dir(shared).await?);
     if let Ok(mut snapshot) = shared.snapshot.lock() {
         *snapshot = Some((generation, state.clone()));
     }
@@ -349,7 +366,7 @@ enum Next {
 /// looked at again.
 async fn reconcile_lane(shared: &Shared, lane: &str, cancel: &CancellationToken) -> Next {
     let ctx = &shared.ctx;
-    let state = match dir_state(shared) {
+    let state = match dir_state(shared).await {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %crate::error::Chain(&e), "cannot read the lanes directory; nothing is pruned");

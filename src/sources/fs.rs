@@ -12,10 +12,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use notify::{EventKind, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace, warn};
@@ -79,23 +81,9 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    // (path, whether the event leaves it open for writing)
-    let (tx, mut rx) = mpsc::channel::<(PathBuf, bool)>(4096);
-    let overflow = dir.clone();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let Ok(event) = res else { return };
-        if event.need_rescan() {
-            // The kernel dropped events: treat it as "everything changed".
-            let _ = tx.try_send((overflow.clone(), false));
-        } else if counts(&event.kind) {
-            let open = leaves_open(&event.kind);
-            for path in event.paths {
-                // Full: dropped; the periodic resync catches up.
-                let _ = tx.try_send((path, open));
-            }
-        }
-    })
-    .map_err(|e| watch_error(&dir, e))?;
+    let (inbox, mut rx, lost) = Inbox::new(CHANNEL);
+    let mut watcher = notify::recommended_watcher(move |res| inbox.take(res))
+        .map_err(|e| watch_error(&dir, e))?;
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
         .map_err(|e| watch_error(&dir, e))?;
@@ -124,6 +112,12 @@ where
                 Some(p) => p,
                 None => return Ok(()),
             },
+            () = lost.wake.notified() => {
+                if !lost.flag.load(Ordering::SeqCst) {
+                    continue; // already handled by the batch that took the flag
+                }
+                (dir.clone(), false)
+            }
         };
         let started = Instant::now();
         let mut paths = BTreeSet::new();
@@ -148,6 +142,19 @@ where
             }
         }
         trace!(count = paths.len(), "file-system batch");
+        // Events were lost (the kernel's queue overflowed, or ours was
+        // full): anything may have changed, and the recursive watches of
+        // directories made meanwhile may be missing: set every watch anew.
+        let rescan = lost.flag.swap(false, Ordering::SeqCst);
+        if rescan {
+            warn!(
+                "file-system events were lost: watching every source anew and looking at every lane"
+            );
+            paths.insert(dir.clone());
+            for path in std::mem::take(&mut watched).into_keys() {
+                let _ = watcher.unwatch(&path);
+            }
+        }
         let (lanes, mut all, manifests_changed) = classify(&dir, &paths, &index);
         if let Ok(mut index) = index.lock() {
             index.generation += 1;
@@ -162,7 +169,7 @@ where
             }
             dir_id = file_id(&dir);
         }
-        if manifests_changed || all {
+        if manifests_changed || all || rescan {
             refresh().await;
             let renewed = update_watches(&mut watcher, &index, &mut watched);
             for lane in lanes_under(&index, &renewed) {
@@ -176,6 +183,64 @@ where
         for lane in lanes {
             queue.interrupt(&lane, "file changed");
         }
+    }
+}
+
+/// Paths waiting between the notify callback and the loop.
+const CHANNEL: usize = 4096;
+
+/// The notify callback's side: it only converts and `try_send`s. A path
+/// that does not fit (the channel is full) and the kernel's overflow marker
+/// are never dropped silently: they set [`Lost::flag`], which nothing can
+/// drop, and wake the loop.
+struct Inbox {
+    /// (path, whether the event leaves it open for writing)
+    tx: mpsc::Sender<(PathBuf, bool)>,
+    lost: Arc<Lost>,
+}
+
+/// Events were lost: the loop must look at everything.
+#[derive(Default)]
+struct Lost {
+    flag: AtomicBool,
+    wake: Notify,
+}
+
+impl Inbox {
+    fn new(capacity: usize) -> (Inbox, mpsc::Receiver<(PathBuf, bool)>, Arc<Lost>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let lost = Arc::new(Lost::default());
+        let inbox = Inbox {
+            tx,
+            lost: lost.clone(),
+        };
+        (inbox, rx, lost)
+    }
+
+    fn take(&self, res: notify::Result<notify::Event>) {
+        let event = match res {
+            Ok(event) => event,
+            Err(e) => {
+                debug!(error = %crate::error::Chain(&e), "file-system watcher error");
+                return self.lose();
+            }
+        };
+        if event.need_rescan() {
+            return self.lose();
+        }
+        if counts(&event.kind) {
+            let open = leaves_open(&event.kind);
+            for path in event.paths {
+                if self.tx.try_send((path, open)).is_err() {
+                    self.lose();
+                }
+            }
+        }
+    }
+
+    fn lose(&self) {
+        self.lost.flag.store(true, Ordering::SeqCst);
+        self.lost.wake.notify_one();
     }
 }
 
@@ -381,6 +446,39 @@ mod tests {
         ))));
         assert!(!leaves_open(&EventKind::Remove(RemoveKind::File)));
         assert!(!leaves_open(&EventKind::Create(CreateKind::Folder)));
+    }
+
+    #[test]
+    fn an_overflow_or_a_full_channel_is_never_dropped_silently() {
+        use notify::event::{CreateKind, Flag};
+        let (inbox, mut rx, lost) = Inbox::new(1);
+        let create = |p: &str| {
+            notify::Event::new(EventKind::Create(CreateKind::File)).add_path(PathBuf::from(p))
+        };
+        inbox.take(Ok(create("/l/a.yaml")));
+        assert!(!lost.flag.load(Ordering::SeqCst));
+        inbox.take(Ok(create("/l/b.yaml"))); // the channel is full
+        assert!(
+            lost.flag.swap(false, Ordering::SeqCst),
+            "a dropped path is a loss"
+        );
+        assert_eq!(
+            rx.try_recv().map(|(p, _)| p),
+            Ok(PathBuf::from("/l/a.yaml"))
+        );
+        // The kernel's overflow marker, even with room in the channel.
+        inbox.take(Ok(
+            notify::Event::new(EventKind::Other).set_flag(Flag::Rescan)
+        ));
+        assert!(
+            lost.flag.swap(false, Ordering::SeqCst),
+            "an overflow is a loss"
+        );
+        inbox.take(Err(notify::Error::generic("gone")));
+        assert!(
+            lost.flag.load(Ordering::SeqCst),
+            "a watcher error is a loss"
+        );
     }
 
     #[test]

@@ -251,3 +251,87 @@ fn outage_recovery_figures() {
         );
     }
 }
+
+/// Sets /proc/sys/fs/inotify/max_queued_events for inotify instances made
+/// from now on; the old value comes back on drop.
+struct InotifyQueue(String);
+
+impl InotifyQueue {
+    const PATH: &'static str = "/proc/sys/fs/inotify/max_queued_events";
+
+    fn set(events: u32) -> InotifyQueue {
+        let old = std::fs::read_to_string(Self::PATH).expect("read max_queued_events");
+        std::fs::write(Self::PATH, events.to_string())
+            .expect("this test needs root to shrink the inotify queue (CI runs as root)");
+        InotifyQueue(old.trim().to_string())
+    }
+}
+
+impl Drop for InotifyQueue {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+#[test]
+fn after_an_inotify_overflow_every_source_is_watched_again() {
+    use crate::common::Daemon;
+    let lanes = Lanes::new("inotify-overflow");
+    lanes.file("codex/a/config.toml", "v = 0\n");
+    let codex = "codex: {source: ../codex/a, target: /root/.codex}\n";
+    lanes.write("a", &lanes.worker_lane(codex));
+    let fingerprint = || {
+        let s = lanes.status("a")?;
+        (s["phase"] == "ready").then(|| s["codex_fingerprint"].as_str().map(str::to_string))?
+    };
+    // The daemon's watcher gets a queue of 16 events; set back at once.
+    let daemon = {
+        let _small = InotifyQueue::set(16);
+        let daemon = Daemon::start(&lanes, &["--resync", "1h"]);
+        wait_for(Duration::from_secs(30), || {
+            daemon.log().contains("watching").then_some(())
+        })
+        .unwrap_or_else(|| panic!("the watcher did not start\n{}", daemon.log()));
+        daemon
+    };
+    let first = wait_for(Duration::from_secs(30), fingerprint)
+        .unwrap_or_else(|| panic!("not ready\n{}", daemon.log()));
+
+    // With the daemon stopped (its watcher reads nothing), a burst far
+    // beyond 16 events overflows the kernel's queue; a directory made then
+    // loses its create event, and with it its recursive watch.
+    let signal = |sig: &str| {
+        let pid = daemon.pid().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill {sig}");
+    };
+    signal("-STOP");
+    for i in 0..100 {
+        std::fs::write(lanes.path(&format!("codex/a/f{i}")), "x").expect("write");
+    }
+    std::fs::create_dir(lanes.path("codex/a/sub")).expect("mkdir");
+    std::fs::write(lanes.path("codex/a/sub/deep"), "0").expect("write");
+    signal("-CONT");
+    let second = wait_for(Duration::from_secs(30), || {
+        fingerprint().filter(|f| *f != first)
+    })
+    .unwrap_or_else(|| panic!("the burst was not seen\n{}", daemon.log()));
+    assert!(
+        daemon.log().contains("file-system events were lost"),
+        "no overflow happened: the test proves nothing\n{}",
+        daemon.log()
+    );
+
+    // A change deep in the new directory is seen without a resync.
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(lanes.path("codex/a/sub/deep"), "1").expect("write");
+    wait_for(Duration::from_secs(15), || {
+        fingerprint().filter(|f| *f != second)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "a change under the new directory was not seen\n{}",
+            daemon.log()
+        )
+    });
+}
