@@ -349,7 +349,9 @@ impl Words {
         match self {
             Words::List(words) => Ok(words.clone()),
             Words::Line(line) => {
-                shell_words::split(line).map_err(|e| format!("cannot split {line:?}: {e}"))
+                // Not the line itself: a command line may hold a token.
+                shell_words::split(line)
+                    .map_err(|e| format!("cannot split the line by shell rules: {e}"))
             }
         }
     }

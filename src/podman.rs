@@ -612,7 +612,14 @@ async fn follow_events(
     }
     let mut body = response.into_body();
     let mut pending: Vec<u8> = Vec::new();
-    while let Some(chunk) = body.data().await {
+    loop {
+        // The follower gone (it renews the stream, or shuts down): end now,
+        // not at the next event, which may never come.
+        let chunk = tokio::select! {
+            () = tx.closed() => return Ok(()),
+            chunk = body.data() => chunk,
+        };
+        let Some(chunk) = chunk else { break };
         let chunk = chunk.map_err(|e| PodmanError::api(call(), e.to_string()))?;
         pending.extend_from_slice(&chunk);
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
@@ -639,7 +646,12 @@ fn parse_event(line: &[u8], instance: &str) -> Option<ContainerEvent> {
     let e: podman_api::models::Event = match serde_json::from_slice(line) {
         Ok(e) => e,
         Err(e) => {
-            tracing::debug!(error = %e, "skipping an event line that does not parse");
+            // Not the error's text: it can quote a label value.
+            tracing::debug!(
+                bytes = line.len(),
+                column = e.column(),
+                "skipping an event line that does not parse"
+            );
             return None;
         }
     };
@@ -1100,6 +1112,25 @@ mod tests {
         }
         assert_eq!(items[0], StreamItem::Connected);
         assert!(matches!(&items[1], StreamItem::Event(e) if e.action == "died"));
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_when_its_follower_is_gone_even_if_podman_is_quiet() {
+        let answer = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_string();
+        let (_dir, url) = fake_events(Some(answer)).await;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let task = tokio::spawn(async move { follow_events(&url, "me", None, &tx).await });
+        let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert!(
+            matches!(first, Ok(Some(Ok(StreamItem::Connected)))),
+            "{first:?}"
+        );
+        drop(rx);
+        let ended = tokio::time::timeout(Duration::from_secs(2), task).await;
+        assert!(
+            matches!(ended, Ok(Ok(Ok(())))),
+            "still following: {ended:?}"
+        );
     }
 
     #[tokio::test]

@@ -147,6 +147,16 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
                 format!("{what} name `{shown}` must not contain '='")
             } else if key.contains('\0') {
                 format!("{what} name `{shown}` must not contain a NUL byte")
+            } else if key
+                .chars()
+                .any(|c| c == ':' || c.is_whitespace() || c.is_control())
+            {
+                // `{API_TOKEN:sk-…}` is one key with no value: the value would
+                // become part of the name, and names are shown.
+                format!(
+                    "{what} name `{shown}` must not contain ':' or whitespace \
+                     (write `NAME: value`, with a space after the colon)"
+                )
             } else if field == "labels" && key.starts_with(labels::PREFIX) {
                 format!(
                     "label `{shown}`: {}* is reserved for lanectl",
@@ -655,6 +665,20 @@ pub(crate) mod tests {
             ("labels: [sk-S3CR3T]\n", (2, 10), "no '='"),
             ("API_TOKEN=sk-S3CR3T: x\n", (2, 1), "`API_TOKEN=…`"),
             ("env: {A: 1, A: sk-S3CR3T}\n", (2, 13), "duplicate"),
+            // No space after the colon, or none at all: one plain key.
+            ("env: {API_TOKEN:sk-S3CR3T}\n", (2, 7), "`API_TOKEN:…`"),
+            ("env: {API_TOKEN sk-S3CR3T}\n", (2, 7), "`API_TOKEN …`"),
+            ("env:\n  API_TOKEN sk-S3CR3T:\n", (3, 3), "`API_TOKEN …`"),
+            (
+                "env: {\"API_TOKEN\\tsk-S3CR3T\": x}\n",
+                (2, 7),
+                "`API_TOKEN\\t…`",
+            ),
+            (
+                "env: {A: 1, \"A:sk-S3CR3T\": 2, \"A:sk-S3CR3T\": 3}\n",
+                (2, 31),
+                "duplicate",
+            ),
         ];
         for (text, at, word) in cases {
             let text = format!("image: i\n{text}");

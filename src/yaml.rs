@@ -125,13 +125,16 @@ impl Node {
     }
 }
 
-/// A key as it may appear in a message: up to its first `=` (then `=…`),
-/// with control characters escaped. A key is a name, but `NAME=value` typed
-/// as a key holds a value after the `=`.
+/// A key as it may appear in a message: its leading name characters
+/// (letters, digits, `_ . - /`), then the character that ended them and `…`.
+/// A key is a name, but a value typed into one (`API_TOKEN=sk-…`,
+/// `{API_TOKEN:sk-…}` without the space, `{API_TOKEN sk-…}`) follows the
+/// name after such a character.
 pub fn shown_key(key: &str) -> String {
-    match key.split_once('=') {
-        Some((name, _)) => format!("{}=…", name.escape_debug()),
-        None => key.escape_debug().to_string(),
+    let is_name = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '/');
+    match key.char_indices().find(|&(_, c)| !is_name(c)) {
+        Some((at, c)) => format!("{}{}…", &key[..at], c.escape_debug()),
+        None => key.to_string(),
     }
 }
 

@@ -98,6 +98,8 @@ pub async fn run(ctx: Arc<Ctx>, index: SharedIndex, queue: Queue, shutdown: Canc
                 resume = Some(last_seen);
                 continue;
             }
+            // Podman itself is gone: no back-off, ping it every second.
+            Ended::Lost { .. } if ctx.podman.ping().await.is_err() => continue,
             Ended::Lost { healthy } if healthy => backoff = Duration::from_secs(1),
             Ended::Lost { .. } => {}
         }
@@ -130,7 +132,10 @@ async fn follow(
             () = shutdown.cancelled() => return Ended::Shutdown,
             item = events.recv() => item,
             () = sleep_until(next_ping) => {
-                if let Err(e) = ctx.podman.ping().await {
+                // Twice: one slow answer from a busy Podman is not an outage.
+                if ctx.podman.ping().await.is_err()
+                    && let Err(e) = ctx.podman.ping().await
+                {
                     debug!(error = %e, "podman stopped answering while the event stream was quiet");
                     return lost();
                 }
