@@ -338,11 +338,16 @@ impl Listed {
     /// Opens the file and checks that the handle is the regular file that was listed,
     /// so a file swapped for a symlink or directory after listing is caught, and that
     /// what was opened passes `policy` (its `fstat`, not the path's: a file swapped
-    /// in after the check is judged itself). (A FIFO swapped in within that instant
-    /// could still block the open: std has no `O_NONBLOCK`, and the type was checked
-    /// before opening.)
+    /// in after the check is judged itself). `O_NONBLOCK`: a FIFO swapped in after
+    /// the listing must not block the open (and with it a lane, its `--jobs` permit
+    /// and a graceful shutdown); it fails the regular-file check instead.
     fn open(&self, policy: Policy) -> Result<(File, Metadata), HashError> {
-        let file = File::open(&self.open).map_err(io_error(&self.path))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.open)
+            .map_err(io_error(&self.path))?;
         let meta = file.metadata().map_err(io_error(&self.path))?;
         if !meta.is_file() || (meta.dev(), meta.ino()) != (self.meta.dev(), self.meta.ino()) {
             return Err(HashError::Changed {
@@ -1241,6 +1246,24 @@ mod tests {
         ));
         assert!(is_refused(tracked_content(&a, strict()), &a));
         assert!(codex_fingerprint(dir.path(), Policy::OFF).is_ok());
+    }
+
+    #[test]
+    fn a_fifo_swapped_in_between_listing_and_reading_fails_without_blocking() {
+        let dir = safe_dir();
+        let (dirs, files) = listing(dir.path(), strict(), None).unwrap();
+        let a = dir.path().join("a");
+        fs::remove_file(&a).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&a).status().unwrap();
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let root = dir.path().to_path_buf();
+        std::thread::spawn(move || {
+            let read = hash_listing::<io::Sink>(&root, dirs, files, None, strict());
+            let _ = tx.send(read.is_err());
+        });
+        let failed = rx.recv_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(failed, Ok(true), "the open of a FIFO blocked or succeeded");
     }
 
     #[test]
