@@ -97,7 +97,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     tracker.spawn(sources::events::run(
-        ctx.clone(),
+        sources::events::Live(ctx.clone()),
         index.clone(),
         queue.clone(),
         shutdown.clone(),

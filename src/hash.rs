@@ -1254,7 +1254,10 @@ mod tests {
         let (dirs, files) = listing(dir.path(), strict(), None).unwrap();
         let a = dir.path().join("a");
         fs::remove_file(&a).unwrap();
-        let made = std::process::Command::new("mkfifo").arg(&a).status().unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&a)
+            .status()
+            .unwrap();
         assert!(made.success());
         let (tx, rx) = std::sync::mpsc::channel();
         let root = dir.path().to_path_buf();

@@ -107,13 +107,15 @@ impl Queue {
                 return;
             };
             let entry = inner.lanes.entry(lane.to_string()).or_default();
+            // The cause logged is the one that made the lane due soonest
+            // (the first of equals).
             if entry.running {
-                if entry.rerun.is_none() {
+                if entry.rerun.is_none_or(|r| at < r) {
                     entry.rerun_cause = cause;
                 }
                 entry.rerun = Some(entry.rerun.map_or(at, |r| r.min(at)));
             } else {
-                if entry.due.is_none() {
+                if entry.due.is_none_or(|d| at < d) {
                     entry.cause = cause;
                 }
                 entry.due = Some(entry.due.map_or(at, |d| d.min(at)));
@@ -153,12 +155,16 @@ impl Queue {
         })
     }
 
-    /// A run of `lane` succeeded: its failures are forgotten.
+    /// A run of `lane` succeeded: its failures are forgotten (and its entry,
+    /// when nothing else is pending for it).
     pub fn succeeded(&self, lane: &str) {
         if let Ok(mut inner) = self.inner.lock()
             && let Some(e) = inner.lanes.get_mut(lane)
         {
             e.failures = 0;
+            if !e.running && e.due.is_none() && e.hold.is_none_or(|h| h <= Instant::now()) {
+                inner.lanes.remove(lane);
+            }
         }
     }
 
@@ -459,6 +465,8 @@ mod tests {
         assert_eq!(q.failed("a"), 1, "counts from the first step again");
         q.succeeded("a");
         assert_eq!(q.failed("a"), 1, "a success forgets");
+        q.succeeded("a");
+        assert!(q.inner.lock().unwrap().lanes.is_empty(), "no entry lingers");
     }
 
     #[tokio::test(start_paused = true)]

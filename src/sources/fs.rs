@@ -116,7 +116,7 @@ where
                 if !lost.flag.load(Ordering::SeqCst) {
                     continue; // already handled by the batch that took the flag
                 }
-                (dir.clone(), false)
+                (PathBuf::new(), false) // no path: the flag says what happened
             }
         };
         let started = Instant::now();
@@ -150,26 +150,33 @@ where
             warn!(
                 "file-system events were lost: watching every source anew and looking at every lane"
             );
-            paths.insert(dir.clone());
             for path in std::mem::take(&mut watched).into_keys() {
                 let _ = watcher.unwatch(&path);
             }
         }
-        let (lanes, mut all, manifests_changed) = classify(&dir, &paths, &index);
+        let paths = as_spelled(&dir, paths);
+        // An event about the lanes directory itself: removed, renamed, replaced.
+        let dir_event = paths.contains(&dir);
+        let (lanes, defaults, manifests_changed) = classify(&dir, &paths, &index);
         if let Ok(mut index) = index.lock() {
             index.generation += 1;
         }
-        // An event about the lanes directory itself (removed, renamed,
-        // replaced) or an overflow: watch it again and look at every lane.
-        if paths.contains(&dir) {
-            all = true;
+        let all = defaults || dir_event || rescan;
+        // New defaults or a new directory void the reason lanes failed; lost
+        // events only say "look again" (and may come often: keep back-offs).
+        let backoffs = if defaults || dir_event {
+            super::Backoffs::Forget
+        } else {
+            super::Backoffs::Keep
+        };
+        if dir_event || rescan {
             let _ = watcher.unwatch(&dir);
             if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
                 warn!(error = %crate::error::Chain(&watch_error(&dir, e)), "the lanes directory is not watched; the resync still sees its changes");
             }
             dir_id = file_id(&dir);
         }
-        if manifests_changed || all || rescan {
+        if manifests_changed || all {
             refresh().await;
             let renewed = update_watches(&mut watcher, &index, &mut watched);
             for lane in lanes_under(&index, &renewed) {
@@ -177,13 +184,32 @@ where
             }
         }
         if all {
-            super::trigger_all(&index, &queue, "defaults changed", super::Backoffs::Forget);
+            super::trigger_all(&index, &queue, "every lane may have changed", backoffs);
         }
         // A changed manifest or source makes a running probe moot.
         for lane in lanes {
             queue.interrupt(&lane, "file changed");
         }
     }
+}
+
+/// Paths as `dir` spells the lanes directory. Sources are canonical paths;
+/// one that lies in the lanes directory reached through a symlink is the same
+/// inotify watch, and events then come under the canonical spelling.
+fn as_spelled(dir: &Path, paths: BTreeSet<PathBuf>) -> BTreeSet<PathBuf> {
+    let Ok(real) = std::fs::canonicalize(dir) else {
+        return paths;
+    };
+    if real == dir {
+        return paths;
+    }
+    paths
+        .into_iter()
+        .map(|p| match p.strip_prefix(&real) {
+            Ok(rest) => dir.join(rest),
+            Err(_) => p,
+        })
+        .collect()
 }
 
 /// Paths waiting between the notify callback and the loop.
@@ -479,6 +505,22 @@ mod tests {
             lost.flag.load(Ordering::SeqCst),
             "a watcher error is a loss"
         );
+    }
+
+    #[test]
+    fn events_under_the_real_path_of_the_lanes_directory_count_as_its_own() {
+        let root = tempfile::tempdir().unwrap();
+        let real = root.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let real = std::fs::canonicalize(&real).unwrap();
+        let paths = BTreeSet::from([real.join("a.yaml"), PathBuf::from("/elsewhere/x")]);
+        let spelled = as_spelled(&link, paths);
+        assert!(spelled.contains(&link.join("a.yaml")), "{spelled:?}");
+        assert!(spelled.contains(Path::new("/elsewhere/x")));
+        let (lanes, _, manifests) = classify(&link, &spelled, &index(&[]));
+        assert!(manifests && lanes.contains("a"));
     }
 
     #[test]

@@ -302,10 +302,25 @@ pub fn http_get(base: &str, path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Every `lanectl run` of the tests makes an inotify instance, whose queue
+/// size is the kernel's global `max_queued_events` at that moment. The one
+/// test that shrinks it takes this lock for writing; each daemon holds it for
+/// reading while it lives, so that no other daemon is born with the small
+/// queue.
+pub static INOTIFY: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// A read hold on [`INOTIFY`] (a poisoned lock is still a lock).
+pub fn inotify_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    INOTIFY
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// `lanectl run` on a test's lanes directory; killed on drop.
 pub struct Daemon {
     child: std::process::Child,
     pub log: PathBuf,
+    _inotify: Option<std::sync::RwLockReadGuard<'static, ()>>,
 }
 
 impl Daemon {
@@ -314,6 +329,14 @@ impl Daemon {
     }
 
     pub fn start_with(lanes: &Lanes, url: &str, extra: &[&str]) -> Daemon {
+        let guard = inotify_shared();
+        let mut daemon = Self::start_unguarded(lanes, url, extra);
+        daemon._inotify = Some(guard);
+        daemon
+    }
+
+    /// For the test that holds [`INOTIFY`] for writing itself.
+    pub fn start_unguarded(lanes: &Lanes, url: &str, extra: &[&str]) -> Daemon {
         let log = lanes.path("daemon.log");
         let file = std::fs::File::create(&log).expect("daemon log");
         let child = Command::new(env!("CARGO_BIN_EXE_lanectl"))
@@ -330,7 +353,11 @@ impl Daemon {
             .stderr(file)
             .spawn()
             .expect("start lanectl run");
-        Daemon { child, log }
+        Daemon {
+            child,
+            log,
+            _inotify: None,
+        }
     }
 
     pub fn log(&self) -> String {

@@ -60,6 +60,7 @@ fn no_log_filter_prints_an_env_value() {
     // The daemon at trace, through a recreate (create, inspect, events).
     let log = lanes.path("daemon.log");
     let file = std::fs::File::create(&log).expect("log");
+    let _inotify = crate::common::inotify_shared();
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_lanectl"))
         .arg("--dir")
         .arg(lanes.dir())
@@ -178,8 +179,8 @@ fn the_probe_goes_to_the_address_the_port_is_published_on() {
 /// Kills the test's own Podman under a daemon (resync far longer than the
 /// test) for `outage`, edits lane `a` meanwhile, starts Podman again and
 /// returns how long after it answered both lanes were ready, `a` with the
-/// edit.
-fn recovery_after_outage(test: &str, outage: Duration) -> Duration {
+/// edit, and the daemon's log.
+fn recovery_after_outage(test: &str, outage: Duration) -> (Duration, String) {
     use crate::common::{Daemon, OwnPodman};
     let lanes = Lanes::new(test);
     let mut own = OwnPodman::new(&lanes);
@@ -220,19 +221,29 @@ fn recovery_after_outage(test: &str, outage: Duration) -> Duration {
             daemon.log()
         )
     });
-    back.elapsed()
+    (back.elapsed(), daemon.log())
 }
 
 #[test]
 fn lanes_converge_within_seconds_of_podman_answering_again() {
     // 20 s is long enough for the old failure back-off (1, 2, 4, 8, 16 s) to
     // hold the edited lane well past Podman's return.
-    let took = recovery_after_outage("outage-20s", Duration::from_secs(20));
+    let (took, log) = recovery_after_outage("outage-20s", Duration::from_secs(20));
     println!(
         "after a 20 s outage: converged {:.1} s after Podman answered",
         took.as_secs_f64()
     );
-    assert!(took <= Duration::from_secs(5), "took {took:?}");
+    // What decides is why lane a ran, not how fast (the machine is noisy):
+    // Podman's return, not the end of its back-off.
+    let recreated_on_return = log.lines().any(|l| {
+        l.contains(r#"reconcile{lane=a cause="podman back"}"#)
+            && l.contains("acted action=recreate")
+    });
+    assert!(
+        recreated_on_return,
+        "lane a waited for its back-off:\n{log}"
+    );
+    assert!(took <= Duration::from_secs(15), "took {took:?}\n{log}");
 }
 
 /// The README's figures: recovery after outages of 5, 30 and 120 s.
@@ -240,14 +251,11 @@ fn lanes_converge_within_seconds_of_podman_answering_again() {
 #[ignore = "figures for the README (3 min): cargo test --test it outage_recovery_figures -- --ignored --nocapture"]
 fn outage_recovery_figures() {
     for secs in [5, 30, 120] {
-        let took = recovery_after_outage(&format!("outage-{secs}s"), Duration::from_secs(secs));
+        let (took, _) =
+            recovery_after_outage(&format!("outage-{secs}s"), Duration::from_secs(secs));
         println!(
             "after a {secs} s outage: converged {:.1} s after Podman answered",
             took.as_secs_f64()
-        );
-        assert!(
-            took <= Duration::from_secs(5),
-            "{secs} s outage: took {took:?}"
         );
     }
 }
@@ -285,9 +293,13 @@ fn after_an_inotify_overflow_every_source_is_watched_again() {
         (s["phase"] == "ready").then(|| s["codex_fingerprint"].as_str().map(str::to_string))?
     };
     // The daemon's watcher gets a queue of 16 events; set back at once.
+    // No other daemon of the tests is started meanwhile (they wait).
     let daemon = {
+        let _alone = crate::common::INOTIFY
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let _small = InotifyQueue::set(16);
-        let daemon = Daemon::start(&lanes, &["--resync", "1h"]);
+        let daemon = Daemon::start_unguarded(&lanes, &crate::common::host(), &["--resync", "1h"]);
         wait_for(Duration::from_secs(30), || {
             daemon.log().contains("watching").then_some(())
         })
