@@ -127,14 +127,23 @@ fn without_a_podman_url_lanectl_starts_a_private_service_and_stops_it() {
     );
     // Its storage is empty: the image is missing there, which plan reports.
     assert!(stdout.contains("a  failed: image"), "{stdout}\n{stderr}");
+    // This run's own service, by its socket (other tests run lanectl in
+    // parallel, and may have private services of their own right now).
+    let socket = stderr
+        .split("url=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|url| url.trim_matches('"').trim_start_matches("unix://").to_string())
+        .unwrap_or_else(|| panic!("the log names the private service's URL:\n{stderr}"));
+    assert!(socket.contains("lanectl-podman-"), "{socket}");
     let ps = std::process::Command::new("ps")
         .args(["-eo", "args"])
         .output()
         .unwrap();
     let leftover = String::from_utf8_lossy(&ps.stdout)
         .lines()
-        .any(|l| l.contains("system service") && l.contains("lanectl-podman-"));
-    assert!(!leftover, "the private service outlived lanectl");
+        .any(|l| l.contains("system service") && l.contains(&socket));
+    assert!(!leftover, "the private service at {socket} outlived lanectl");
 }
 
 #[test]
