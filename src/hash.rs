@@ -121,7 +121,12 @@ impl Policy {
     /// This process's policy: checks when it runs as root, unless `allow_insecure`.
     pub fn of_process(allow_insecure: bool) -> Policy {
         // SAFETY: geteuid has no preconditions and cannot fail.
-        let euid = unsafe { libc::geteuid() };
+        Policy::for_user(unsafe { libc::geteuid() }, allow_insecure)
+    }
+
+    /// The policy of lanectl running as `euid`: checks as root (0), unless
+    /// `allow_insecure` (`--allow-insecure-permissions`).
+    pub fn for_user(euid: u32, allow_insecure: bool) -> Policy {
         Policy {
             check: euid == 0 && !allow_insecure,
             euid,
