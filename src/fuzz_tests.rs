@@ -226,7 +226,7 @@ mod property {
         );
         let bytes = prop_oneof![
             1 => proptest::collection::vec(any::<u8>(), 0..512).prop_map(Err),
-            2 => edits.prop_map(Ok),
+            3 => edits.prop_map(Ok),
         ];
         fuzz("arbitrary bytes", bytes, |case| match case {
             Err(bytes) => bytes.clone(),
