@@ -238,17 +238,40 @@ mod tests {
     use std::os::unix::fs::{PermissionsExt, symlink};
     use std::path::PathBuf;
 
-    fn is_root() -> bool {
+    fn euid() -> u32 {
         // SAFETY: geteuid has no preconditions and cannot fail.
-        unsafe { libc::geteuid() == 0 }
+        unsafe { libc::geteuid() }
     }
 
     /// Checks as lanectl does as root, whoever runs the test (files are owned
-    /// by the user running it).
+    /// by the user running it, trusted as lanectl's own).
     fn strict() -> Policy {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let euid = unsafe { libc::geteuid() };
-        Policy { check: true, euid }
+        Policy {
+            check: true,
+            euid: euid(),
+        }
+    }
+
+    /// lanectl as root with `--allow-insecure-permissions`.
+    fn allowed() -> Policy {
+        Policy::for_user(0, true)
+    }
+
+    /// Gives `paths` (not following symlinks) to uid 1234, a non-root user
+    /// other than lanectl's, and returns the policy of lanectl as root. Only
+    /// root can give a file away: anyone else fails the test here, saying so
+    /// (checking as if lanectl were another user instead would make every file
+    /// of the test someone else's, and the first problem would hide the rest).
+    fn given_away(paths: &[&Path]) -> Policy {
+        assert_eq!(
+            euid(),
+            0,
+            "this test needs root: it gives files to another user (chown); CI runs as root"
+        );
+        for path in paths {
+            std::os::unix::fs::lchown(path, Some(1234), None).unwrap();
+        }
+        strict()
     }
 
     fn set_mode(path: &Path, mode: u32) {
@@ -280,8 +303,13 @@ mod tests {
 
     /// Lane `a`'s problems under `policy`, as `validate` prints them.
     fn problems_of(root: &Path, policy: Policy) -> Vec<String> {
+        lane_problems(root, "a", policy)
+    }
+
+    /// A lane's problems under `policy`, as `validate` prints them.
+    fn lane_problems(root: &Path, lane: &str, policy: Policy) -> Vec<String> {
         let state = load(&root.join("lanes.d"), policy).unwrap();
-        match &state.lanes["a"] {
+        match &state.lanes[lane] {
             Desired::Invalid { problems, .. } => problems.iter().map(|p| p.to_string()).collect(),
             Desired::Valid { .. } => Vec::new(),
         }
@@ -346,19 +374,9 @@ mod tests {
         file_in(root.path(), "real/config.toml", 0o644);
         let link = root.path().join("link");
         symlink("real", &link).unwrap();
-        // Root trusts what root owns: then the link is given away; anyone else
-        // tries the check as if lanectl ran as another user.
-        let policy = if is_root() {
-            std::os::unix::fs::lchown(&link, Some(1234), None).unwrap();
-            strict()
-        } else {
-            Policy {
-                check: true,
-                euid: strict().euid + 1,
-            }
-        };
-        let problems = problems_of(root.path(), policy);
+        let problems = problems_of(root.path(), given_away(&[&link]));
         assert!(names(&problems, &link, "owned by uid"), "{problems:?}");
+        assert_eq!(problems_of(root.path(), allowed()), Vec::<String>::new());
     }
 
     #[test]
@@ -419,97 +437,185 @@ mod tests {
         }
     }
 
+    const FIX: &str = "--allow-insecure-permissions";
+
     #[test]
-    fn a_world_writable_file_deep_in_a_codex_source_is_refused_as_root() {
-        if !is_root() {
-            return; // the rule applies only to root; CI runs as root
+    fn a_manifest_writable_by_group_or_others_is_refused() {
+        for mode in [0o664, 0o646, 0o666] {
+            let root = lane_with("image: i\n");
+            let manifest = root.path().join("lanes.d/a.yaml");
+            set_mode(&manifest, mode);
+            let problems = problems_of(root.path(), strict());
+            assert!(
+                names(&problems, &manifest, "writable by group or others"),
+                "{mode:o}: {problems:?}"
+            );
+            assert!(names(&problems, &manifest, FIX), "{problems:?}");
+            assert_eq!(problems_of(root.path(), allowed()), Vec::<String>::new());
         }
-        let dir = dir_with(&[(
-            "a.yaml",
-            "image: i\ncodex: {source: ../codex, target: /c}\n",
-        )]);
-        let lanes = dir.path().join("lanes.d");
-        std::fs::create_dir(&lanes).unwrap();
-        std::fs::rename(dir.path().join("a.yaml"), lanes.join("a.yaml")).unwrap();
-        std::fs::create_dir_all(dir.path().join("codex/sub")).unwrap();
-        let secret = dir.path().join("codex/sub/auth.json");
-        std::fs::write(&secret, "{}").unwrap();
-        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let state = load_dir(&lanes, LoadOptions::default()).unwrap();
-        let Desired::Invalid { problems, .. } = &state.lanes["a"] else {
-            panic!("should be refused");
-        };
+        let root = lane_with("image: i\n");
+        assert_eq!(problems_of(root.path(), strict()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_defaults_file_writable_by_group_or_others_refuses_every_lane() {
+        let root = lane_with("image: i\n");
+        let lanes = root.path().join("lanes.d");
+        file_in(&lanes, "b.yaml", 0o644);
+        std::fs::write(lanes.join("b.yaml"), "image: i\n").unwrap();
+        let defaults = file_in(&lanes, "_defaults.yaml", 0o664);
+        std::fs::write(&defaults, "user: root\n").unwrap();
+        for lane in ["a", "b"] {
+            let problems = lane_problems(root.path(), lane, strict());
+            assert!(
+                names(&problems, &defaults, "writable by group or others"),
+                "{lane}: {problems:?}"
+            );
+            assert_eq!(
+                lane_problems(root.path(), lane, allowed()),
+                Vec::<String>::new()
+            );
+        }
+        set_mode(&defaults, 0o644);
+        assert_eq!(problems_of(root.path(), strict()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_lanes_dir_writable_by_group_or_others_is_refused() {
+        for mode in [0o775, 0o757, 0o777] {
+            let root = lane_with("image: i\n");
+            let lanes = root.path().join("lanes.d");
+            set_mode(&lanes, mode);
+            let problems = problems_of(root.path(), strict());
+            assert!(
+                names(&problems, &lanes, "writable by group or others"),
+                "{mode:o}: {problems:?}"
+            );
+            assert_eq!(problems_of(root.path(), allowed()), Vec::<String>::new());
+        }
+    }
+
+    #[test]
+    fn a_parent_of_the_lanes_dir_that_others_can_write_needs_the_sticky_bit() {
+        let root = lane_with("image: i\n");
+        set_mode(root.path(), 0o777);
+        let problems = problems_of(root.path(), strict());
         assert!(
-            problems[0].to_string().contains("auth.json"),
+            names(
+                &problems,
+                root.path(),
+                "writable by others without the sticky bit"
+            ),
             "{problems:?}"
         );
-    }
-
-    /// The reason lane `a` of `dir` is invalid (as root).
-    fn refusal(dir: &Path) -> String {
-        let state = load_dir(dir, LoadOptions::default()).unwrap();
-        match &state.lanes["a"] {
-            Desired::Invalid { problems, .. } => problems[0].to_string(),
-            Desired::Valid { .. } => panic!("lane a should be refused"),
+        assert!(names(&problems, root.path(), FIX), "{problems:?}");
+        assert_eq!(problems_of(root.path(), allowed()), Vec::<String>::new());
+        for fine in [0o1777, 0o775, 0o1757] {
+            set_mode(root.path(), fine);
+            let problems = problems_of(root.path(), strict());
+            assert_eq!(problems, Vec::<String>::new(), "{fine:o}");
         }
     }
 
     #[test]
-    fn as_root_each_insecure_case_is_refused_with_its_reason() {
-        if !is_root() {
-            return; // the rule applies only to root; CI runs as root
+    fn a_manifest_defaults_lanes_dir_or_parent_owned_by_another_user_is_refused() {
+        for rel in ["lanes.d/a.yaml", "lanes.d/_defaults.yaml", "lanes.d", "."] {
+            let root = lane_with("image: i\n");
+            let defaults = file_in(root.path(), "lanes.d/_defaults.yaml", 0o644);
+            std::fs::write(&defaults, "user: root\n").unwrap();
+            let path = if rel == "." {
+                root.path().to_path_buf()
+            } else {
+                root.path().join(rel)
+            };
+            let path = path.as_path();
+            let problems = problems_of(root.path(), given_away(&[path]));
+            assert!(
+                names(&problems, path, "owned by uid"),
+                "{rel}: {problems:?}"
+            );
+            assert!(names(&problems, path, FIX), "{rel}: {problems:?}");
+            assert_eq!(problems_of(root.path(), allowed()), Vec::<String>::new());
         }
-        let mode =
-            |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
-        // A manifest owned by another (non-root) user.
-        let dir = dir_with(&[("a.yaml", "image: i\n")]);
-        std::os::unix::fs::chown(dir.path().join("a.yaml"), Some(1234), None).unwrap();
-        assert!(refusal(dir.path()).contains("owned by uid 1234"));
-        // A world-writable manifest.
-        let dir = dir_with(&[("a.yaml", "image: i\n")]);
-        mode(&dir.path().join("a.yaml"), 0o646);
-        assert!(refusal(dir.path()).contains("writable by group or others"));
-        // The lanes directory itself.
-        let dir = dir_with(&[("a.yaml", "image: i\n")]);
-        mode(dir.path(), 0o777);
-        assert!(refusal(dir.path()).contains("writable by group or others"));
-        // _defaults.yaml: every lane.
-        let dir = dir_with(&[("a.yaml", "image: i\n"), ("_defaults.yaml", "user: root\n")]);
-        mode(&dir.path().join("_defaults.yaml"), 0o664);
-        assert!(refusal(dir.path()).contains("_defaults.yaml"));
-        // A parent that others can write, without the sticky bit.
-        let parent = tempfile::tempdir().unwrap();
-        let lanes = parent.path().join("lanes.d");
-        std::fs::create_dir(&lanes).unwrap();
-        std::fs::write(lanes.join("a.yaml"), "image: i\n").unwrap();
-        mode(&lanes.join("a.yaml"), 0o644);
-        mode(parent.path(), 0o777);
-        assert!(refusal(&lanes).contains("without the sticky bit"));
-        mode(parent.path(), 0o1777);
-        let state = load_dir(&lanes, LoadOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn a_codex_dir_or_a_file_deep_in_it_writable_by_group_or_others_is_refused() {
+        let root = lane_with("image: i\ncodex: {source: ../codex, target: /c}\n");
+        file_in(root.path(), "codex/config.toml", 0o644);
+        let deep = file_in(root.path(), "codex/sessions/2026/auth.json", 0o646);
+        let codex = root.path().join("codex");
+        set_mode(&codex, 0o775);
+        let problems = problems_of(root.path(), strict());
         assert!(
-            matches!(state.lanes["a"], Desired::Valid { .. }),
-            "sticky is fine"
+            names(&problems, &codex, "writable by group"),
+            "{problems:?}"
         );
+        assert!(names(&problems, &deep, "writable by group"), "{problems:?}");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems_of(root.path(), allowed()), Vec::<String>::new());
     }
 
     #[test]
-    fn a_group_writable_manifest_is_refused_as_root() {
-        if !is_root() {
-            return; // the rule applies only to root; CI runs as root
+    fn a_track_content_dir_or_file_writable_by_group_or_others_is_refused() {
+        let root = lane_with(
+            "image: i\nmounts: [{source: ../tree, target: /t, track_content: true}, \
+             {source: ../file.txt, target: /f, track_content: true}, \
+             {source: ../open, target: /o}]\n",
+        );
+        let deep = file_in(root.path(), "tree/sub/deep.txt", 0o644);
+        let tree = root.path().join("tree");
+        set_mode(&tree, 0o757);
+        let file = file_in(root.path(), "file.txt", 0o664);
+        // Without track_content a mount's files are not read: not checked.
+        file_in(root.path(), "open/x", 0o666);
+        set_mode(&root.path().join("open"), 0o777);
+        let problems = problems_of(root.path(), strict());
+        assert!(names(&problems, &tree, "writable by group"), "{problems:?}");
+        assert!(names(&problems, &file, "writable by group"), "{problems:?}");
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        set_mode(&deep, 0o666);
+        let problems = problems_of(root.path(), strict());
+        assert!(names(&problems, &deep, "writable by group"), "{problems:?}");
+        assert_eq!(problems_of(root.path(), allowed()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn codex_and_track_content_sources_owned_by_another_user_are_refused() {
+        let root = lane_with(
+            "image: i\ncodex: {source: ../codex, target: /c}\nmounts: [\
+             {source: ../tree, target: /t, track_content: true}, \
+             {source: ../file.txt, target: /f, track_content: true}]\n",
+        );
+        let deep_codex = file_in(root.path(), "codex/sub/auth.json", 0o600);
+        let deep_tree = file_in(root.path(), "tree/sub/x.txt", 0o644);
+        let file = file_in(root.path(), "file.txt", 0o644);
+        let (codex, tree) = (root.path().join("codex"), root.path().join("tree"));
+        let foreign: [&Path; 5] = [&codex, &deep_codex, &tree, &deep_tree, &file];
+        let problems = problems_of(root.path(), given_away(&foreign));
+        for path in foreign {
+            assert!(
+                names(&problems, path, "owned by uid"),
+                "{}: {problems:?}",
+                path.display()
+            );
         }
-        let dir = dir_with(&[("a.yaml", "image: i\n")]);
-        let path = dir.path().join("a.yaml");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
-        let state = load_dir(dir.path(), LoadOptions::default()).unwrap();
-        let Desired::Invalid { problems, .. } = &state.lanes["a"] else {
-            panic!("should be refused");
-        };
-        assert!(problems[0].message.contains("writable by group"));
-        let relaxed = LoadOptions {
+        assert_eq!(problems_of(root.path(), allowed()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_rule_applies_to_root_unless_insecure_permissions_are_allowed() {
+        assert!(Policy::for_user(0, false).check);
+        assert!(!Policy::for_user(0, true).check);
+        assert!(!Policy::for_user(1000, false).check);
+        assert_eq!(Policy::of_process(false), Policy::for_user(euid(), false));
+        // The entry point `validate` and `apply` use, whoever runs the test.
+        let root = lane_with("image: i\n");
+        set_mode(&root.path().join("lanes.d/a.yaml"), 0o666);
+        let opts = LoadOptions {
             allow_insecure_permissions: true,
         };
-        let state = load_dir(dir.path(), relaxed).unwrap();
+        let state = load_dir(&root.path().join("lanes.d"), opts).unwrap();
         assert!(matches!(state.lanes["a"], Desired::Valid { .. }));
     }
 }

@@ -30,6 +30,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -120,7 +121,12 @@ impl Policy {
     /// This process's policy: checks when it runs as root, unless `allow_insecure`.
     pub fn of_process(allow_insecure: bool) -> Policy {
         // SAFETY: geteuid has no preconditions and cannot fail.
-        let euid = unsafe { libc::geteuid() };
+        Policy::for_user(unsafe { libc::geteuid() }, allow_insecure)
+    }
+
+    /// The policy of lanectl running as `euid`: checks as root (0), unless
+    /// `allow_insecure` (`--allow-insecure-permissions`).
+    pub fn for_user(euid: u32, allow_insecure: bool) -> Policy {
         Policy {
             check: euid == 0 && !allow_insecure,
             euid,
@@ -417,29 +423,65 @@ fn listing(dir: &Path, policy: Policy, found: Option<&mut Findings>) -> Result<L
     Ok((dirs, files))
 }
 
+/// How long after a file's last change another change may still leave its stat
+/// unchanged: file timestamps come from a coarse clock (a kernel tick, or a whole
+/// second on some filesystems), so two same-size writes within one tick can keep
+/// size, mtime and ctime alike. A conservative bound on that granularity.
+const RACY_WINDOW: Duration = Duration::from_secs(1);
+
 /// Fingerprints and tracked content of unchanged sources, for a daemon that looks at
 /// the same ones again and again: a directory whose files all keep their path,
 /// device, inode, size, mtime and ctime keeps its fingerprint, a file that keeps its
 /// own keeps its hash, and only a changed one is read again. (Hash and tar at create
 /// time always read the bytes.)
-#[derive(Debug, Default)]
+///
+/// As git does with its index, an answer is kept only when every file it covers was
+/// last changed (mtime or ctime) at least [`RACY_WINDOW`] before it was stat'ed: a
+/// newer file is "racily clean", since a second write within the same timestamp tick
+/// would leave its stat as it is, so its source is read again next time.
+#[derive(Debug)]
 pub struct FingerprintCache {
     entries: Mutex<HashMap<PathBuf, (Vec<u8>, String)>>,
     /// Files read to answer so far (an answer from the cache reads none).
     reads: AtomicUsize,
+    /// [`RACY_WINDOW`]; tests narrow it.
+    racy_window: Duration,
+}
+
+impl Default for FingerprintCache {
+    fn default() -> Self {
+        FingerprintCache {
+            entries: Mutex::default(),
+            reads: AtomicUsize::new(0),
+            racy_window: RACY_WINDOW,
+        }
+    }
 }
 
 impl FingerprintCache {
+    /// A cache that counts files changed within `racy_window` as racily clean.
+    #[cfg(test)]
+    fn with_racy_window(racy_window: Duration) -> Self {
+        FingerprintCache {
+            racy_window,
+            ..FingerprintCache::default()
+        }
+    }
+
     /// [`codex_fingerprint`], from the cache when nothing changed.
     pub fn fingerprint(&self, dir: &Path, policy: Policy) -> Result<String, HashError> {
+        let statted = SystemTime::now();
         let (dirs, files) = listing(dir, policy, None)?;
         let mut signature = stamp_policy(b'd', policy);
+        let mut newest = SystemTime::UNIX_EPOCH;
         for f in &files {
             signature.update(&f.rel);
             signature.update([0]);
             stamp(&mut signature, &f.meta);
+            newest = newest.max(changed_at(&f.meta));
         }
-        self.cached(dir, signature, files.len(), || {
+        let racy = self.is_racy(newest, statted);
+        self.cached(dir, signature, racy, files.len(), || {
             hash_listing::<io::Sink>(dir, dirs, files, None, policy)
         })
     }
@@ -447,21 +489,32 @@ impl FingerprintCache {
     /// [`tracked_content`], from the cache when nothing changed: a directory as
     /// [`FingerprintCache::fingerprint`], a file by its own stat.
     pub fn tracked(&self, path: &Path, policy: Policy) -> Result<String, HashError> {
+        let statted = SystemTime::now();
         let meta = fs::metadata(path).map_err(io_error(path))?;
         if meta.is_dir() {
             return self.fingerprint(path, policy);
         }
         let mut signature = stamp_policy(b'f', policy);
         stamp(&mut signature, &meta);
-        self.cached(path, signature, 1, || tracked_content(path, policy))
+        let racy = self.is_racy(changed_at(&meta), statted);
+        self.cached(path, signature, racy, 1, || tracked_content(path, policy))
+    }
+
+    /// Whether a file last changed at `changed` may change again, stat unchanged,
+    /// after it was stat'ed at `statted`.
+    fn is_racy(&self, changed: SystemTime, statted: SystemTime) -> bool {
+        statted
+            .checked_sub(self.racy_window)
+            .is_none_or(|safe| changed >= safe)
     }
 
     /// The answer kept for `path` when `signature` is the one it was kept with, else
-    /// `read()` (which reads `files` files), kept.
+    /// `read()` (which reads `files` files), kept unless `racy`.
     fn cached(
         &self,
         path: &Path,
         signature: Sha256,
+        racy: bool,
         files: usize,
         read: impl FnOnce() -> Result<String, HashError>,
     ) -> Result<String, HashError> {
@@ -475,10 +528,24 @@ impl FingerprintCache {
         self.reads.fetch_add(files, Ordering::Relaxed);
         let hash = read()?;
         if let Ok(mut entries) = self.entries.lock() {
-            entries.insert(path.to_path_buf(), (signature, hash.clone()));
+            if racy {
+                entries.remove(path);
+            } else {
+                entries.insert(path.to_path_buf(), (signature, hash.clone()));
+            }
         }
         Ok(hash)
     }
+}
+
+/// When a file's content or inode last changed: the later of its mtime and ctime.
+fn changed_at(m: &Metadata) -> SystemTime {
+    let at = |secs: i64, nanos: i64| {
+        let secs = u64::try_from(secs).unwrap_or(0);
+        let nanos = u32::try_from(nanos).unwrap_or(0);
+        SystemTime::UNIX_EPOCH + Duration::new(secs, nanos)
+    };
+    at(m.mtime(), m.mtime_nsec()).max(at(m.ctime(), m.ctime_nsec()))
 }
 
 /// The start of a cache signature: what is signed (`d`irectory, `f`ile) and under
@@ -1358,7 +1425,9 @@ mod tests {
         write(dir.path(), "tree/sub/b", b"two");
         write(dir.path(), "file", b"three");
         let (tree, file) = (dir.path().join("tree"), dir.path().join("file"));
-        let cache = FingerprintCache::default();
+        // Every file here was written before it is stat'ed: with no racy window
+        // the cache keeps what it read (the window has tests of its own).
+        let cache = FingerprintCache::with_racy_window(Duration::ZERO);
         let reads = || cache.reads.load(Ordering::Relaxed);
         let fresh = |path: &Path| tracked_content(path, Policy::OFF).unwrap();
 
@@ -1381,6 +1450,100 @@ mod tests {
         fs::rename(&new, &file).unwrap();
         assert_eq!(cache.tracked(&file, Policy::OFF).unwrap(), fresh(&file));
         assert_eq!(reads(), 7);
+    }
+
+    #[test]
+    fn a_source_changed_within_the_racy_window_is_read_again_next_time() {
+        let dir = TempDir::new().unwrap();
+        write(dir.path(), "tree/a", b"one");
+        write(dir.path(), "file", b"two");
+        let (tree, file) = (dir.path().join("tree"), dir.path().join("file"));
+        // A window far longer than the test: every stat below is racily clean.
+        let cache = FingerprintCache::with_racy_window(Duration::from_secs(3600));
+        for _ in 0..3 {
+            cache.tracked(&tree, Policy::OFF).unwrap();
+            cache.tracked(&file, Policy::OFF).unwrap();
+            cache.fingerprint(&tree, Policy::OFF).unwrap();
+        }
+        assert_eq!(cache.reads.load(Ordering::Relaxed), 9, "read every time");
+        // Once the files are older than the window, what was read is kept.
+        let cache = FingerprintCache::with_racy_window(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(100));
+        for _ in 0..3 {
+            cache.tracked(&tree, Policy::OFF).unwrap();
+            cache.tracked(&file, Policy::OFF).unwrap();
+        }
+        assert_eq!(cache.reads.load(Ordering::Relaxed), 2, "read once");
+        assert_eq!(FingerprintCache::default().racy_window, RACY_WINDOW);
+        assert!(RACY_WINDOW >= Duration::from_secs(1));
+    }
+
+    /// Two writes of the same size within one timestamp tick: the second keeps the
+    /// mtime of the first (set back here, as a coarse clock would leave it). A
+    /// kernel with fine-grained timestamps after a stat still moves the ctime, so
+    /// there this passes even without the racy window; the test above is the one
+    /// that only the window passes.
+    #[test]
+    fn a_same_size_rewrite_within_one_timestamp_tick_is_seen() {
+        let dir = TempDir::new().unwrap();
+        write(dir.path(), "tree/a", b"one");
+        let (tree, a) = (dir.path().join("tree"), dir.path().join("tree/a"));
+        let cache = FingerprintCache::default();
+        let first = (
+            cache.fingerprint(&tree, Policy::OFF).unwrap(),
+            cache.tracked(&a, Policy::OFF).unwrap(),
+        );
+        let mtime = fs::metadata(&a).unwrap().modified().unwrap();
+        fs::write(&a, b"two").unwrap();
+        File::options()
+            .write(true)
+            .open(&a)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(fs::metadata(&a).unwrap().modified().unwrap(), mtime);
+        let second = (
+            cache.fingerprint(&tree, Policy::OFF).unwrap(),
+            cache.tracked(&a, Policy::OFF).unwrap(),
+        );
+        assert_ne!(second.0, first.0);
+        assert_ne!(second.1, first.1);
+        assert_eq!(second.0, codex_fingerprint(&tree, Policy::OFF).unwrap());
+        assert_eq!(second.1, tracked_content(&a, Policy::OFF).unwrap());
+    }
+
+    #[test]
+    fn archived_files_gain_owner_read_and_lose_setuid_setgid_and_sticky_bits() {
+        let dir = TempDir::new().unwrap();
+        for (rel, mode) in [("tool", 0o4750), ("shared", 0o2640), ("wo", 0o200)] {
+            write(dir.path(), &format!("d/{rel}"), b"x");
+            set_mode(&dir.path().join("d").join(rel), mode);
+        }
+        set_mode(&dir.path().join("d"), 0o1577);
+        let mut tar = Vec::new();
+        codex_archive(dir.path(), "/c", (0, 0), &mut tar, Policy::OFF).unwrap();
+        set_mode(&dir.path().join("d"), 0o755);
+        let modes: Vec<(String, u32)> = tar::Archive::new(tar.as_slice())
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e.path().unwrap().to_string_lossy().into_owned();
+                (name, e.header().mode().unwrap())
+            })
+            .collect();
+        let want = [
+            ("c/d", 0o777),
+            ("c/d/shared", 0o640),
+            ("c/d/tool", 0o750),
+            ("c/d/wo", 0o600),
+        ];
+        for (name, mode) in want {
+            assert!(
+                modes.contains(&(name.into(), mode)),
+                "{name} {mode:o}: {modes:?}"
+            );
+        }
     }
 
     /// Prints figures, asserts nothing about time (run it with

@@ -500,19 +500,79 @@ mod tests {
         assert_eq!(worker.await.unwrap(), None);
     }
 
+    /// Six workers under paused time, each run lasting a few (virtual)
+    /// milliseconds, and each lane triggered again during its first run: the
+    /// set of lanes running at once is recorded, so a lane handed to a second
+    /// worker while the first still runs it is seen, not deduplicated away.
     #[tokio::test(start_paused = true)]
     async fn many_workers_share_many_lanes_without_overlap() {
+        use std::collections::HashSet;
+
+        #[derive(Default)]
+        struct Seen {
+            running: HashSet<String>,
+            most_at_once: usize,
+            overlaps: Vec<String>,
+            runs: HashMap<String, u32>,
+        }
         let q = Queue::new();
-        for i in 0..20 {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        const LANES: u32 = 20;
+        for i in 0..LANES {
             q.trigger(&format!("l{i}"), "test");
         }
-        let mut handed = Vec::new();
-        while let Some(lane) = next_now(&q).await {
-            handed.push(lane);
+        let mut workers = Vec::new();
+        for w in 0..6u64 {
+            let (q, seen) = (q.clone(), seen.clone());
+            workers.push(tokio::spawn(async move {
+                while let Some((lane, _, _)) = q.next().await {
+                    let first = {
+                        let mut s = seen.lock().unwrap();
+                        if !s.running.insert(lane.clone()) {
+                            s.overlaps.push(lane.clone());
+                        }
+                        s.most_at_once = s.most_at_once.max(s.running.len());
+                        let runs = s.runs.entry(lane.clone()).or_default();
+                        *runs += 1;
+                        *runs == 1
+                    };
+                    if first {
+                        // A trigger during the run: exactly one rerun, after it.
+                        q.trigger(&lane, "test");
+                    }
+                    tokio::time::sleep(Duration::from_millis(3 + w * 2)).await;
+                    seen.lock().unwrap().running.remove(&lane);
+                    q.done(&lane);
+                }
+            }));
         }
-        handed.sort();
-        handed.dedup();
-        assert_eq!(handed.len(), 20);
+        let all_ran_twice = || {
+            let s = seen.lock().unwrap();
+            s.runs.len() == LANES as usize && s.runs.values().all(|&n| n >= 2)
+        };
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while !(all_ran_twice() && q.is_idle()) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("every lane runs twice within a minute");
+        q.close();
+        for w in workers {
+            w.await.unwrap();
+        }
+        let s = seen.lock().unwrap();
+        assert_eq!(
+            s.overlaps,
+            Vec::<String>::new(),
+            "lanes handed out twice at once"
+        );
+        assert!(
+            s.most_at_once >= 6,
+            "workers ran concurrently: {}",
+            s.most_at_once
+        );
+        assert!(s.runs.values().all(|&n| n == 2), "{:?}", s.runs);
         assert_eq!(q.waiting(), 0);
     }
 }

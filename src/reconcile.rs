@@ -64,9 +64,9 @@ pub struct Ctx {
     /// The container each lane is probing now (the daemon interrupts a probe
     /// only for events about that container, not about the one it replaced).
     pub probing: Mutex<HashMap<String, String>>,
-    /// The daemon's crash-loop back-off per lane (rule 4); `None` for a
+    /// The daemon's crash-loop back-off per lane (rule 4); none for a
     /// one-shot `apply`, which restarts at once.
-    restarts: Option<Mutex<HashMap<String, RestartState>>>,
+    restarts: RestartBook,
     /// Lanes whose container answered its probe while the pass waited for
     /// Podman's list: lane -> (container id, host port) that answered.
     early_ready: Mutex<HashMap<String, (String, SocketAddr)>>,
@@ -91,46 +91,29 @@ const MAX_RESTART_DELAY: Duration = Duration::from_secs(300);
 /// A lane ready this long forgets its crash back-off.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
-impl Ctx {
-    pub fn new(podman: Podman, dir: PathBuf, instance: String) -> Self {
-        Ctx {
-            podman,
-            dir,
-            instance,
-            images: Some(Mutex::new(HashMap::new())),
-            probing: Mutex::new(HashMap::new()),
-            fingerprints: Arc::default(),
-            policy: hash::Policy::of_process(false),
-            restarts: None,
-            early_ready: Mutex::new(HashMap::new()),
-            acting: Semaphore::new(Semaphore::MAX_PERMITS),
+/// When crashed containers may be restarted (rule 4): at once for a one-shot
+/// `apply`; in the daemon, restart n of a lane waits min(2^(n-1) s, 5 min)
+/// after the exit was first seen, and the count is forgotten after
+/// FORGET_AFTER of readiness or with a new container. Kept apart from [`Ctx`]
+/// so that its clock can be tested alone.
+#[derive(Debug, Default)]
+struct RestartBook {
+    /// `None`: restarts at once.
+    lanes: Option<Mutex<HashMap<String, RestartState>>>,
+}
+
+impl RestartBook {
+    /// The daemon's book, which delays restarts.
+    fn backing_off() -> Self {
+        RestartBook {
+            lanes: Some(Mutex::new(HashMap::new())),
         }
-    }
-
-    /// At most `jobs` lanes change containers at once (`--jobs`).
-    pub fn with_jobs(mut self, jobs: usize) -> Self {
-        self.acting = Semaphore::new(jobs.clamp(1, Semaphore::MAX_PERMITS));
-        self
-    }
-
-    /// Whose files may be read into a container (`--allow-insecure-permissions`
-    /// relaxes the default, which checks when running as root).
-    pub fn with_policy(mut self, policy: hash::Policy) -> Self {
-        self.policy = policy;
-        self
-    }
-
-    /// Delays restarts of crashed containers (the daemon's rule 4).
-    pub fn with_restart_backoff(mut self) -> Self {
-        self.restarts = Some(Mutex::new(HashMap::new()));
-        self.images = None;
-        self
     }
 
     /// For a crashed lane about to be restarted: `Err(at)` while its back-off
     /// lasts; `Ok` counts the restart.
-    fn restart_gate(&self, lane: &str) -> Result<(), Instant> {
-        let Some(book) = &self.restarts else {
+    fn gate(&self, lane: &str) -> Result<(), Instant> {
+        let Some(book) = &self.lanes else {
             return Ok(());
         };
         let Ok(mut book) = book.lock() else {
@@ -156,6 +139,70 @@ impl Ctx {
         Ok(())
     }
 
+    /// A new container starts with no back-off.
+    fn forget(&self, lane: &str) {
+        if let Some(Ok(mut book)) = self.lanes.as_ref().map(Mutex::lock) {
+            book.remove(lane);
+        }
+    }
+
+    /// Notes whether a lane ended ready, to forget its back-off after
+    /// FORGET_AFTER of readiness (a container that dies again keeps it).
+    fn note_ready(&self, lane: &str, ready: bool) {
+        let Some(book) = &self.lanes else { return };
+        let Ok(mut book) = book.lock() else { return };
+        let Some(st) = book.get_mut(lane) else { return };
+        let now = Instant::now();
+        if !ready {
+            st.ready_since = None;
+        } else if now.duration_since(*st.ready_since.get_or_insert(now)) >= FORGET_AFTER {
+            book.remove(lane);
+        }
+    }
+}
+
+impl Ctx {
+    pub fn new(podman: Podman, dir: PathBuf, instance: String) -> Self {
+        Ctx {
+            podman,
+            dir,
+            instance,
+            images: Some(Mutex::new(HashMap::new())),
+            probing: Mutex::new(HashMap::new()),
+            fingerprints: Arc::default(),
+            policy: hash::Policy::of_process(false),
+            restarts: RestartBook::default(),
+            early_ready: Mutex::new(HashMap::new()),
+            acting: Semaphore::new(Semaphore::MAX_PERMITS),
+        }
+    }
+
+    /// At most `jobs` lanes change containers at once (`--jobs`).
+    pub fn with_jobs(mut self, jobs: usize) -> Self {
+        self.acting = Semaphore::new(jobs.clamp(1, Semaphore::MAX_PERMITS));
+        self
+    }
+
+    /// Whose files may be read into a container (`--allow-insecure-permissions`
+    /// relaxes the default, which checks when running as root).
+    pub fn with_policy(mut self, policy: hash::Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Delays restarts of crashed containers (the daemon's rule 4).
+    pub fn with_restart_backoff(mut self) -> Self {
+        self.restarts = RestartBook::backing_off();
+        self.images = None;
+        self
+    }
+
+    /// For a crashed lane about to be restarted: `Err(at)` while its back-off
+    /// lasts; `Ok` counts the restart.
+    fn restart_gate(&self, lane: &str) -> Result<(), Instant> {
+        self.restarts.gate(lane)
+    }
+
     fn stop_probing(&self, lane: &str) {
         if let Ok(mut probing) = self.probing.lock() {
             probing.remove(lane);
@@ -171,23 +218,13 @@ impl Ctx {
 
     /// A new container starts with no back-off.
     fn forget_restarts(&self, lane: &str) {
-        if let Some(Ok(mut book)) = self.restarts.as_ref().map(Mutex::lock) {
-            book.remove(lane);
-        }
+        self.restarts.forget(lane);
     }
 
     /// Notes whether a lane ended ready, to forget its back-off after
     /// FORGET_AFTER of readiness (a container that dies again keeps it).
     fn note_ready(&self, lane: &str, ready: bool) {
-        let Some(book) = &self.restarts else { return };
-        let Ok(mut book) = book.lock() else { return };
-        let Some(st) = book.get_mut(lane) else { return };
-        let now = Instant::now();
-        if !ready {
-            st.ready_since = None;
-        } else if now.duration_since(*st.ready_since.get_or_insert(now)) >= FORGET_AFTER {
-            book.remove(lane);
-        }
+        self.restarts.note_ready(lane, ready);
     }
 
     /// Forgets what the last pass learnt (image IDs, early probes).
@@ -1095,5 +1132,89 @@ mod tests {
             ("[::1]:41234".into(), "http://[::1]:41234".into())
         );
         assert_eq!(at("10.1.2.3").1, "http://10.1.2.3:41234");
+    }
+
+    /// The waits before each restart of a lane that crashes as soon as it is
+    /// restarted, in whole seconds, `n` restarts long.
+    async fn delays(book: &RestartBook, lane: &str, n: usize) -> Vec<u64> {
+        let mut waited = Vec::new();
+        for _ in 0..n {
+            let exited = Instant::now();
+            let mut at = exited;
+            while let Err(until) = book.gate(lane) {
+                assert!(until > Instant::now(), "a back-off ends in the future");
+                // As `wait_for_restart` does: a crashed lane is not ready.
+                book.note_ready(lane, false);
+                tokio::time::sleep_until(until).await;
+                at = until;
+            }
+            waited.push(at.duration_since(exited).as_secs());
+        }
+        waited
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restart_n_waits_two_to_the_n_minus_one_seconds_up_to_five_minutes() {
+        let book = RestartBook::backing_off();
+        assert_eq!(
+            delays(&book, "a", 12).await,
+            [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]
+        );
+        assert_eq!(delays(&book, "b", 3).await, [1, 2, 4], "per lane");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_waits_from_when_the_exit_was_first_seen() {
+        let book = RestartBook::backing_off();
+        delays(&book, "a", 2).await;
+        let seen = Instant::now();
+        assert_eq!(book.gate("a"), Err(seen + Duration::from_secs(4)));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(
+            book.gate("a"),
+            Err(seen + Duration::from_secs(4)),
+            "not moved"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(book.gate("a"), Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ten_minutes_ready_forgets_the_back_off_and_less_keeps_it() {
+        let book = RestartBook::backing_off();
+        assert_eq!(delays(&book, "a", 4).await, [1, 2, 4, 8]);
+        // Ready 9 min 59 s, then it crashes: the back-off goes on.
+        book.note_ready("a", true);
+        tokio::time::advance(FORGET_AFTER - Duration::from_secs(1)).await;
+        book.note_ready("a", true);
+        assert_eq!(delays(&book, "a", 1).await, [16]);
+        book.note_ready("a", false);
+        // Ready 10 min, seen by a later pass: forgotten.
+        book.note_ready("a", true);
+        tokio::time::advance(FORGET_AFTER).await;
+        book.note_ready("a", true);
+        assert_eq!(delays(&book, "a", 2).await, [1, 2]);
+        // Ready 10 min with no pass in between, then the crash: forgotten too.
+        book.note_ready("a", true);
+        tokio::time::advance(FORGET_AFTER).await;
+        assert_eq!(delays(&book, "a", 1).await, [1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_container_starts_with_no_back_off() {
+        let book = RestartBook::backing_off();
+        assert_eq!(delays(&book, "a", 5).await, [1, 2, 4, 8, 16]);
+        book.forget("a");
+        assert_eq!(delays(&book, "a", 1).await, [1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_one_shot_apply_restarts_at_once() {
+        let book = RestartBook::default();
+        for _ in 0..20 {
+            assert_eq!(book.gate("a"), Ok(()));
+        }
+        book.note_ready("a", false);
+        assert_eq!(book.gate("a"), Ok(()));
     }
 }

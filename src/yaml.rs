@@ -796,6 +796,21 @@ mod tests {
     }
 
     #[test]
+    fn more_nodes_than_the_limit_are_refused_without_any_alias() {
+        // One sequence holding MAX_NODES scalars is MAX_NODES + 1 nodes.
+        let list = |n: usize| format!("[{}]", vec!["x"; n].join(", "));
+        assert!(parse(&list(MAX_NODES - 1), &file()).is_ok());
+        match parse(&list(MAX_NODES), &file()) {
+            Err(err) => assert!(err.message.contains("more than 20000 nodes"), "{err}"),
+            Ok(_) => panic!("a document of {} nodes was accepted", MAX_NODES + 1),
+        }
+        assert!(
+            list(MAX_NODES).len() < MAX_TEXT_BYTES / 8,
+            "not the text limit"
+        );
+    }
+
+    #[test]
     fn deep_nesting_is_refused() {
         let text = "[".repeat(MAX_DEPTH + 2) + &"]".repeat(MAX_DEPTH + 2);
         let err = parse(&text, &file()).unwrap_err();

@@ -1,6 +1,7 @@
 //! What the files alone show about codex and `track_content` sources: a
 //! symlink leading out of the codex directory, a symlink to a directory, a
-//! FIFO, a codex target of `/`, and (as root) a source that others can write.
+//! FIFO, a codex target of `/`, and (as root) a source that others can write or
+//! that another user owns, unless `--allow-insecure-permissions`.
 //! `validate` finds each, with its path, before a deploy; `apply` marks the
 //! lane `invalid` and creates nothing for it.
 
@@ -104,14 +105,91 @@ fn apply_marks_each_lane_with_a_bad_codex_or_tracked_entry_invalid() {
     assert!(lanes.containers().is_empty(), "nothing was created");
 }
 
-#[test]
-fn as_root_a_codex_source_given_as_a_symlink_to_a_world_writable_dir_is_refused() {
+/// Fails the test unless it runs as root: the permission rule applies only
+/// to root, and only root can give a file to another user.
+fn needs_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(
         euid, 0,
         "this test needs root: the permission rule applies only to root (CI runs as root)"
     );
+}
+
+/// The line of `validate`'s output about `path`, if any.
+fn line_about<'a>(stdout: &'a str, path: &std::path::Path) -> Option<&'a str> {
+    let head = format!("{}: ", path.display());
+    stdout.lines().find(|l| l.starts_with(&head))
+}
+
+#[test]
+fn as_root_track_content_sources_others_can_write_are_refused_unless_allowed() {
+    needs_root();
+    let lanes = Lanes::new("tracked-writable");
+    lanes.file("work/tree/sub/x.txt", "x\n");
+    let tree = lanes.path("work/tree");
+    std::fs::set_permissions(&tree, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let file = lanes.file("work/file.txt", "y\n");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o664)).expect("chmod");
+    lanes.write(
+        "t",
+        "image: x\nmounts: [{source: ../work/tree, target: /t, track_content: true}, \
+         {source: ../work/file.txt, target: /f, track_content: true}]\n",
+    );
+
+    let run = lanes.lanectl_offline(&["validate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    for path in [&tree, &file] {
+        let line = line_about(&run.stdout, path);
+        assert!(
+            line.is_some_and(|l| l.contains("writable by group or others") && l.contains("chmod")),
+            "{}: {run:?}",
+            path.display()
+        );
+    }
+    let run = lanes.lanectl_offline(&["validate", "--allow-insecure-permissions"]);
+    assert_eq!(run.code, 0, "{run:?}");
+}
+
+#[test]
+fn as_root_a_manifest_codex_or_tracked_file_owned_by_another_user_is_refused_unless_allowed() {
+    needs_root();
+    let lanes = Lanes::new("foreign-owner");
+    lanes.write("m", "image: x\n");
+    let manifest = lanes.dir().join("m.yaml");
+    lanes.file("codex/c/config.toml", "x = 1\n");
+    let deep = lanes.file("codex/c/sessions/auth.json", "{}\n");
+    lanes.write(
+        "c",
+        "image: x\ncodex: {source: ../codex/c, target: /root/.codex}\n",
+    );
+    let tracked = lanes.file("work/t.txt", "t\n");
+    lanes.write(
+        "t",
+        "image: x\nmounts: [{source: ../work/t.txt, target: /t, track_content: true}]\n",
+    );
+    for path in [&manifest, &deep, &tracked] {
+        std::os::unix::fs::lchown(path, Some(1234), None).expect("chown");
+    }
+
+    let run = lanes.lanectl_offline(&["validate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    for path in [&manifest, &deep, &tracked] {
+        let line = line_about(&run.stdout, path);
+        assert!(
+            line.is_some_and(|l| l.contains("owned by uid 1234")),
+            "{}: {run:?}",
+            path.display()
+        );
+    }
+    assert_eq!(run.stdout.lines().count(), 3, "one line each: {run:?}");
+    let run = lanes.lanectl_offline(&["validate", "--allow-insecure-permissions"]);
+    assert_eq!(run.code, 0, "{run:?}");
+}
+
+#[test]
+fn as_root_a_codex_source_given_as_a_symlink_to_a_world_writable_dir_is_refused() {
+    needs_root();
     let lanes = Lanes::new("codex-link-writable");
     lanes.file("codex/shared/config.toml", "x = 1\n");
     let real = lanes.path("codex/shared");
