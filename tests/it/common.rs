@@ -49,6 +49,20 @@ pub fn podman_output(args: &[&str]) -> Output {
         .expect("podman CLI not found: run scripts/install-deps")
 }
 
+/// Runs the podman CLI against the test service, for `Drop`: never panics
+/// (no `CONTAINER_HOST`, no podman CLI, a failed command: `None`). A panic in
+/// a `Drop` that runs while its test is already panicking aborts the whole
+/// integration binary.
+pub fn podman_quietly(args: &[&str]) -> Option<Output> {
+    let host = std::env::var("CONTAINER_HOST").ok()?;
+    Command::new("podman")
+        .args(["--remote", "--url", &host])
+        .args(args)
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+}
+
 /// `podman inspect` of one container.
 pub fn inspect(id: &str) -> Value {
     let v: Value =
@@ -273,23 +287,11 @@ impl Lanes {
 }
 
 impl Drop for Lanes {
-    /// Removes the test's containers. Never panics: a panic while the test is
-    /// already panicking (Podman gone, `CONTAINER_HOST` unset) would abort
-    /// the whole integration binary, every other test with it.
+    /// Removes the test's containers. Never panics (see [`podman_quietly`]).
     fn drop(&mut self) {
-        let Ok(host) = std::env::var("CONTAINER_HOST") else {
-            return;
-        };
-        let podman = |args: &[&str]| {
-            Command::new("podman")
-                .args(["--remote", "--url", &host])
-                .args(args)
-                .output()
-                .ok()
-                .filter(|out| out.status.success())
-        };
         let filter = format!("label=io.lanectl.instance={}", self.instance);
-        let Some(listed) = podman(&["ps", "-a", "-q", "--no-trunc", "--filter", &filter]) else {
+        let Some(listed) = podman_quietly(&["ps", "-a", "-q", "--no-trunc", "--filter", &filter])
+        else {
             return;
         };
         let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
@@ -297,7 +299,7 @@ impl Drop for Lanes {
         if !ids.is_empty() {
             let mut args = vec!["rm", "--force", "--time", "0"];
             args.extend(ids);
-            let _ = podman(&args);
+            let _ = podman_quietly(&args);
         }
     }
 }
