@@ -68,15 +68,9 @@ fn a_lanes_dir_swapped_in_by_rename_is_watched_again() {
     std::fs::create_dir(&new).unwrap();
     std::fs::copy(lanes.dir().join("a.yaml"), new.join("a.yaml")).unwrap();
     std::fs::copy(lanes.dir().join("a.status.yaml"), new.join("a.status.yaml")).unwrap();
-    let mark = daemon.log().len();
     std::fs::rename(lanes.dir(), lanes.path("lanes.old")).unwrap();
     std::fs::rename(&new, lanes.dir()).unwrap();
-    // The swap is noticed (every lane looked at) and the new directory watched.
-    assert!(
-        reconciled(&daemon, mark, "a", "every lane may have changed", LIMIT),
-        "swap not noticed\n{}",
-        daemon.log()
-    );
+    // The swap is noticed: the new directory's inode is watched.
     daemon.wait_watching(&lanes.dir(), LIMIT);
     // A new manifest in it is seen through the new watch: sooner than a
     // re-check could, which only looks at lanes it already knows.
