@@ -49,6 +49,20 @@ pub fn podman_output(args: &[&str]) -> Output {
         .expect("podman CLI not found: run scripts/install-deps")
 }
 
+/// Runs the podman CLI against the test service, for `Drop`: never panics
+/// (no `CONTAINER_HOST`, no podman CLI, a failed command: `None`). A panic in
+/// a `Drop` that runs while its test is already panicking aborts the whole
+/// integration binary.
+pub fn podman_quietly(args: &[&str]) -> Option<Output> {
+    let host = std::env::var("CONTAINER_HOST").ok()?;
+    Command::new("podman")
+        .args(["--remote", "--url", &host])
+        .args(args)
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+}
+
 /// `podman inspect` of one container.
 pub fn inspect(id: &str) -> Value {
     let v: Value =
@@ -273,12 +287,19 @@ impl Lanes {
 }
 
 impl Drop for Lanes {
+    /// Removes the test's containers. Never panics (see [`podman_quietly`]).
     fn drop(&mut self) {
-        let ids = containers_of(&self.instance);
+        let filter = format!("label=io.lanectl.instance={}", self.instance);
+        let Some(listed) = podman_quietly(&["ps", "-a", "-q", "--no-trunc", "--filter", &filter])
+        else {
+            return;
+        };
+        let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+        let ids: Vec<&str> = listed.lines().collect();
         if !ids.is_empty() {
             let mut args = vec!["rm", "--force", "--time", "0"];
-            args.extend(ids.iter().map(String::as_str));
-            let _ = podman_output(&args);
+            args.extend(ids);
+            let _ = podman_quietly(&args);
         }
     }
 }
@@ -343,10 +364,14 @@ impl Daemon {
             .arg("--dir")
             .arg(lanes.dir())
             .args(["--instance", &lanes.instance, "--podman", url, "-v", "run"])
+            // No resync within any test's time: each change must reach the
+            // daemon through the source meant for it (file system, Podman
+            // events, back-off retries). A test that needs the resync passes
+            // `--resync` itself and says why.
             .args(if extra.contains(&"--resync") {
                 &[][..]
             } else {
-                &["--resync", "2s"][..]
+                &["--resync", "1h"][..]
             })
             .args(extra)
             .stdout(file.try_clone().expect("log"))
@@ -385,6 +410,49 @@ impl Daemon {
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Whether the daemon's inotify instance has a watch on `path` (on the
+    /// inode that `path` names now), read from `/proc/<pid>/fdinfo`: the
+    /// observable for "the daemon watches this directory", without guessing
+    /// how long setting a watch takes.
+    pub fn watches(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(ino) = std::fs::metadata(path).map(|m| m.ino()) else {
+            return false;
+        };
+        let needle = format!(" ino:{ino:x} ");
+        let proc = PathBuf::from(format!("/proc/{}", self.child.id()));
+        let Ok(fds) = std::fs::read_dir(proc.join("fd")) else {
+            return false;
+        };
+        fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|l| l == Path::new("anon_inode:inotify"))
+                && std::fs::read_to_string(proc.join("fdinfo").join(fd.file_name())).is_ok_and(
+                    |info| {
+                        info.lines()
+                            .any(|l| l.starts_with("inotify ") && l.contains(&needle))
+                    },
+                )
+        })
+    }
+
+    /// Waits until [`Daemon::watches`] `path`; panics with the log if not
+    /// within `limit`.
+    pub fn wait_watching(&self, path: &Path, limit: std::time::Duration) {
+        wait_for(limit, || self.watches(path).then_some(())).unwrap_or_else(|| {
+            panic!(
+                "the daemon does not watch {} after {limit:?}\n{}",
+                path.display(),
+                self.log()
+            )
+        });
+    }
+
+    /// The log written since `from` (a length of [`Daemon::log`] taken
+    /// earlier).
+    pub fn log_since(&self, from: usize) -> String {
+        self.log().get(from..).unwrap_or_default().to_string()
     }
 }
 

@@ -7,6 +7,7 @@ mod cli;
 mod converge;
 mod daemon;
 mod diskfull;
+mod events;
 mod failures;
 mod faults;
 mod hardening;
