@@ -627,6 +627,103 @@ fn podman_killed_and_restarted_repeatedly_under_the_daemon() {
     );
 }
 
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Checks every field that a whole status file of `lane` has: the keys are
+/// known, each value has its form (`since` a timestamp, ids and hashes full
+/// length, `restarts` a number, `message` a string), and a lane that is
+/// `ready` names its container, spec hash and endpoint. `since` is written
+/// last, so a file cut anywhere fails here.
+fn whole_status(lane: &str, text: &str) -> Result<(), String> {
+    const KEYS: [&str; 12] = [
+        "lane",
+        "phase",
+        "endpoint",
+        "endpoints",
+        "container",
+        "container_id",
+        "spec_hash",
+        "codex_fingerprint",
+        "manifest_sha256",
+        "restarts",
+        "message",
+        "since",
+    ];
+    let v: Value = serde_saphyr::from_str(text).map_err(|e| format!("does not parse: {e}"))?;
+    let map = v.as_object().ok_or("not a map")?;
+    if let Some(key) = map.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(format!("unknown key {key}"));
+    }
+    let str_of = |key: &str| map.get(key).and_then(Value::as_str);
+    let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
+    check(str_of("lane") == Some(lane), "lane")?;
+    let phase = str_of("phase").unwrap_or("");
+    check(
+        ["pending", "ready", "stopped", "failed", "invalid"].contains(&phase),
+        "phase",
+    )?;
+    check(
+        str_of("since").is_some_and(|t| humantime::parse_rfc3339(t).is_ok()),
+        "since",
+    )?;
+    check(map.get("restarts").is_some_and(Value::is_u64), "restarts")?;
+    check(map.get("message").is_some_and(Value::is_string), "message")?;
+    let endpoint_ok = |e: &str| {
+        e.strip_prefix("http://127.0.0.1:")
+            .is_some_and(|port| port.parse::<u16>().is_ok())
+    };
+    let optional = [
+        ("endpoint", &endpoint_ok as &dyn Fn(&str) -> bool),
+        ("container", &|c: &str| !c.is_empty()),
+        ("container_id", &|c: &str| is_hex(c, 64)),
+        ("spec_hash", &|h: &str| {
+            h.strip_prefix("sha256:").is_some_and(|h| is_hex(h, 64))
+        }),
+        ("codex_fingerprint", &|h: &str| is_hex(h, 64)),
+        ("manifest_sha256", &|h: &str| is_hex(h, 64)),
+    ];
+    for (key, ok) in optional {
+        if let Some(value) = map.get(key) {
+            check(value.as_str().is_some_and(ok), key)?;
+        }
+    }
+    if let Some(endpoints) = map.get("endpoints") {
+        let all = endpoints.as_object().is_some_and(|m| {
+            !m.is_empty() && m.values().all(|e| e.as_str().is_some_and(endpoint_ok))
+        });
+        check(all, "endpoints")?;
+    }
+    if phase == "ready" {
+        for key in ["container_id", "spec_hash", "endpoint", "container"] {
+            check(map.contains_key(key), &format!("ready without {key}"))?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_churn_reader_rejects_a_status_file_cut_anywhere() {
+    let whole = "lane: a\nphase: ready\nendpoint: http://127.0.0.1:41711\nendpoints:\n  \
+                 31417/tcp: http://127.0.0.1:41711\ncontainer: it-a\ncontainer_id: \
+                 c446f8b95e59ac272081cf94d8a9a763f82d9625c9da5987c43b0b81d0f0a17d\nspec_hash: \
+                 sha256:2f81f3f1ea629be442f28bb5eea258f710eaae181371a450d66c4f0ec38948db\n\
+                 codex_fingerprint: d09f7a1a2d255a63b3d7fccfd0ddf96da8211b9b22beba7293b03d506a6d43a7\n\
+                 manifest_sha256: 521df22f357f7cd087b039a1f65c91f12748ad2f9d16495ec15a0525e8012790\n\
+                 restarts: 0\nmessage: \"\"\nsince: \"2026-12-01T08:36:52Z\"\n";
+    assert_eq!(whole_status("a", whole), Ok(()));
+    // Every cut but the one of the final newline.
+    for cut in 0..whole.len() - 1 {
+        assert!(
+            whole_status("a", &whole[..cut]).is_err(),
+            "cut at {cut} passes:\n{}",
+            &whole[..cut]
+        );
+    }
+    assert!(whole_status("b", whole).is_err(), "another lane's file");
+}
+
 #[test]
 fn status_files_stay_whole_under_churn() {
     const CHURN: Duration = Duration::from_secs(10);
@@ -663,16 +760,8 @@ fn status_files_stay_whole_under_churn() {
                         }
                         Err(e) => panic!("read {name}: {e}"),
                     };
-                    let parsed: Result<Value, _> = serde_saphyr::from_str(&text);
-                    let whole = parsed.as_ref().is_ok_and(|v| {
-                        v["lane"] == lane
-                            && ["pending", "ready", "stopped", "failed", "invalid"]
-                                .iter()
-                                .any(|p| v["phase"] == *p)
-                            && v["since"].is_string()
-                    });
-                    if !whole {
-                        *bad.lock().expect("lock") = Some(format!("{name}: {parsed:?}\n{text}"));
+                    if let Err(why) = whole_status(lane, &text) {
+                        *bad.lock().expect("lock") = Some(format!("{name}: {why}\n{text}"));
                         return;
                     }
                     reads.fetch_add(1, Ordering::Relaxed);
@@ -766,7 +855,9 @@ fn the_lanes_dir_removed_or_emptied_under_the_daemon_prunes_nothing() {
     let manifest = |v: u64| lanes.worker_lane(&format!("env: {{LANE_V: '{v}'}}\n"));
     lanes.write("a", &manifest(0));
     lanes.write("b", &manifest(0));
-    let mut daemon = Daemon::start(&lanes, &[]);
+    // The warnings come from whichever notices first, the watcher or the
+    // resync: a short resync makes sure one does within the hold.
+    let mut daemon = Daemon::start(&lanes, &["--resync", "2s"]);
     let ready = |lane: &str, v: u64| {
         let s = lanes.status(lane)?;
         let id = s["container_id"].as_str()?.to_string();
@@ -791,8 +882,9 @@ fn the_lanes_dir_removed_or_emptied_under_the_daemon_prunes_nothing() {
     let away = lanes.path("lanes.d.away");
     let mut figures = Vec::new();
     // Holds a fault for HOLD: both containers must keep running, the daemon
-    // must keep going, and it must say why it does nothing.
-    let mut hold = |what: &str, ids: [&str; 2], daemon: &mut Daemon| {
+    // must keep going, and it must say why it does nothing: a WARN line with
+    // every one of `says`.
+    let mut hold = |what: &str, says: &[&str], ids: [&str; 2], daemon: &mut Daemon| {
         let before = daemon.log().len();
         std::thread::sleep(HOLD);
         let kept = ids.into_iter().filter(|id| running(id)).count();
@@ -801,24 +893,46 @@ fn the_lanes_dir_removed_or_emptied_under_the_daemon_prunes_nothing() {
             .get(before..)
             .unwrap_or("")
             .lines()
-            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .filter(|l| l.contains("WARN") && says.iter().all(|w| l.contains(w)))
             .collect();
         figures.push(format!(
-            "{what} for {HOLD:?}: {kept}/2 containers kept running, {} warnings, first: {}",
+            "{what} for {HOLD:?}: {kept}/2 containers kept running, {} warnings saying \
+             {says:?}, first: {}",
             warned.len(),
             warned.first().map_or("none", |l| l.trim())
         ));
         assert_eq!(kept, 2, "{what}: a container was pruned\n{log}");
         assert!(daemon.is_running(), "{what}: the daemon died\n{log}");
-        assert!(!warned.is_empty(), "{what}: nothing reported\n{log}");
+        assert!(
+            !warned.is_empty(),
+            "{what}: no warning saying {says:?}\n{log}"
+        );
     };
 
+    let dir_text = dir.display().to_string();
     // (a) The directory renamed away, then a plain file in its place.
     std::fs::rename(&dir, &away).expect("rename the lanes dir away");
-    hold("lanes dir renamed away", [&a, &b], &mut daemon);
+    hold(
+        "lanes dir renamed away",
+        &[
+            "cannot read the lanes directory; nothing is pruned",
+            &dir_text,
+            "No such file or directory",
+        ],
+        [&a, &b],
+        &mut daemon,
+    );
     assert!(!dir.exists(), "lanectl recreated the lanes dir");
     std::fs::write(&dir, "not a directory\n").expect("a file in its place");
-    hold("lanes dir replaced by a file", [&a, &b], &mut daemon);
+    hold(
+        "lanes dir replaced by a file",
+        &[
+            "cannot read the lanes directory; nothing is pruned",
+            &format!("{dir_text} is not a directory"),
+        ],
+        [&a, &b],
+        &mut daemon,
+    );
     std::fs::remove_file(&dir).expect("remove the file");
     std::fs::rename(&away, &dir).expect("rename the lanes dir back");
     // Back, and followed again: an edit recreates its lane.
@@ -831,7 +945,12 @@ fn the_lanes_dir_removed_or_emptied_under_the_daemon_prunes_nothing() {
     let (a, b) = (a1, b1);
     std::fs::remove_file(dir.join("a.yaml")).expect("rm a.yaml");
     std::fs::remove_file(dir.join("b.yaml")).expect("rm b.yaml");
-    hold("all manifests deleted", [&a, &b], &mut daemon);
+    hold(
+        "all manifests deleted",
+        &["a bad checkout must not wipe a host", "--allow-prune-all"],
+        [&a, &b],
+        &mut daemon,
+    );
     assert_eq!(lanes.containers().len(), 2);
     lanes.write("a", &manifest(1));
     lanes.write("b", &manifest(0));
