@@ -540,28 +540,49 @@ fn podman_killed_and_restarted_repeatedly_under_the_daemon() {
 
     let mut figures = Vec::new();
     for round in 0..3 {
-        let mut in_flight = false;
+        // Round 1: how many edits it took until Podman died mid-recreate.
+        let mut attempts = 0;
         match round {
             1 => {
-                // An edit, and Podman dies while its recreate is under way.
-                want.insert("a", 1);
-                lanes.write("a", &manifest(1));
-                let log_len = daemon.log().len();
-                wait_for(Duration::from_secs(5), || {
-                    daemon
-                        .log()
-                        .get(log_len..)
-                        .unwrap_or("")
-                        .contains("decided action=recreate")
-                        .then_some(())
-                });
-                std::thread::sleep(Duration::from_millis(150));
-                let log = daemon.log();
-                in_flight = !log
-                    .get(log_len..)
-                    .unwrap_or("")
-                    .contains("acted action=recreate");
-                own.kill();
+                // An edit, and Podman dies while its recreate is under way:
+                // the recreate must fail for it ("acted … ok=false"). When
+                // it finished first, Podman comes back and a new edit tries
+                // again (bounded).
+                loop {
+                    attempts += 1;
+                    want.insert("a", attempts);
+                    let from = daemon.log().len();
+                    lanes.write("a", &manifest(attempts));
+                    let line_of_a = |words: &str| {
+                        daemon
+                            .log_since(from)
+                            .lines()
+                            .find(|l| l.contains("lane=a") && l.contains(words))
+                            .map(str::to_string)
+                    };
+                    wait_for(Duration::from_secs(10), || {
+                        line_of_a("decided action=recreate")
+                    })
+                    .unwrap_or_else(|| {
+                        panic!("attempt {attempts}: no recreate of a\n{}", daemon.log())
+                    });
+                    own.kill();
+                    let acted = wait_for(Duration::from_secs(10), || {
+                        line_of_a("acted action=recreate")
+                    });
+                    if acted.as_deref().is_some_and(|l| l.contains("ok=false")) {
+                        break;
+                    }
+                    assert!(
+                        attempts < 5,
+                        "Podman never died mid-recreate in {attempts} attempts\n{}",
+                        daemon.log()
+                    );
+                    own.start();
+                    wait_for(RECOVERY, || all_ready(&lanes, &own, &want)).unwrap_or_else(|| {
+                        panic!("attempt {attempts}: not ready again\n{}", daemon.log())
+                    });
+                }
             }
             2 => {
                 // An edit made while Podman is away.
@@ -597,7 +618,7 @@ fn podman_killed_and_restarted_repeatedly_under_the_daemon() {
             "round {round}{}: ready {took:.1} s after Podman's return",
             match round {
                 0 => " (idle; a container removed after the restart)".to_string(),
-                1 => format!(" (killed mid-recreate: in flight = {in_flight})"),
+                1 => format!(" (killed mid-recreate, at attempt {attempts})"),
                 _ => " (edit made during the outage)".to_string(),
             }
         ));
