@@ -297,6 +297,65 @@ fn audit_after_apply(
     }
 }
 
+/// The phases of a lane's change that the kills must spread over.
+const PHASES: [&str; 5] = ["create", "copy", "start", "probe", "status write"];
+
+/// Where the lanes of a killed `apply -v` were, from its log: each lane
+/// that had work is in the phase after its last step logged (decided:
+/// create; created: copy; copied the codex in: start; inspected or acted:
+/// probe). "status write" is a kill that came while the pass was writing
+/// final statuses: some lane with work had written its final status, another
+/// not yet.
+fn phases_at_kill(log: &str) -> BTreeSet<&'static str> {
+    // Per lane: (phase, is a create or recreate, status writes since acting).
+    let mut lanes: BTreeMap<&str, (Option<&'static str>, bool, u32)> = BTreeMap::new();
+    let mut done = false;
+    for line in log.lines() {
+        let Some(lane) = line
+            .split("reconcile{lane=")
+            .nth(1)
+            .and_then(|rest| rest.split(['}', ' ']).next())
+        else {
+            continue;
+        };
+        let entry = lanes.entry(lane).or_insert((None, false, 0));
+        if let Some(action) = line.split("decided action=").nth(1) {
+            let creates = action.starts_with("create") || action.starts_with("recreate");
+            *entry = match () {
+                () if creates => (Some("create"), true, 0),
+                () if action.starts_with("start") => (Some("start"), false, 0),
+                () => (None, false, 0),
+            };
+            continue;
+        }
+        let Some(phase) = entry.0 else { continue };
+        entry.0 = if line.contains("lanectl::exec: created") {
+            Some("copy")
+        } else if line.contains("copied the codex in") {
+            Some("start")
+        } else if line.contains("inspected") || line.contains("acted action=") {
+            entry.2 = 0;
+            Some("probe")
+        } else if line.contains("status written") && phase == "probe" {
+            // A create writes `pending` (probing) first, then its final status.
+            entry.2 += 1;
+            if entry.2 > u32::from(entry.1) {
+                done = true;
+                None
+            } else {
+                Some("probe")
+            }
+        } else {
+            Some(phase)
+        };
+    }
+    let mut phases: BTreeSet<&'static str> = lanes.values().filter_map(|l| l.0).collect();
+    if done && !phases.is_empty() {
+        phases.insert("status write");
+    }
+    phases
+}
+
 /// Five worker lanes with codex dirs; each iteration changes something
 /// (env, codex bytes, containers removed or stopped, a manifest deleted or
 /// restored), starts `apply`, SIGKILLs it after a seeded delay of 0-800 ms,
@@ -305,7 +364,7 @@ fn audit_after_apply(
 #[test]
 fn kill_minus_9_during_apply_never_leaves_a_duplicate_a_half_started_lane_or_a_lying_status() {
     const KILL_POINTS: usize = 24;
-    const MAX_ITERATIONS: u64 = 40;
+    const MAX_ITERATIONS: u64 = 60;
     let lanes = Lanes::new("kill9");
     let mut present: BTreeSet<&str> = WORKERS.into_iter().collect();
     let (mut v, mut version) = (0u64, 0u64);
@@ -316,13 +375,22 @@ fn kill_minus_9_during_apply_never_leaves_a_duplicate_a_half_started_lane_or_a_l
             }
             let manifest = lanes.dir().join(format!("{lane}.yaml"));
             if present.contains(lane) {
-                lanes.write(
-                    lane,
-                    &lanes.worker_lane(&format!(
-                        "env: {{LANE_V: '{v}'}}\n\
-                         codex: {{source: ../codex/{lane}, target: /root/.codex}}\n"
-                    )),
-                );
+                let manifest = lanes.worker_lane(&format!(
+                    "env: {{LANE_V: '{v}'}}\n\
+                     codex: {{source: ../codex/{lane}, target: /root/.codex}}\n"
+                ));
+                // w0 and w1 answer 0.4 s after their start, so that kills
+                // land in the probe too (the others answer within ms).
+                let manifest = if lane < "w2" {
+                    manifest.replace(
+                        "entrypoint: [/usr/local/bin/lane-worker]\ncommand: [serve]",
+                        "entrypoint: [/bin/sh, -c]\n\
+                         command: ['sleep 0.4; exec /usr/local/bin/lane-worker serve']",
+                    )
+                } else {
+                    manifest
+                };
+                lanes.write(lane, &manifest);
             } else if manifest.exists() {
                 std::fs::remove_file(manifest).expect("remove manifest");
             }
@@ -336,6 +404,8 @@ fn kill_minus_9_during_apply_never_leaves_a_duplicate_a_half_started_lane_or_a_l
     let (mut landed, mut finished, mut audits) = (0usize, 0usize, 0usize);
     let mut delays = Vec::new();
     let mut left: BTreeMap<String, usize> = BTreeMap::new();
+    // Phase -> how many kills caught a lane in it.
+    let mut spread: BTreeMap<&str, usize> = BTreeMap::new();
     let mut i = 0u64;
     while landed < KILL_POINTS && i < MAX_ITERATIONS {
         // Change something, so that the killed apply has work of each kind.
@@ -372,13 +442,16 @@ fn kill_minus_9_during_apply_never_leaves_a_duplicate_a_half_started_lane_or_a_l
 
         let delay = Lcg::new(i).below(801);
         delays.push(delay);
+        // Its debug log says how far each lane got when the kill came.
+        let log_path = lanes.path(&format!("apply-{i}.log"));
+        let log_file = std::fs::File::create(&log_path).expect("apply log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_lanectl"))
             .arg("--dir")
             .arg(lanes.dir())
-            .args(["--instance", &lanes.instance, "apply"])
+            .args(["--instance", &lanes.instance, "-v", "apply"])
             .env("CONTAINER_HOST", host())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_file)
             .spawn()
             .expect("start lanectl apply");
         std::thread::sleep(Duration::from_millis(delay));
@@ -392,6 +465,11 @@ fn kill_minus_9_during_apply_never_leaves_a_duplicate_a_half_started_lane_or_a_l
                 "kill {i} after {delay} ms at {}",
                 humantime::format_rfc3339_nanos(std::time::SystemTime::now())
             );
+            child.wait().expect("reap lanectl");
+            let log = std::fs::read_to_string(&log_path).expect("apply log");
+            for phase in phases_at_kill(&log) {
+                *spread.entry(phase).or_default() += 1;
+            }
         }
         child.wait().expect("reap lanectl");
         if kind == 1 {
@@ -475,9 +553,18 @@ fn kill_minus_9_during_apply_never_leaves_a_duplicate_a_half_started_lane_or_a_l
         "what the kills left, summed over the {} iterations not audited at once: {left:?}",
         delays.len() - audits + 1
     );
+    println!("lanes caught in each phase by the kills: {spread:?}");
+    assert_eq!(
+        landed, KILL_POINTS,
+        "only {landed} kills landed in a running apply in {MAX_ITERATIONS} iterations"
+    );
+    let missed: Vec<&str> = PHASES
+        .into_iter()
+        .filter(|p| !spread.contains_key(p))
+        .collect();
     assert!(
-        landed >= 20,
-        "only {landed} kills landed in a running apply"
+        missed.is_empty(),
+        "no kill landed in {missed:?}; spread: {spread:?}; delays: {delays:?}"
     );
     assert!(
         audit.problems.is_empty(),
