@@ -140,6 +140,13 @@ fn codex_of(lane: &str, version: u64) -> Vec<(String, String)> {
             format!("You are lane {lane}.\n"),
         ));
     }
+    if lane == "w2" {
+        // 2 MiB: its copy takes long enough for kills to land in it.
+        files.push((
+            "blob.txt".to_string(),
+            format!("{lane} {version}\n{}", "0123456789abcdef\n".repeat(1 << 17)),
+        ));
+    }
     files
 }
 
