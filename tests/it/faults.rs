@@ -365,7 +365,7 @@ fn phases_at_kill(log: &str) -> BTreeSet<&'static str> {
 
 /// Five worker lanes with codex dirs; each iteration changes something
 /// (env, codex bytes, containers removed or stopped, a manifest deleted or
-/// restored), starts `apply`, SIGKILLs it after a seeded delay of 0-800 ms,
+/// restored), starts `apply`, SIGKILLs it after a seeded delay of 0-1200 ms,
 /// and checks that every running container has its codex. After kills among
 /// creates, and at the end, a normal apply must converge the whole dir.
 #[test]
@@ -447,7 +447,7 @@ fn kill_minus_9_during_apply_never_leaves_a_duplicate_a_half_started_lane_or_a_l
         }
         write_all(&present, v, version);
 
-        let delay = Lcg::new(i).below(801);
+        let delay = Lcg::new(i).below(1201);
         delays.push(delay);
         // Its debug log says how far each lane got when the kill came.
         let log_path = lanes.path(&format!("apply-{i}.log"));
