@@ -355,7 +355,8 @@ fn a_resync_changes_nothing_when_nothing_changed() {
             .all(|lane| {
                 log.lines()
                     .filter(|l| {
-                        l.contains(&format!("lane={lane}")) && l.contains("decided action=nothing")
+                        l.contains(&format!("reconcile{{lane={lane} cause=\"resync\"}}"))
+                            && l.contains("decided action=nothing")
                     })
                     .count()
                     >= 3
