@@ -614,3 +614,57 @@ impl Drop for OwnPodman {
         }
     }
 }
+
+impl Lanes {
+    /// Runs lanectl on this directory with no way to reach any Podman:
+    /// `CONTAINER_HOST` unset, `PATH` without a `podman` binary (so no
+    /// private service can be started), and `podman` (if given) as `--podman`.
+    pub fn lanectl_without_podman(&self, podman: Option<&str>, args: &[&str]) -> Run {
+        let empty = self.path("no-podman-bin");
+        std::fs::create_dir_all(&empty).expect("mkdir");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lanectl"));
+        cmd.arg("--dir")
+            .arg(self.dir())
+            .arg("--instance")
+            .arg(&self.instance);
+        if let Some(url) = podman {
+            cmd.args(["--podman", url]);
+        }
+        let out = cmd
+            .args(args)
+            .env_remove("CONTAINER_HOST")
+            .env("PATH", &empty)
+            .output()
+            .expect("run lanectl");
+        Run::of(out)
+    }
+}
+
+impl Daemon {
+    /// Sends a signal (`"INT"`, `"TERM"`) to the daemon, without waiting.
+    pub fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{name}");
+    }
+
+    /// Waits (at most `limit`) for the daemon to exit: its exit code, or
+    /// `None` while it still runs (or when a signal killed it).
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<i32> {
+        wait_for(limit, || {
+            self.child
+                .try_wait()
+                .ok()
+                .flatten()
+                .map(|status| status.code())
+        })
+        .flatten()
+    }
+
+    /// The log from byte `from` on (what the daemon said since then).
+    pub fn log_since(&self, from: usize) -> String {
+        self.log().get(from..).unwrap_or("").to_string()
+    }
+}

@@ -1,6 +1,6 @@
 //! Failures that are one lane's own: the others converge regardless.
 
-use crate::common::{Lanes, image, podman};
+use crate::common::{Lanes, image, inspect, podman};
 
 #[test]
 fn a_missing_image_a_failing_probe_and_a_foreign_name_fail_only_their_own_lane() {
@@ -44,9 +44,16 @@ fn a_missing_image_a_failing_probe_and_a_foreign_name_fail_only_their_own_lane()
             .contains("answered 404"),
         "{badprobe}"
     );
-    assert!(
-        badprobe["container_id"].is_string(),
-        "a lane whose probe fails stays up"
+    // A lane whose probe fails stays up: its container runs, and it is the
+    // one the status names.
+    let id = badprobe["container_id"]
+        .as_str()
+        .expect("a failed probe keeps its container_id");
+    let c = inspect(id);
+    assert_eq!(c["State"]["Running"], true, "{badprobe}\n{}", c["State"]);
+    assert_eq!(
+        c["Config"]["Labels"]["io.lanectl.lane"], "badprobe",
+        "{badprobe}"
     );
 
     let taken = lanes.status("taken").unwrap();

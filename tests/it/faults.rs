@@ -140,6 +140,13 @@ fn codex_of(lane: &str, version: u64) -> Vec<(String, String)> {
             format!("You are lane {lane}.\n"),
         ));
     }
+    if lane == "w2" {
+        // 2 MiB: its copy takes long enough for kills to land in it.
+        files.push((
+            "blob.txt".to_string(),
+            format!("{lane} {version}\n{}", "0123456789abcdef\n".repeat(1 << 17)),
+        ));
+    }
     files
 }
 
@@ -297,15 +304,74 @@ fn audit_after_apply(
     }
 }
 
+/// The phases of a lane's change that the kills must spread over.
+const PHASES: [&str; 5] = ["create", "copy", "start", "probe", "status write"];
+
+/// Where the lanes of a killed `apply -v` were, from its log: each lane
+/// that had work is in the phase after its last step logged (decided:
+/// create; created: copy; copied the codex in: start; inspected or acted:
+/// probe). "status write" is a kill that came while the pass was writing
+/// final statuses: some lane with work had written its final status, another
+/// not yet.
+fn phases_at_kill(log: &str) -> BTreeSet<&'static str> {
+    // Per lane: (phase, is a create or recreate, status writes since acting).
+    let mut lanes: BTreeMap<&str, (Option<&'static str>, bool, u32)> = BTreeMap::new();
+    let mut done = false;
+    for line in log.lines() {
+        let Some(lane) = line
+            .split("reconcile{lane=")
+            .nth(1)
+            .and_then(|rest| rest.split(['}', ' ']).next())
+        else {
+            continue;
+        };
+        let entry = lanes.entry(lane).or_insert((None, false, 0));
+        if let Some(action) = line.split("decided action=").nth(1) {
+            let creates = action.starts_with("create") || action.starts_with("recreate");
+            *entry = match () {
+                () if creates => (Some("create"), true, 0),
+                () if action.starts_with("start") => (Some("start"), false, 0),
+                () => (None, false, 0),
+            };
+            continue;
+        }
+        let Some(phase) = entry.0 else { continue };
+        entry.0 = if line.contains("lanectl::exec: created") {
+            Some("copy")
+        } else if line.contains("copied the codex in") {
+            Some("start")
+        } else if line.contains("inspected") || line.contains("acted action=") {
+            entry.2 = 0;
+            Some("probe")
+        } else if line.contains("status written") && phase == "probe" {
+            // A create writes `pending` (probing) first, then its final status.
+            entry.2 += 1;
+            if entry.2 > u32::from(entry.1) {
+                done = true;
+                None
+            } else {
+                Some("probe")
+            }
+        } else {
+            Some(phase)
+        };
+    }
+    let mut phases: BTreeSet<&'static str> = lanes.values().filter_map(|l| l.0).collect();
+    if done && !phases.is_empty() {
+        phases.insert("status write");
+    }
+    phases
+}
+
 /// Five worker lanes with codex dirs; each iteration changes something
 /// (env, codex bytes, containers removed or stopped, a manifest deleted or
-/// restored), starts `apply`, SIGKILLs it after a seeded delay of 0-800 ms,
+/// restored), starts `apply`, SIGKILLs it after a seeded delay of 0-1200 ms,
 /// and checks that every running container has its codex. After kills among
 /// creates, and at the end, a normal apply must converge the whole dir.
 #[test]
 fn kill_minus_9_during_apply_never_leaves_a_duplicate_a_half_started_lane_or_a_lying_status() {
     const KILL_POINTS: usize = 24;
-    const MAX_ITERATIONS: u64 = 40;
+    const MAX_ITERATIONS: u64 = 60;
     let lanes = Lanes::new("kill9");
     let mut present: BTreeSet<&str> = WORKERS.into_iter().collect();
     let (mut v, mut version) = (0u64, 0u64);
@@ -316,13 +382,22 @@ fn kill_minus_9_during_apply_never_leaves_a_duplicate_a_half_started_lane_or_a_l
             }
             let manifest = lanes.dir().join(format!("{lane}.yaml"));
             if present.contains(lane) {
-                lanes.write(
-                    lane,
-                    &lanes.worker_lane(&format!(
-                        "env: {{LANE_V: '{v}'}}\n\
-                         codex: {{source: ../codex/{lane}, target: /root/.codex}}\n"
-                    )),
-                );
+                let manifest = lanes.worker_lane(&format!(
+                    "env: {{LANE_V: '{v}'}}\n\
+                     codex: {{source: ../codex/{lane}, target: /root/.codex}}\n"
+                ));
+                // w0 and w1 answer 0.4 s after their start, so that kills
+                // land in the probe too (the others answer within ms).
+                let manifest = if lane < "w2" {
+                    manifest.replace(
+                        "entrypoint: [/usr/local/bin/lane-worker]\ncommand: [serve]",
+                        "entrypoint: [/bin/sh, -c]\n\
+                         command: ['sleep 0.4; exec /usr/local/bin/lane-worker serve']",
+                    )
+                } else {
+                    manifest
+                };
+                lanes.write(lane, &manifest);
             } else if manifest.exists() {
                 std::fs::remove_file(manifest).expect("remove manifest");
             }
@@ -336,6 +411,8 @@ fn kill_minus_9_during_apply_never_leaves_a_duplicate_a_half_started_lane_or_a_l
     let (mut landed, mut finished, mut audits) = (0usize, 0usize, 0usize);
     let mut delays = Vec::new();
     let mut left: BTreeMap<String, usize> = BTreeMap::new();
+    // Phase -> how many kills caught a lane in it.
+    let mut spread: BTreeMap<&str, usize> = BTreeMap::new();
     let mut i = 0u64;
     while landed < KILL_POINTS && i < MAX_ITERATIONS {
         // Change something, so that the killed apply has work of each kind.
@@ -370,15 +447,18 @@ fn kill_minus_9_during_apply_never_leaves_a_duplicate_a_half_started_lane_or_a_l
         }
         write_all(&present, v, version);
 
-        let delay = Lcg::new(i).below(801);
+        let delay = Lcg::new(i).below(1201);
         delays.push(delay);
+        // Its debug log says how far each lane got when the kill came.
+        let log_path = lanes.path(&format!("apply-{i}.log"));
+        let log_file = std::fs::File::create(&log_path).expect("apply log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_lanectl"))
             .arg("--dir")
             .arg(lanes.dir())
-            .args(["--instance", &lanes.instance, "apply"])
+            .args(["--instance", &lanes.instance, "-v", "apply"])
             .env("CONTAINER_HOST", host())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_file)
             .spawn()
             .expect("start lanectl apply");
         std::thread::sleep(Duration::from_millis(delay));
@@ -392,6 +472,11 @@ fn kill_minus_9_during_apply_never_leaves_a_duplicate_a_half_started_lane_or_a_l
                 "kill {i} after {delay} ms at {}",
                 humantime::format_rfc3339_nanos(std::time::SystemTime::now())
             );
+            child.wait().expect("reap lanectl");
+            let log = std::fs::read_to_string(&log_path).expect("apply log");
+            for phase in phases_at_kill(&log) {
+                *spread.entry(phase).or_default() += 1;
+            }
         }
         child.wait().expect("reap lanectl");
         if kind == 1 {
@@ -475,9 +560,18 @@ fn kill_minus_9_during_apply_never_leaves_a_duplicate_a_half_started_lane_or_a_l
         "what the kills left, summed over the {} iterations not audited at once: {left:?}",
         delays.len() - audits + 1
     );
+    println!("lanes caught in each phase by the kills: {spread:?}");
+    assert_eq!(
+        landed, KILL_POINTS,
+        "only {landed} kills landed in a running apply in {MAX_ITERATIONS} iterations"
+    );
+    let missed: Vec<&str> = PHASES
+        .into_iter()
+        .filter(|p| !spread.contains_key(p))
+        .collect();
     assert!(
-        landed >= 20,
-        "only {landed} kills landed in a running apply"
+        missed.is_empty(),
+        "no kill landed in {missed:?}; spread: {spread:?}; delays: {delays:?}"
     );
     assert!(
         audit.problems.is_empty(),
@@ -540,28 +634,49 @@ fn podman_killed_and_restarted_repeatedly_under_the_daemon() {
 
     let mut figures = Vec::new();
     for round in 0..3 {
-        let mut in_flight = false;
+        // Round 1: how many edits it took until Podman died mid-recreate.
+        let mut attempts = 0;
         match round {
             1 => {
-                // An edit, and Podman dies while its recreate is under way.
-                want.insert("a", 1);
-                lanes.write("a", &manifest(1));
-                let log_len = daemon.log().len();
-                wait_for(Duration::from_secs(5), || {
-                    daemon
-                        .log()
-                        .get(log_len..)
-                        .unwrap_or("")
-                        .contains("decided action=recreate")
-                        .then_some(())
-                });
-                std::thread::sleep(Duration::from_millis(150));
-                let log = daemon.log();
-                in_flight = !log
-                    .get(log_len..)
-                    .unwrap_or("")
-                    .contains("acted action=recreate");
-                own.kill();
+                // An edit, and Podman dies while its recreate is under way:
+                // the recreate must fail for it ("acted … ok=false"). When
+                // it finished first, Podman comes back and a new edit tries
+                // again (bounded).
+                loop {
+                    attempts += 1;
+                    want.insert("a", attempts);
+                    let from = daemon.log().len();
+                    lanes.write("a", &manifest(attempts));
+                    let line_of_a = |words: &str| {
+                        daemon
+                            .log_since(from)
+                            .lines()
+                            .find(|l| l.contains("lane=a") && l.contains(words))
+                            .map(str::to_string)
+                    };
+                    wait_for(Duration::from_secs(10), || {
+                        line_of_a("decided action=recreate")
+                    })
+                    .unwrap_or_else(|| {
+                        panic!("attempt {attempts}: no recreate of a\n{}", daemon.log())
+                    });
+                    own.kill();
+                    let acted = wait_for(Duration::from_secs(10), || {
+                        line_of_a("acted action=recreate")
+                    });
+                    if acted.as_deref().is_some_and(|l| l.contains("ok=false")) {
+                        break;
+                    }
+                    assert!(
+                        attempts < 5,
+                        "Podman never died mid-recreate in {attempts} attempts\n{}",
+                        daemon.log()
+                    );
+                    own.start();
+                    wait_for(RECOVERY, || all_ready(&lanes, &own, &want)).unwrap_or_else(|| {
+                        panic!("attempt {attempts}: not ready again\n{}", daemon.log())
+                    });
+                }
             }
             2 => {
                 // An edit made while Podman is away.
@@ -597,7 +712,7 @@ fn podman_killed_and_restarted_repeatedly_under_the_daemon() {
             "round {round}{}: ready {took:.1} s after Podman's return",
             match round {
                 0 => " (idle; a container removed after the restart)".to_string(),
-                1 => format!(" (killed mid-recreate: in flight = {in_flight})"),
+                1 => format!(" (killed mid-recreate, at attempt {attempts})"),
                 _ => " (edit made during the outage)".to_string(),
             }
         ));
@@ -625,6 +740,103 @@ fn podman_killed_and_restarted_repeatedly_under_the_daemon() {
         3,
         "one container per lane: {lanes_of:?}\n{log}"
     );
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Checks every field that a whole status file of `lane` has: the keys are
+/// known, each value has its form (`since` a timestamp, ids and hashes full
+/// length, `restarts` a number, `message` a string), and a lane that is
+/// `ready` names its container, spec hash and endpoint. `since` is written
+/// last, so a file cut anywhere fails here.
+fn whole_status(lane: &str, text: &str) -> Result<(), String> {
+    const KEYS: [&str; 12] = [
+        "lane",
+        "phase",
+        "endpoint",
+        "endpoints",
+        "container",
+        "container_id",
+        "spec_hash",
+        "codex_fingerprint",
+        "manifest_sha256",
+        "restarts",
+        "message",
+        "since",
+    ];
+    let v: Value = serde_saphyr::from_str(text).map_err(|e| format!("does not parse: {e}"))?;
+    let map = v.as_object().ok_or("not a map")?;
+    if let Some(key) = map.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(format!("unknown key {key}"));
+    }
+    let str_of = |key: &str| map.get(key).and_then(Value::as_str);
+    let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
+    check(str_of("lane") == Some(lane), "lane")?;
+    let phase = str_of("phase").unwrap_or("");
+    check(
+        ["pending", "ready", "stopped", "failed", "invalid"].contains(&phase),
+        "phase",
+    )?;
+    check(
+        str_of("since").is_some_and(|t| humantime::parse_rfc3339(t).is_ok()),
+        "since",
+    )?;
+    check(map.get("restarts").is_some_and(Value::is_u64), "restarts")?;
+    check(map.get("message").is_some_and(Value::is_string), "message")?;
+    let endpoint_ok = |e: &str| {
+        e.strip_prefix("http://127.0.0.1:")
+            .is_some_and(|port| port.parse::<u16>().is_ok())
+    };
+    let optional = [
+        ("endpoint", &endpoint_ok as &dyn Fn(&str) -> bool),
+        ("container", &|c: &str| !c.is_empty()),
+        ("container_id", &|c: &str| is_hex(c, 64)),
+        ("spec_hash", &|h: &str| {
+            h.strip_prefix("sha256:").is_some_and(|h| is_hex(h, 64))
+        }),
+        ("codex_fingerprint", &|h: &str| is_hex(h, 64)),
+        ("manifest_sha256", &|h: &str| is_hex(h, 64)),
+    ];
+    for (key, ok) in optional {
+        if let Some(value) = map.get(key) {
+            check(value.as_str().is_some_and(ok), key)?;
+        }
+    }
+    if let Some(endpoints) = map.get("endpoints") {
+        let all = endpoints.as_object().is_some_and(|m| {
+            !m.is_empty() && m.values().all(|e| e.as_str().is_some_and(endpoint_ok))
+        });
+        check(all, "endpoints")?;
+    }
+    if phase == "ready" {
+        for key in ["container_id", "spec_hash", "endpoint", "container"] {
+            check(map.contains_key(key), &format!("ready without {key}"))?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_churn_reader_rejects_a_status_file_cut_anywhere() {
+    let whole = "lane: a\nphase: ready\nendpoint: http://127.0.0.1:41711\nendpoints:\n  \
+                 31417/tcp: http://127.0.0.1:41711\ncontainer: it-a\ncontainer_id: \
+                 c446f8b95e59ac272081cf94d8a9a763f82d9625c9da5987c43b0b81d0f0a17d\nspec_hash: \
+                 sha256:2f81f3f1ea629be442f28bb5eea258f710eaae181371a450d66c4f0ec38948db\n\
+                 codex_fingerprint: d09f7a1a2d255a63b3d7fccfd0ddf96da8211b9b22beba7293b03d506a6d43a7\n\
+                 manifest_sha256: 521df22f357f7cd087b039a1f65c91f12748ad2f9d16495ec15a0525e8012790\n\
+                 restarts: 0\nmessage: \"\"\nsince: \"2026-12-01T08:36:52Z\"\n";
+    assert_eq!(whole_status("a", whole), Ok(()));
+    // Every cut but the one of the final newline.
+    for cut in 0..whole.len() - 1 {
+        assert!(
+            whole_status("a", &whole[..cut]).is_err(),
+            "cut at {cut} passes:\n{}",
+            &whole[..cut]
+        );
+    }
+    assert!(whole_status("b", whole).is_err(), "another lane's file");
 }
 
 #[test]
@@ -663,16 +875,8 @@ fn status_files_stay_whole_under_churn() {
                         }
                         Err(e) => panic!("read {name}: {e}"),
                     };
-                    let parsed: Result<Value, _> = serde_saphyr::from_str(&text);
-                    let whole = parsed.as_ref().is_ok_and(|v| {
-                        v["lane"] == lane
-                            && ["pending", "ready", "stopped", "failed", "invalid"]
-                                .iter()
-                                .any(|p| v["phase"] == *p)
-                            && v["since"].is_string()
-                    });
-                    if !whole {
-                        *bad.lock().expect("lock") = Some(format!("{name}: {parsed:?}\n{text}"));
+                    if let Err(why) = whole_status(lane, &text) {
+                        *bad.lock().expect("lock") = Some(format!("{name}: {why}\n{text}"));
                         return;
                     }
                     reads.fetch_add(1, Ordering::Relaxed);
@@ -766,7 +970,9 @@ fn the_lanes_dir_removed_or_emptied_under_the_daemon_prunes_nothing() {
     let manifest = |v: u64| lanes.worker_lane(&format!("env: {{LANE_V: '{v}'}}\n"));
     lanes.write("a", &manifest(0));
     lanes.write("b", &manifest(0));
-    let mut daemon = Daemon::start(&lanes, &[]);
+    // The warnings come from whichever notices first, the watcher or the
+    // resync: a short resync makes sure one does within the hold.
+    let mut daemon = Daemon::start(&lanes, &["--resync", "2s"]);
     let ready = |lane: &str, v: u64| {
         let s = lanes.status(lane)?;
         let id = s["container_id"].as_str()?.to_string();
@@ -791,8 +997,9 @@ fn the_lanes_dir_removed_or_emptied_under_the_daemon_prunes_nothing() {
     let away = lanes.path("lanes.d.away");
     let mut figures = Vec::new();
     // Holds a fault for HOLD: both containers must keep running, the daemon
-    // must keep going, and it must say why it does nothing.
-    let mut hold = |what: &str, ids: [&str; 2], daemon: &mut Daemon| {
+    // must keep going, and it must say why it does nothing: a WARN line with
+    // every one of `says`.
+    let mut hold = |what: &str, says: &[&str], ids: [&str; 2], daemon: &mut Daemon| {
         let before = daemon.log().len();
         std::thread::sleep(HOLD);
         let kept = ids.into_iter().filter(|id| running(id)).count();
@@ -801,24 +1008,46 @@ fn the_lanes_dir_removed_or_emptied_under_the_daemon_prunes_nothing() {
             .get(before..)
             .unwrap_or("")
             .lines()
-            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .filter(|l| l.contains("WARN") && says.iter().all(|w| l.contains(w)))
             .collect();
         figures.push(format!(
-            "{what} for {HOLD:?}: {kept}/2 containers kept running, {} warnings, first: {}",
+            "{what} for {HOLD:?}: {kept}/2 containers kept running, {} warnings saying \
+             {says:?}, first: {}",
             warned.len(),
             warned.first().map_or("none", |l| l.trim())
         ));
         assert_eq!(kept, 2, "{what}: a container was pruned\n{log}");
         assert!(daemon.is_running(), "{what}: the daemon died\n{log}");
-        assert!(!warned.is_empty(), "{what}: nothing reported\n{log}");
+        assert!(
+            !warned.is_empty(),
+            "{what}: no warning saying {says:?}\n{log}"
+        );
     };
 
+    let dir_text = dir.display().to_string();
     // (a) The directory renamed away, then a plain file in its place.
     std::fs::rename(&dir, &away).expect("rename the lanes dir away");
-    hold("lanes dir renamed away", [&a, &b], &mut daemon);
+    hold(
+        "lanes dir renamed away",
+        &[
+            "cannot read the lanes directory; nothing is pruned",
+            &dir_text,
+            "No such file or directory",
+        ],
+        [&a, &b],
+        &mut daemon,
+    );
     assert!(!dir.exists(), "lanectl recreated the lanes dir");
     std::fs::write(&dir, "not a directory\n").expect("a file in its place");
-    hold("lanes dir replaced by a file", [&a, &b], &mut daemon);
+    hold(
+        "lanes dir replaced by a file",
+        &[
+            "cannot read the lanes directory; nothing is pruned",
+            &format!("{dir_text} is not a directory"),
+        ],
+        [&a, &b],
+        &mut daemon,
+    );
     std::fs::remove_file(&dir).expect("remove the file");
     std::fs::rename(&away, &dir).expect("rename the lanes dir back");
     // Back, and followed again: an edit recreates its lane.
@@ -831,7 +1060,12 @@ fn the_lanes_dir_removed_or_emptied_under_the_daemon_prunes_nothing() {
     let (a, b) = (a1, b1);
     std::fs::remove_file(dir.join("a.yaml")).expect("rm a.yaml");
     std::fs::remove_file(dir.join("b.yaml")).expect("rm b.yaml");
-    hold("all manifests deleted", [&a, &b], &mut daemon);
+    hold(
+        "all manifests deleted",
+        &["a bad checkout must not wipe a host", "--allow-prune-all"],
+        [&a, &b],
+        &mut daemon,
+    );
     assert_eq!(lanes.containers().len(), 2);
     lanes.write("a", &manifest(1));
     lanes.write("b", &manifest(0));

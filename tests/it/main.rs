@@ -12,6 +12,7 @@ mod failures;
 mod faults;
 mod hardening;
 mod plan;
+mod promises;
 mod secrets;
 mod validate;
 mod watch;
