@@ -662,9 +662,4 @@ impl Daemon {
         })
         .flatten()
     }
-
-    /// The log from byte `from` on (what the daemon said since then).
-    pub fn log_since(&self, from: usize) -> String {
-        self.log().get(from..).unwrap_or("").to_string()
-    }
 }

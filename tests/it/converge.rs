@@ -11,13 +11,17 @@ fn every_manifest_field_lands_on_the_container() {
     lanes.file("codex/full/config.toml", "model = \"x\"\n");
     lanes.file("codex/full/sub/auth.json", "{\"token\": \"t\"}\n");
     lanes.file("work/full/README", "hello\n");
-    let extra = "container_name: it-fields-full\n\
+    // A name of this test's own: tests run in parallel on one Podman.
+    let name = format!("{}-full-named", lanes.instance);
+    let extra = format!(
+        "container_name: {name}\n\
                  workdir: /workspace\n\
-                 env: {LANE_NAME: full, RATIO: 1.50, FLAG: true}\n\
-                 labels: {team: infra}\n\
-                 codex: {source: ../codex/full, target: /root/.codex, fingerprint_env: INBOX_RUNTIME_CODEX_SHA}\n\
-                 resources: {memory: 64m, cpus: 0.5, pids: 64}\n";
-    let mut yaml = lanes.worker_lane(extra);
+                 env: {{LANE_NAME: full, RATIO: 1.50, FLAG: true}}\n\
+                 labels: {{team: infra}}\n\
+                 codex: {{source: ../codex/full, target: /root/.codex, fingerprint_env: INBOX_RUNTIME_CODEX_SHA}}\n\
+                 resources: {{memory: 64m, cpus: 0.5, pids: 64}}\n"
+    );
+    let mut yaml = lanes.worker_lane(&extra);
     yaml = yaml.replace(
         "read_only: true}\n",
         "read_only: true}\n  - {source: ../work/full, target: /workspace, relabel: private}\n",
@@ -30,7 +34,7 @@ fn every_manifest_field_lands_on_the_container() {
     assert!(run.stdout.contains("create"), "{run:?}");
     let status = lanes.status("full").unwrap();
     assert_eq!(status["phase"], "ready");
-    assert_eq!(status["container"], "it-fields-full");
+    assert_eq!(status["container"], name.as_str());
     let c = inspect(&lanes.container_id("full"));
     let config = &c["Config"];
     assert_eq!(config["User"], "root");
@@ -312,9 +316,13 @@ fn a_broken_manifest_leaves_the_running_container_alone() {
 fn two_instances_never_touch_each_others_containers() {
     let one = Lanes::new("inst-one");
     let two = Lanes::new("inst-two");
-    one.write("a", &one.worker_lane("container_name: it-inst-one-a\n"));
-    one.write("b", &one.worker_lane("container_name: it-inst-one-b\n"));
-    two.write("a", &two.worker_lane("container_name: it-inst-two-a\n"));
+    // Names of this test's own (tests run in parallel on one Podman).
+    let named = |l: &Lanes, lane: &str| {
+        l.worker_lane(&format!("container_name: {}-{lane}-n\n", l.instance))
+    };
+    one.write("a", &named(&one, "a"));
+    one.write("b", &named(&one, "b"));
+    two.write("a", &named(&two, "a"));
     one.apply_ok();
     two.apply_ok();
     let theirs = two.containers();

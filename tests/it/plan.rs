@@ -133,7 +133,11 @@ fn without_a_podman_url_lanectl_starts_a_private_service_and_stops_it() {
         .split("url=")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
-        .map(|url| url.trim_matches('"').trim_start_matches("unix://").to_string())
+        .map(|url| {
+            url.trim_matches('"')
+                .trim_start_matches("unix://")
+                .to_string()
+        })
         .unwrap_or_else(|| panic!("the log names the private service's URL:\n{stderr}"));
     assert!(socket.contains("lanectl-podman-"), "{socket}");
     let ps = std::process::Command::new("ps")
@@ -143,7 +147,10 @@ fn without_a_podman_url_lanectl_starts_a_private_service_and_stops_it() {
     let leftover = String::from_utf8_lossy(&ps.stdout)
         .lines()
         .any(|l| l.contains("system service") && l.contains(&socket));
-    assert!(!leftover, "the private service at {socket} outlived lanectl");
+    assert!(
+        !leftover,
+        "the private service at {socket} outlived lanectl"
+    );
 }
 
 #[test]
