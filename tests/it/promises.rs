@@ -74,21 +74,29 @@ fn sigint_exits_0_and_leaves_the_lanes_running() {
     assert_eq!(lanes.ready_id("a"), Some(id), "status left as it was");
 }
 
-#[test]
-fn the_first_signal_lets_an_in_flight_recreate_finish() {
-    let lanes = Lanes::new("sigterm-inflight");
-    lanes.write("slow", &slow_stop_lane(&lanes, "slow", 0, "4s"));
-    let mut daemon = Daemon::start(&lanes, &["--resync", "1h"]);
-    let old = wait_for(Duration::from_secs(60), || ready_on(&lanes, "slow", 0))
+/// A daemon whose lane `slow` (its container taking `stop` to stop) is
+/// being recreated now: returns the daemon, the old container's id and the
+/// log's length before the edit.
+fn recreate_in_flight(lanes: &Lanes, stop: &str) -> (Daemon, String, usize) {
+    lanes.write("slow", &slow_stop_lane(lanes, "slow", 0, stop));
+    let daemon = Daemon::start(lanes, &["--resync", "1h"]);
+    let old = wait_for(Duration::from_secs(60), || ready_on(lanes, "slow", 0))
         .unwrap_or_else(|| panic!("slow not ready\n{}", daemon.log()));
     let from = daemon.log().len();
-    lanes.write("slow", &slow_stop_lane(&lanes, "slow", 1, "4s"));
+    lanes.write("slow", &slow_stop_lane(lanes, "slow", 1, stop));
     wait_log(
         &daemon,
         from,
         &["lane=slow", "decided action=recreate"],
         Duration::from_secs(30),
     );
+    (daemon, old, from)
+}
+
+#[test]
+fn the_first_signal_lets_an_in_flight_recreate_finish() {
+    let lanes = Lanes::new("sigterm-inflight");
+    let (mut daemon, old, from) = recreate_in_flight(&lanes, "4s");
     // The old container takes 4 s to stop: the recreate is in flight now.
     daemon.signal("TERM");
     let code = daemon.wait_exit(Duration::from_secs(60));
@@ -114,18 +122,7 @@ fn the_first_signal_lets_an_in_flight_recreate_finish() {
 #[test]
 fn a_second_signal_exits_at_once_even_with_work_in_flight() {
     let lanes = Lanes::new("second-signal");
-    lanes.write("slow", &slow_stop_lane(&lanes, "slow", 0, "60s"));
-    let mut daemon = Daemon::start(&lanes, &["--resync", "1h"]);
-    wait_for(Duration::from_secs(60), || ready_on(&lanes, "slow", 0))
-        .unwrap_or_else(|| panic!("slow not ready\n{}", daemon.log()));
-    let from = daemon.log().len();
-    lanes.write("slow", &slow_stop_lane(&lanes, "slow", 1, "60s"));
-    wait_log(
-        &daemon,
-        from,
-        &["lane=slow", "decided action=recreate"],
-        Duration::from_secs(30),
-    );
+    let (mut daemon, _, _) = recreate_in_flight(&lanes, "60s");
     daemon.signal("TERM");
     // The old container takes 60 s to stop: the first signal waits for it.
     assert_eq!(
