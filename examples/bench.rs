@@ -26,7 +26,7 @@
 //!   the port, probe until 2xx. The no-op floor is one list call plus one probe
 //!   per lane; the edit floor is `rm -f` of one container plus that lane's
 //!   create+copy+start+inspect+probe (both parts are reported too);
-//! - **the Go runtime's sequence** (`/work/shared/reference/container_runtime.go.txt`):
+//! - **the Go runtime's sequence** (the shared `reference/container_runtime.go.txt` beside SPEC.md):
 //!   `podman --remote` CLI calls per lane, lanes one after another, as it makes
 //!   them: `image exists`, `inspect`, [`rm -f` when drifted], `create`, `cp`,
 //!   `inspect`, `start`, `port`, then the probe;

@@ -21,7 +21,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::desired::{self, LoadOptions};
-use crate::observe;
 use crate::queue::Queue;
 use crate::reconcile::{self, Ctx, Mode};
 use crate::sources::{self, Index, SharedIndex};
@@ -176,7 +175,7 @@ async fn refresh(shared: &Shared, list: bool) -> bool {
         _ => 0,
     };
     let listed = if list {
-        match observe::observe(&ctx.podman, &ctx.instance).await {
+        match ctx.observe().await {
             Ok(mut o) => {
                 o.remove(""); // instance label without lane label: not ours to judge
                 Some((o, look_up_images(ctx, &state).await))

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use crate::labels;
-use crate::podman::{Observed, Podman, PodmanError};
+use crate::plan::Observed;
+use crate::podman::{Podman, PodmanError};
 
 /// This instance's containers by lane name. A container with the instance
 /// label but no lane label is kept under "" so that it is never mistaken for
@@ -34,7 +35,7 @@ fn group(containers: Vec<Observed>, instance: &str) -> BTreeMap<String, Vec<Obse
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::podman::State;
+    use crate::plan::State;
 
     fn c(instance: &str, lane: &str) -> Observed {
         Observed {

@@ -18,6 +18,7 @@ use podman_api::opts::{
 };
 
 use crate::labels::{INSTANCE as INSTANCE_LABEL, LANE as LANE_LABEL};
+use crate::plan::{ContainerEvent, Observed, PublishedPort, State, StreamItem};
 /// Longest wait for an ordinary call: a hung Podman (a storage lock, say)
 /// must not hold a lane's worker for ever.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -55,72 +56,6 @@ impl PodmanError {
     pub fn is_address_in_use(&self) -> bool {
         matches!(self, Self::Api { message, .. } if message.contains("address already in use"))
     }
-}
-
-/// A container's state as lanectl cares about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum State {
-    Created,
-    Running,
-    /// Exited, or stopped but not yet cleaned up.
-    Exited,
-    /// Paused, stopping, removing, unknown, …: as Podman spells it.
-    Other(String),
-}
-
-impl State {
-    pub fn parse(s: &str) -> State {
-        match s {
-            "created" | "configured" => State::Created,
-            "running" => State::Running,
-            "exited" | "stopped" => State::Exited,
-            other => State::Other(other.to_owned()),
-        }
-    }
-}
-
-/// A host port Podman published for a container port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishedPort {
-    pub container_port: u16,
-    pub protocol: String,
-    /// As Podman reports it: "" means every address.
-    pub host_ip: String,
-    pub host_port: u16,
-}
-
-/// One event about one of this instance's containers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerEvent {
-    /// The lane label, when the container has one.
-    pub lane: Option<String>,
-    /// Podman's action: `start`, `died`, `remove`, ...
-    pub action: String,
-    /// The container's ID.
-    pub id: String,
-    /// When it happened, as Podman logged it.
-    pub time: std::time::SystemTime,
-}
-
-/// What the event stream yields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamItem {
-    /// Podman answered the request: from now on no event is missed.
-    Connected,
-    Event(ContainerEvent),
-}
-
-/// One container as the list call shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observed {
-    pub id: String,
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub state: State,
-    pub ever_started: bool,
-    /// The exit code, only when the container has exited.
-    pub exit_code: Option<i64>,
-    pub ports: Vec<PublishedPort>,
 }
 
 /// One container as inspect shows it.
@@ -292,13 +227,13 @@ impl Podman {
         &self,
         instance: &str,
         since: Option<std::time::SystemTime>,
-    ) -> tokio::sync::mpsc::Receiver<Result<StreamItem, PodmanError>> {
+    ) -> tokio::sync::mpsc::Receiver<StreamItem> {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let url = self.url.clone();
         let instance = instance.to_owned();
         tokio::spawn(async move {
             if let Err(e) = follow_events(&url, &instance, since, &tx).await {
-                let _ = tx.send(Err(e)).await;
+                let _ = tx.send(StreamItem::Failed(e.to_string())).await;
             }
         });
         rx
@@ -578,7 +513,7 @@ async fn follow_events(
     url: &str,
     instance: &str,
     since: Option<std::time::SystemTime>,
-    tx: &tokio::sync::mpsc::Sender<Result<StreamItem, PodmanError>>,
+    tx: &tokio::sync::mpsc::Sender<StreamItem>,
 ) -> Result<(), PodmanError> {
     use hyper::body::HttpBody;
     let call = || "follow events".to_string();
@@ -607,7 +542,7 @@ async fn follow_events(
         let message = format!("answered {}", response.status());
         return Err(PodmanError::api(call(), message));
     }
-    if tx.send(Ok(StreamItem::Connected)).await.is_err() {
+    if tx.send(StreamItem::Connected).await.is_err() {
         return Ok(());
     }
     let mut body = response.into_body();
@@ -627,7 +562,7 @@ async fn follow_events(
             let Some(event) = parse_event(&line, instance) else {
                 continue;
             };
-            if tx.send(Ok(StreamItem::Event(event))).await.is_err() {
+            if tx.send(StreamItem::Event(event)).await.is_err() {
                 return Ok(());
             }
         }
@@ -1108,7 +1043,9 @@ mod tests {
         let mut items = Vec::new();
         for _ in 0..2 {
             let item = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
-            items.push(item.expect("in time").expect("open").expect("no error"));
+            let item = item.expect("in time").expect("open");
+            assert!(!matches!(item, StreamItem::Failed(_)), "{item:?}");
+            items.push(item);
         }
         assert_eq!(items[0], StreamItem::Connected);
         assert!(matches!(&items[1], StreamItem::Event(e) if e.action == "died"));
@@ -1122,7 +1059,7 @@ mod tests {
         let task = tokio::spawn(async move { follow_events(&url, "me", None, &tx).await });
         let first = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
         assert!(
-            matches!(first, Ok(Some(Ok(StreamItem::Connected)))),
+            matches!(first, Ok(Some(StreamItem::Connected))),
             "{first:?}"
         );
         drop(rx);

@@ -29,7 +29,8 @@ use crate::lane::ListError;
 use crate::manifest::DesiredState;
 use crate::observe;
 use crate::plan::{self, Action};
-use crate::podman::{Observed, Podman, PodmanError, PublishedPort, State};
+use crate::plan::{Observed, PublishedPort, State};
+use crate::podman::{Podman, PodmanError};
 use crate::probe;
 use crate::spec::LaneSpec;
 use crate::status::{self, Phase, Status};
@@ -227,6 +228,11 @@ impl Ctx {
         self.restarts.note_ready(lane, ready);
     }
 
+    /// This instance's containers by lane: one list call (`observe.rs`).
+    pub async fn observe(&self) -> Result<BTreeMap<String, Vec<Observed>>, PodmanError> {
+        observe::observe(&self.podman, &self.instance).await
+    }
+
     /// Forgets what the last pass learnt (image IDs, early probes).
     pub fn new_pass(&self) {
         if let Some(Ok(mut images)) = self.images.as_ref().map(Mutex::lock) {
@@ -347,7 +353,7 @@ pub async fn pass(
     let listed = CancellationToken::new();
     let (state, observed) =
         tokio::join!(read_dir_and_probe_early(&ctx, mode, opts, &listed), async {
-            let observed = observe::observe(&ctx.podman, &ctx.instance).await;
+            let observed = ctx.observe().await;
             listed.cancel();
             observed
         });

@@ -3,11 +3,11 @@
 
 use crate::EXIT_FAILURE;
 use crate::cli::Global;
-use crate::{lane, observe, status};
+use crate::{lane, status};
 
 pub async fn run(global: &Global, lanes: Vec<String>) -> anyhow::Result<u8> {
     let ctx = super::context(global).await?;
-    let observed = observe::observe(&ctx.podman, &ctx.instance).await?;
+    let observed = ctx.observe().await?;
     let mut names: Vec<String> = if lanes.is_empty() {
         let mut all: Vec<String> = observed.keys().filter(|k| !k.is_empty()).cloned().collect();
         if let Ok(listing) = lane::list_dir(&ctx.dir) {

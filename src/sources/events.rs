@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
 use super::{Backoffs, SharedIndex};
-use crate::podman::{ContainerEvent, PodmanError, StreamItem};
+use crate::plan::{ContainerEvent, StreamItem};
 use crate::queue::Queue;
 use crate::reconcile::Ctx;
 
@@ -45,7 +45,7 @@ const REPLAY_MARGIN: Duration = Duration::from_secs(2);
 /// What this source needs of Podman: the event stream and a ping (a trait,
 /// so that the tests can play Podman).
 pub trait Api: Send + Sync + 'static {
-    fn events(&self, since: Option<SystemTime>) -> Receiver<Result<StreamItem, PodmanError>>;
+    fn events(&self, since: Option<SystemTime>) -> Receiver<StreamItem>;
     fn ping(&self) -> impl std::future::Future<Output = bool> + Send;
     /// Whether `lane` is probing the container `id` now.
     fn is_probing(&self, lane: &str, id: &str) -> bool;
@@ -55,7 +55,7 @@ pub trait Api: Send + Sync + 'static {
 pub struct Live(pub Arc<Ctx>);
 
 impl Api for Live {
-    fn events(&self, since: Option<SystemTime>) -> Receiver<Result<StreamItem, PodmanError>> {
+    fn events(&self, since: Option<SystemTime>) -> Receiver<StreamItem> {
         self.0.podman.events(&self.0.instance, since)
     }
     async fn ping(&self) -> bool {
@@ -184,7 +184,7 @@ async fn follow(
             }
         };
         match item {
-            Some(Ok(StreamItem::Connected)) => {
+            Some(StreamItem::Connected) => {
                 // From now on nothing is missed: a later renewal replays from
                 // here, not from the first connection.
                 let connected = SystemTime::now()
@@ -199,7 +199,7 @@ async fn follow(
                     super::trigger_all(index, queue, cause, backoffs);
                 }
             }
-            Some(Ok(StreamItem::Event(e))) => {
+            Some(StreamItem::Event(e)) => {
                 last_event = Instant::now();
                 next_ping = last_event + QUIET_PING;
                 // A renewed stream replays from the last event seen: not again.
@@ -209,7 +209,7 @@ async fn follow(
                 last_seen = last_seen.max(e.time);
                 handle(api, index, queue, e);
             }
-            Some(Err(e)) => {
+            Some(StreamItem::Failed(e)) => {
                 debug!(error = %e, "podman event stream failed");
                 return lost();
             }
@@ -249,7 +249,7 @@ mod tests {
     use super::*;
     use crate::sources::Index;
 
-    type Item = Result<StreamItem, PodmanError>;
+    type Item = StreamItem;
 
     /// Plays Podman: records each request of the stream (its `since`) and
     /// keeps its sender, answers pings while `up`.
@@ -333,12 +333,12 @@ mod tests {
     }
 
     fn event(lane: &str, time: SystemTime) -> Item {
-        Ok(StreamItem::Event(ContainerEvent {
+        StreamItem::Event(ContainerEvent {
             lane: Some(lane.into()),
             action: "died".into(),
             id: "c1".into(),
             time,
-        }))
+        })
     }
 
     #[tokio::test(start_paused = true)]
@@ -346,7 +346,7 @@ mod tests {
         let s = start().await;
         assert_eq!(s.fake.requests(), 1);
         assert!(!live(&s.index), "live before Podman answered");
-        s.fake.send(0, Ok(StreamItem::Connected)).await;
+        s.fake.send(0, StreamItem::Connected).await;
         assert!(live(&s.index));
         assert_eq!(due(&s.queue), 0, "the first connection schedules nothing");
     }
@@ -354,7 +354,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_quiet_stream_is_renewed_from_the_last_event_without_a_resync() {
         let s = start().await;
-        s.fake.send(0, Ok(StreamItem::Connected)).await;
+        s.fake.send(0, StreamItem::Connected).await;
         let seen = SystemTime::now();
         s.fake.send(0, event("a", seen)).await;
         assert_eq!(due(&s.queue), 1, "the event triggered its lane");
@@ -367,7 +367,7 @@ mod tests {
         let since = s.fake.since(1).expect("renewed with a replay");
         assert!(since >= seen, "replays from the last event seen or later");
         // The replay repeats what was seen: no trigger for it, nor a resync.
-        s.fake.send(1, Ok(StreamItem::Connected)).await;
+        s.fake.send(1, StreamItem::Connected).await;
         s.fake.send(1, event("a", seen)).await;
         assert_eq!(due(&s.queue), 0);
     }
@@ -375,7 +375,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn after_an_outage_every_lane_runs_afresh_once_the_stream_is_back() {
         let s = start().await;
-        s.fake.send(0, Ok(StreamItem::Connected)).await;
+        s.fake.send(0, StreamItem::Connected).await;
         // Lane a failed three times: held 60 s against resyncs.
         for _ in 0..3 {
             s.queue.failed("a");
@@ -398,7 +398,7 @@ mod tests {
             waiting.is_err(),
             "scheduled before the stream was connected"
         );
-        s.fake.send(1, Ok(StreamItem::Connected)).await;
+        s.fake.send(1, StreamItem::Connected).await;
         let next = tokio::time::timeout(Duration::from_millis(1), s.queue.next()).await;
         assert!(matches!(next, Ok(Some((lane, "podman back", _))) if lane == "a"));
         s.queue.done("a");
@@ -408,7 +408,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lost_stream_with_podman_up_resyncs_keeping_back_offs() {
         let s = start().await;
-        s.fake.send(0, Ok(StreamItem::Connected)).await;
+        s.fake.send(0, StreamItem::Connected).await;
         s.queue.failed("a");
         s.queue.retry("a", Instant::now() + Duration::from_secs(60));
         // The stream ends (its sender dropped) while Podman answers.
@@ -416,7 +416,7 @@ mod tests {
         settle().await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(s.fake.requests(), 2, "followed again after its back-off");
-        s.fake.send(1, Ok(StreamItem::Connected)).await;
+        s.fake.send(1, StreamItem::Connected).await;
         let next = tokio::time::timeout(Duration::from_millis(1), s.queue.next()).await;
         assert!(next.is_err(), "a held lane waits for its back-off");
     }
