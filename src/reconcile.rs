@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::desired::{self, Desired, LoadOptions};
+use crate::error;
 use crate::exec::{self, ExecError};
 use crate::hash::{self, LaneHash};
 use crate::labels;
@@ -577,7 +578,7 @@ async fn remove_lane(
     }
     if let Err(e) = status::remove(&ctx.dir, lane) {
         outcome.phase = Phase::Failed;
-        outcome.message = error_chain(&e);
+        outcome.message = error::chain(&e);
     } else {
         outcome.message = "removed".into();
     }
@@ -622,14 +623,14 @@ async fn hash_lane(
         let codex = codex_source
             .map(|s| fingerprints.fingerprint(&s, policy))
             .transpose()
-            .map_err(|e| format!("codex: {}", error_chain(&e)))?;
+            .map_err(|e| format!("codex: {}", error::chain(&e)))?;
         let tracked = tracked_sources
             .into_iter()
             .map(|(target, source)| {
                 fingerprints
                     .tracked(&source, policy)
                     .map(|h| (target, h))
-                    .map_err(|e| format!("track_content: {}", error_chain(&e)))
+                    .map_err(|e| format!("track_content: {}", error::chain(&e)))
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok::<_, String>((codex, tracked))
@@ -744,7 +745,7 @@ async fn converge(
     let now = match result {
         Ok(now) => now,
         Err((e, left)) => {
-            let message = format!("{}: {}", plan.action, error_chain(&e));
+            let message = format!("{}: {}", plan.action, error::chain(&e));
             let mut st = base_status(lane, Phase::Failed, left.as_ref(), sha);
             st.message.clone_from(&message);
             st.restarts = restarts;
@@ -993,7 +994,7 @@ fn write_status(ctx: &Ctx, st: Status) -> Option<String> {
         }
         Ok(false) => None,
         Err(e) => {
-            let e = error_chain(&e);
+            let e = error::chain(&e);
             warn!(lane = %lane, error = %e, "could not write status");
             Some(e)
         }
@@ -1107,11 +1108,6 @@ pub fn mark_unreachable(ctx: &Ctx, lane: &str, desired: Option<&Desired>, err: &
     }
     st.since = status::now_rfc3339();
     write_status(ctx, st);
-}
-
-/// `err` and its sources, joined with ": ".
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    crate::error::chain(err)
 }
 
 #[cfg(test)]
