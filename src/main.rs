@@ -1,41 +1,26 @@
 //! lanectl: keeps worker containers ("lanes") in the state that a directory of
 //! YAML manifests declares, through the Podman REST API.
 //!
-//! `main` is thin: parse the command line, start logging, run the command,
-//! map the result to an exit code (decided here, in one place).
-
-mod cli;
-mod cmd;
-mod daemon;
-mod desired;
-mod error;
-mod exec;
-#[cfg(test)]
-mod fuzz_tests;
-mod hash;
-mod labels;
-mod lane;
-mod manifest;
-mod observe;
-mod plan;
-mod podman;
-mod probe;
-mod queue;
-mod reconcile;
-mod sources;
-mod spec;
-mod status;
-mod yaml;
+//! `main` is thin: parse the command line, start logging, run the command
+//! (the library does the work), map what it returns to an exit code: the
+//! numbers are decided here and nowhere else.
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use lanectl::{cli, cmd};
 
 /// Exit codes: 0 ok, 1 failure, 2 `plan --detailed-exitcode` changes,
 /// 64 usage error (never 2, so it cannot read as "changes").
-pub const EXIT_FAILURE: u8 = 1;
-pub const EXIT_CHANGES: u8 = 2;
-pub const EXIT_USAGE: u8 = 64;
+fn code(exit: cmd::Exit) -> u8 {
+    match exit {
+        cmd::Exit::Ok => 0,
+        cmd::Exit::Failed => EXIT_FAILURE,
+        cmd::Exit::Changes => 2,
+    }
+}
+const EXIT_FAILURE: u8 = 1;
+const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -48,7 +33,7 @@ fn main() -> ExitCode {
     let daemon = matches!(cli.command, cli::Command::Run { .. });
     init_tracing(&cli.global, daemon);
     match cmd::run(cli) {
-        Ok(code) => ExitCode::from(code),
+        Ok(exit) => ExitCode::from(code(exit)),
         Err(e) => {
             eprintln!("lanectl: {e:#}");
             ExitCode::from(EXIT_FAILURE)

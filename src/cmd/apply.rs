@@ -1,11 +1,11 @@
 //! `apply` and `plan`: one pass over the lanes, acting or only deciding.
 
+use super::Exit;
 use crate::cli::Global;
 use crate::desired::LoadOptions;
 use crate::plan::Action;
 use crate::reconcile::{self, Mode, Outcome, PassOptions};
 use crate::status::Phase;
-use crate::{EXIT_CHANGES, EXIT_FAILURE};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
@@ -18,7 +18,7 @@ pub async fn run(
     lanes: Vec<String>,
     allow_prune_all: bool,
     kind: Kind,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<Exit> {
     let mode = match kind {
         Kind::Apply => Mode::Apply,
         Kind::Plan { .. } => Mode::Plan,
@@ -51,11 +51,7 @@ pub async fn run(
             let ok = |o: &Outcome| {
                 o.converged() || (!o.has_manifest && !named && o.phase != Phase::Failed)
             };
-            if outcomes.iter().all(ok) {
-                0
-            } else {
-                EXIT_FAILURE
-            }
+            Exit::failed_if(!outcomes.iter().all(ok))
         }
         Kind::Plan { detailed_exitcode } => {
             let errors = outcomes.iter().any(|o| {
@@ -65,9 +61,9 @@ pub async fn run(
                 .iter()
                 .any(|o| o.extras > 0 || o.action.as_ref().is_some_and(Action::changes_something));
             match (errors, changes, detailed_exitcode) {
-                (true, _, _) => EXIT_FAILURE,
-                (false, true, true) => EXIT_CHANGES,
-                _ => 0,
+                (true, _, _) => Exit::Failed,
+                (false, true, true) => Exit::Changes,
+                _ => Exit::Ok,
             }
         }
     })

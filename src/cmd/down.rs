@@ -1,11 +1,10 @@
 //! `down [LANE...]`: remove this instance's containers (default all) and
 //! their status files. Containers of other instances are never touched.
 
-use crate::EXIT_FAILURE;
 use crate::cli::Global;
 use crate::{lane, status};
 
-pub async fn run(global: &Global, lanes: Vec<String>) -> anyhow::Result<u8> {
+pub async fn run(global: &Global, lanes: Vec<String>) -> anyhow::Result<super::Exit> {
     let ctx = super::context(global).await?;
     let observed = ctx.observe().await?;
     let mut names: Vec<String> = if lanes.is_empty() {
@@ -35,5 +34,5 @@ pub async fn run(global: &Global, lanes: Vec<String>) -> anyhow::Result<u8> {
             failed = true;
         }
     }
-    Ok(if failed { EXIT_FAILURE } else { 0 })
+    Ok(super::Exit::failed_if(failed))
 }

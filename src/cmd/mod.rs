@@ -1,5 +1,6 @@
 //! One file per command. Commands print what users read to stdout (not
-//! through tracing) and return the exit code; `main` maps errors to 1.
+//! through tracing) and return how they ended ([`Exit`]); `main` maps that,
+//! and an error, to the exit code.
 
 mod apply;
 mod down;
@@ -17,12 +18,31 @@ use crate::hash::Policy;
 use crate::podman::Podman;
 use crate::reconcile::Ctx;
 
-pub fn run(cli: Cli) -> anyhow::Result<u8> {
+/// How a command ended, for `main` to map to an exit code (an `Err` is a
+/// failure too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything asked for was done (or, for `plan`, would be).
+    Ok,
+    /// Something asked for failed: a lane, a file, a container.
+    Failed,
+    /// `plan --detailed-exitcode`: there are changes to make.
+    Changes,
+}
+
+impl Exit {
+    /// `Failed` when anything failed, else `Ok`.
+    pub fn failed_if(failed: bool) -> Exit {
+        if failed { Exit::Failed } else { Exit::Ok }
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     let global = cli.global;
     match cli.command {
         Command::Schema => {
             print!("{}", crate::manifest::schema_json());
-            Ok(0)
+            Ok(Exit::Ok)
         }
         Command::Validate { paths } => validate::run(&global, &paths),
         Command::Status { json } => status::run(&global, json),

@@ -16,7 +16,11 @@ use crate::hash::Policy;
 use crate::podman::Podman;
 use crate::reconcile::Ctx;
 
-pub async fn run(global: &Global, resync: Duration, allow_prune_all: bool) -> anyhow::Result<u8> {
+pub async fn run(
+    global: &Global,
+    resync: Duration,
+    allow_prune_all: bool,
+) -> anyhow::Result<super::Exit> {
     let shutdown = CancellationToken::new();
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -41,7 +45,7 @@ pub async fn run(global: &Global, resync: Duration, allow_prune_all: bool) -> an
             Err(e) => warn!(error = %e, retry_in_s = wait.as_secs(), "podman is not reachable yet"),
         }
         tokio::select! {
-            () = shutdown.cancelled() => return Ok(0),
+            () = shutdown.cancelled() => return Ok(super::Exit::Ok),
             () = tokio::time::sleep(wait) => {}
         }
         wait = (wait * 2).min(Duration::from_secs(30));
@@ -60,5 +64,5 @@ pub async fn run(global: &Global, resync: Duration, allow_prune_all: bool) -> an
     };
     daemon::run(std::sync::Arc::new(ctx), opts, shutdown).await?;
     info!("stopped; lanes keep running");
-    Ok(0)
+    Ok(super::Exit::Ok)
 }

@@ -6,7 +6,7 @@ use crate::cli::Global;
 use crate::lane;
 use crate::status::{self, Status};
 
-pub fn run(global: &Global, json: bool) -> anyhow::Result<u8> {
+pub fn run(global: &Global, json: bool) -> anyhow::Result<super::Exit> {
     let listing = lane::list_dir(&global.dir)?;
     let mut names: Vec<String> = listing.lanes.keys().cloned().collect();
     names.extend(listing.status_files);
@@ -18,7 +18,7 @@ pub fn run(global: &Global, json: bool) -> anyhow::Result<u8> {
         .collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&statuses)?);
-        return Ok(0);
+        return Ok(super::Exit::Ok);
     }
     let mut table = Table::new();
     table.load_preset(presets::NOTHING);
@@ -57,5 +57,5 @@ pub fn run(global: &Global, json: bool) -> anyhow::Result<u8> {
         ]);
     }
     println!("{table}");
-    Ok(0)
+    Ok(super::Exit::Ok)
 }

@@ -7,11 +7,10 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::EXIT_FAILURE;
 use crate::cli::Global;
 use crate::desired::{self, Desired, LoadOptions};
 
-pub fn run(global: &Global, paths: &[PathBuf]) -> anyhow::Result<u8> {
+pub fn run(global: &Global, paths: &[PathBuf]) -> anyhow::Result<super::Exit> {
     let opts = LoadOptions {
         allow_insecure_permissions: global.allow_insecure_permissions,
     };
@@ -51,10 +50,10 @@ pub fn run(global: &Global, paths: &[PathBuf]) -> anyhow::Result<u8> {
     }
     if count > 0 {
         eprintln!("{count} problem(s) in {lanes} lane(s)");
-        return Ok(EXIT_FAILURE);
+        return Ok(super::Exit::Failed);
     }
     eprintln!("{lanes} lane(s) valid");
-    Ok(0)
+    Ok(super::Exit::Ok)
 }
 
 /// A directory stands for all its lanes; a file for its own lane (the
