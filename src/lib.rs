@@ -14,8 +14,10 @@
 //! chains the steps for one lane and one pass; the daemon (`daemon`, `queue`,
 //! `sources`) schedules lanes; `cli` and `cmd` are the face.
 
+pub mod backoff;
 pub mod cli;
 pub mod cmd;
+pub mod container;
 pub mod daemon;
 pub mod desired;
 pub mod error;

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::container::Observed;
 use crate::labels;
-use crate::plan::Observed;
 use crate::podman::{Podman, PodmanError};
 
 /// This instance's containers by lane name. A container with the instance
@@ -35,7 +35,7 @@ fn group(containers: Vec<Observed>, instance: &str) -> BTreeMap<String, Vec<Obse
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::State;
+    use crate::container::State;
 
     fn c(instance: &str, lane: &str) -> Observed {
         Observed {

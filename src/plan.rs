@@ -7,81 +7,10 @@
 
 use std::fmt;
 
+use crate::container::{Observed, State};
 use crate::hash::LaneHash;
 use crate::labels;
 use crate::manifest::DesiredState;
-use std::collections::BTreeMap;
-
-// What Podman shows, in lanectl's own terms: the adapter (`podman.rs`)
-// converts its models into these, so that the pure core never sees it.
-
-/// A container's state as lanectl cares about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum State {
-    Created,
-    Running,
-    /// Exited, or stopped but not yet cleaned up.
-    Exited,
-    /// Paused, stopping, removing, unknown, …: as Podman spells it.
-    Other(String),
-}
-
-impl State {
-    pub fn parse(s: &str) -> State {
-        match s {
-            "created" | "configured" => State::Created,
-            "running" => State::Running,
-            "exited" | "stopped" => State::Exited,
-            other => State::Other(other.to_owned()),
-        }
-    }
-}
-
-/// A host port Podman published for a container port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishedPort {
-    pub container_port: u16,
-    pub protocol: String,
-    /// As Podman reports it: "" means every address.
-    pub host_ip: String,
-    pub host_port: u16,
-}
-
-/// One event about one of this instance's containers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerEvent {
-    /// The lane label, when the container has one.
-    pub lane: Option<String>,
-    /// Podman's action: `start`, `died`, `remove`, ...
-    pub action: String,
-    /// The container's ID.
-    pub id: String,
-    /// When it happened, as Podman logged it.
-    pub time: std::time::SystemTime,
-}
-
-/// What the event stream yields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamItem {
-    /// Podman answered the request: from now on no event is missed.
-    Connected,
-    Event(ContainerEvent),
-    /// The stream failed (the reason, for logs); it ends here.
-    Failed(String),
-}
-
-/// One container as the list call shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observed {
-    pub id: String,
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub state: State,
-    pub ever_started: bool,
-    /// The exit code, only when the container has exited.
-    pub exit_code: Option<i64>,
-    pub ports: Vec<PublishedPort>,
-}
 
 /// What one lane needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,7 +174,6 @@ fn why_different(c: &Observed, hash: &LaneHash) -> Option<Why> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn hash() -> LaneHash {
         LaneHash {

@@ -17,8 +17,8 @@ use podman_api::opts::{
     ContainerStopOpts,
 };
 
+use crate::container::{ContainerEvent, Observed, PublishedPort, State, StreamItem};
 use crate::labels::{INSTANCE as INSTANCE_LABEL, LANE as LANE_LABEL};
-use crate::plan::{ContainerEvent, Observed, PublishedPort, State, StreamItem};
 /// Longest wait for an ordinary call: a hung Podman (a storage lock, say)
 /// must not hold a lane's worker for ever.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::container::{Observed, PublishedPort, State};
 use crate::desired::{self, Desired, LoadOptions};
 use crate::error;
 use crate::exec::{self, ExecError};
@@ -30,7 +31,6 @@ use crate::lane::ListError;
 use crate::manifest::DesiredState;
 use crate::observe;
 use crate::plan::{self, Action};
-use crate::plan::{Observed, PublishedPort, State};
 use crate::podman::{Podman, PodmanError};
 use crate::probe;
 use crate::spec::LaneSpec;

@@ -9,6 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backoff::Backoff;
 use crate::cli::Global;
 use crate::daemon::{self, Options};
 use crate::desired::LoadOptions;
@@ -38,8 +39,9 @@ pub async fn run(
 
     let instance = super::instance(global)?;
     // Podman may come later than lanectl (boot order): wait for it.
-    let mut wait = Duration::from_secs(1);
+    let mut waits = Backoff::new(Duration::from_secs(1), Duration::from_secs(30)).iter();
     let podman = loop {
+        let wait = waits.next().unwrap_or(Duration::from_secs(30));
         match Podman::connect(global.podman.as_deref()).await {
             Ok(p) => break p,
             Err(e) => warn!(error = %e, retry_in_s = wait.as_secs(), "podman is not reachable yet"),
@@ -48,7 +50,6 @@ pub async fn run(
             () = shutdown.cancelled() => return Ok(super::Exit::Ok),
             () = tokio::time::sleep(wait) => {}
         }
-        wait = (wait * 2).min(Duration::from_secs(30));
     };
     info!(url = podman.url(), instance = %instance, "connected to podman");
     let ctx = Ctx::new(podman, super::dir_of(&global.dir), instance)

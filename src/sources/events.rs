@@ -23,15 +23,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
 use super::{Backoffs, SharedIndex};
-use crate::plan::{ContainerEvent, StreamItem};
+use crate::backoff::Backoff;
+use crate::container::{ContainerEvent, StreamItem};
 use crate::queue::Queue;
 use crate::reconcile::Ctx;
 
 /// While Podman does not answer, it is pinged this often.
 const PING_WHILE_DOWN: Duration = Duration::from_secs(1);
-/// Longest wait before following a stream again that failed while Podman
+/// The waits before following a stream again that failed while Podman
 /// answered pings.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const REFOLLOW: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 /// A connection that lasted this long resets the back-off.
 const HEALTHY: Duration = Duration::from_secs(10);
 /// A quiet stream: Podman is pinged after this long without events.
@@ -87,7 +88,7 @@ enum Ended {
 }
 
 pub async fn run(api: impl Api, index: SharedIndex, queue: Queue, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_secs(1);
+    let mut failures = 0;
     let mut first = true;
     let mut outage = false;
     let mut resume: Option<SystemTime> = None;
@@ -130,11 +131,11 @@ pub async fn run(api: impl Api, index: SharedIndex, queue: Queue, shutdown: Canc
             Ended::Lost { healthy } => healthy,
         };
         if healthy {
-            backoff = Duration::from_secs(1);
+            failures = 0;
         }
         // Waiting to follow again, Podman is still pinged every second: an
         // outage that begins and ends meanwhile is an outage.
-        let until = Instant::now() + backoff;
+        let until = Instant::now() + REFOLLOW.delay(failures);
         while Instant::now() < until && !outage {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -143,7 +144,7 @@ pub async fn run(api: impl Api, index: SharedIndex, queue: Queue, shutdown: Canc
             outage = !api.ping().await;
         }
         if !outage {
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            failures += 1;
         }
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::plan::Observed;
+use crate::container::Observed;
 use crate::queue::Queue;
 use crate::reconcile::KnownImages;
 

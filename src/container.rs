@@ -1,0 +1,74 @@
+//! What Podman shows of a container and its events, in lanectl's own terms.
+//! The adapter (`podman`) converts its models into these, so that the pure
+//! core (`plan`, `reconcile`'s composition of a status, the sources) never
+//! sees podman-api. Pure data: no I/O.
+
+use std::collections::BTreeMap;
+
+/// A container's state as lanectl cares about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Created,
+    Running,
+    /// Exited, or stopped but not yet cleaned up.
+    Exited,
+    /// Paused, stopping, removing, unknown, …: as Podman spells it.
+    Other(String),
+}
+
+impl State {
+    pub fn parse(s: &str) -> State {
+        match s {
+            "created" | "configured" => State::Created,
+            "running" => State::Running,
+            "exited" | "stopped" => State::Exited,
+            other => State::Other(other.to_owned()),
+        }
+    }
+}
+
+/// A host port Podman published for a container port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedPort {
+    pub container_port: u16,
+    pub protocol: String,
+    /// As Podman reports it: "" means every address.
+    pub host_ip: String,
+    pub host_port: u16,
+}
+
+/// One event about one of this instance's containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    /// The lane label, when the container has one.
+    pub lane: Option<String>,
+    /// Podman's action: `start`, `died`, `remove`, ...
+    pub action: String,
+    /// The container's ID.
+    pub id: String,
+    /// When it happened, as Podman logged it.
+    pub time: std::time::SystemTime,
+}
+
+/// What the event stream yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamItem {
+    /// Podman answered the request: from now on no event is missed.
+    Connected,
+    Event(ContainerEvent),
+    /// The stream failed (the reason, for logs); it ends here.
+    Failed(String),
+}
+
+/// One container as the list call shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: State,
+    pub ever_started: bool,
+    /// The exit code, only when the container has exited.
+    pub exit_code: Option<i64>,
+    pub ports: Vec<PublishedPort>,
+}
