@@ -174,6 +174,7 @@ fn why_different(c: &Observed, hash: &LaneHash) -> Option<Why> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn hash() -> LaneHash {
         LaneHash {
