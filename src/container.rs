@@ -72,3 +72,27 @@ pub struct Observed {
     pub exit_code: Option<i64>,
     pub ports: Vec<PublishedPort>,
 }
+
+/// The container a lane has after its action: what its status names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Now {
+    pub id: String,
+    pub name: String,
+    pub running: bool,
+    pub ports: Vec<PublishedPort>,
+    pub spec_hash: Option<String>,
+    pub codex: Option<String>,
+}
+
+impl From<&Observed> for Now {
+    fn from(c: &Observed) -> Self {
+        Now {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            running: c.state == State::Running,
+            ports: c.ports.clone(),
+            spec_hash: c.labels.get(crate::labels::SPEC_HASH).cloned(),
+            codex: c.labels.get(crate::labels::CODEX_FINGERPRINT).cloned(),
+        }
+    }
+}

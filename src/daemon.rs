@@ -11,7 +11,7 @@
 //! cancel no new work starts, in-flight reconciles finish, and lanes keep
 //! running.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,13 +20,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::backoff::Backoff;
 use crate::desired::{self, LoadOptions};
+use crate::lock::lock;
 use crate::queue::Queue;
-use crate::reconcile::{self, Ctx, Mode};
+use crate::reconcile::restarts::RestartBook;
+use crate::reconcile::world::{self, LaneView, Look, World, WorldError};
+use crate::reconcile::{Ctx, Hooks, Mode, Probing, Requeue, lane, report};
 use crate::sources::{self, Index, SharedIndex};
-use crate::status::Phase;
+use crate::status;
 
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Retry n of a failed lane waits min(2^(n-1) s, 5 min).
+const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+/// The waits for the first full list of the containers.
+const FIRST_LIST: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -47,6 +54,10 @@ struct Shared {
     ctx: Arc<Ctx>,
     opts: Options,
     index: SharedIndex,
+    /// The crash-loop back-off of every lane (rule 4).
+    restarts: RestartBook,
+    /// Which container each lane is probing (for the event source).
+    probing: Arc<Probing>,
     /// The lanes directory as last read, with the index generation it was
     /// read at: lanes reuse it until a file-system batch or a resync makes it
     /// old (so a resync over N lanes reads the directory once, not N times).
@@ -62,16 +73,18 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let queue = Queue::with_root(shutdown.clone());
     let index: SharedIndex = Arc::new(Mutex::new(Index::default()));
+    let probing = Arc::new(Probing::default());
     let shared = Arc::new(Shared {
         ctx: ctx.clone(),
         opts: opts.clone(),
         index: index.clone(),
+        restarts: RestartBook::backing_off(),
+        probing: probing.clone(),
         snapshot: Mutex::new(None),
     });
 
     // Never plan against a partial view: the first full list comes first.
-    let mut wait = Duration::from_secs(1);
-    loop {
+    for wait in FIRST_LIST.iter() {
         if refresh(&shared, true).await {
             break;
         }
@@ -79,10 +92,9 @@ pub async fn run(
             () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(wait) => {}
         }
-        wait = (wait * 2).min(Duration::from_secs(30));
     }
     sources::trigger_all(&index, &queue, "startup", sources::Backoffs::Keep);
-    info!(lanes = index.lock().map(|i| i.lanes.len()).unwrap_or(0), dir = %ctx.dir.display(), "converging");
+    info!(lanes = lock(&index).lanes.len(), dir = %ctx.dir.display(), "converging");
 
     let tracker = TaskTracker::new();
     for _ in 0..opts.jobs.max(1) {
@@ -96,7 +108,10 @@ pub async fn run(
         shutdown.clone(),
     ));
     tracker.spawn(sources::events::run(
-        sources::events::Live(ctx.clone()),
+        sources::events::Live {
+            ctx: ctx.clone(),
+            probing,
+        },
         index.clone(),
         queue.clone(),
         shutdown.clone(),
@@ -143,74 +158,69 @@ fn refresher(
 }
 
 /// Refreshes the index from the lanes directory and, with `list`, from one
-/// list call of this instance's containers. Returns false when a needed
-/// source could not be read (then the index is left as it was).
+/// look at the world (the containers and the images too). Returns false
+/// when a needed source could not be read (then the index is left as it was).
 async fn refresh(shared: &Shared, list: bool) -> bool {
     let ctx = &shared.ctx;
     // Read anew (a resync also catches what the watcher missed), and kept as
     // the snapshot the lanes' reconciles use.
-    let generation = shared
-        .index
-        .lock()
-        .map(|i| i.generation)
-        .unwrap_or(u64::MAX);
-    let state = match load_dir(shared).await {
-        Ok(s) => Arc::new(s),
+    let generation = lock(&shared.index).generation;
+    let epoch = if list {
+        lock(&shared.index).begin_listing()
+    } else {
+        0
+    };
+    let seen = if list {
+        let look = Look {
+            load: shared.opts.load,
+            probe_early: None,
+        };
+        World::look(ctx, &look)
+            .await
+            .map(|w| (w.dir.clone(), Some(w)))
+    } else {
+        world::read_dir(ctx, shared.opts.load)
+            .await
+            .map(|d| (Arc::new(d), None))
+    };
+    let (state, world) = match seen {
+        Ok(seen) => seen,
         Err(e) => {
-            if let Ok(mut snapshot) = shared.snapshot.lock() {
-                *snapshot = None;
+            if matches!(e, WorldError::Podman(_)) {
+                warn!(error = %e, "cannot list containers");
+            } else {
+                *lock(&shared.snapshot) = None;
+                warn!(error = %crate::error::Chain(&e), "cannot read the lanes directory; nothing is pruned until it is back");
             }
-            warn!(error = %crate::error::Chain(&e), "cannot read the lanes directory; nothing is pruned until it is back");
+            if list {
+                lock(&shared.index).listing_dirty = None; // no listing comes of it
+            }
             return false;
         }
     };
-    if let Ok(mut snapshot) = shared.snapshot.lock() {
-        *snapshot = Some((generation, state.clone()));
-    }
-    if list {
-        crate::status::remove_stale_temps(&ctx.dir);
-    }
-    let epoch = match shared.index.lock() {
-        Ok(mut index) if list => index.begin_listing(),
-        _ => 0,
-    };
-    let listed = if list {
-        match ctx.observe().await {
-            Ok(mut o) => {
-                o.remove(""); // instance label without lane label: not ours to judge
-                Some((o, look_up_images(ctx, &state).await))
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot list containers");
-                if let Ok(mut index) = shared.index.lock() {
-                    index.listing_dirty = None; // no listing comes of it
-                }
-                return false;
-            }
+    *lock(&shared.snapshot) = Some((generation, state.clone()));
+    let mut index = lock(&shared.index);
+    let lanes = match &world {
+        Some(world) => world.lanes(),
+        None => {
+            let mut lanes: BTreeSet<String> = state.lanes.keys().cloned().collect();
+            // Keep lanes that had containers: their manifest may just be gone.
+            lanes.extend(index.lanes.iter().cloned());
+            lanes.extend(state.listing.status_files.iter().cloned());
+            lanes
         }
-    } else {
-        None
     };
-    let Ok(mut index) = shared.index.lock() else {
-        return false;
-    };
-    let mut lanes: BTreeSet<String> = state.lanes.keys().cloned().collect();
-    match &listed {
-        Some((c, _)) => lanes.extend(c.keys().cloned()),
-        // Keep lanes that had containers: their manifest may just be gone.
-        None => lanes.extend(index.lanes.iter().cloned()),
-    }
-    lanes.extend(state.listing.status_files.iter().cloned());
-    if let Some((mut by_lane, images)) = listed {
+    if let Some(mut world) = world {
+        let images = world.images().clone();
         let lanes = lanes
             .iter()
-            .map(|l| (l.clone(), by_lane.remove(l).unwrap_or_default()))
+            .map(|l| (l.clone(), world.take(l).containers))
             .collect();
         index.store_listing(sources::Listing {
             taken: Instant::now(),
             epoch,
             lanes,
-            images: Arc::new(images),
+            images,
         });
     }
     index.lanes = lanes;
@@ -237,22 +247,6 @@ async fn refresh(shared: &Shared, list: bool) -> bool {
     true
 }
 
-/// Each distinct image of the valid lanes, looked up once (a failed lookup
-/// is left out: that lane looks it up itself).
-async fn look_up_images(ctx: &Ctx, state: &desired::DirState) -> HashMap<String, Option<String>> {
-    let found = futures_util::future::join_all(
-        state
-            .images()
-            .into_iter()
-            .map(|image| async move { (image.to_string(), ctx.podman.image_id(image).await) }),
-    )
-    .await;
-    found
-        .into_iter()
-        .filter_map(|(image, id)| Some((image, id.ok()?)))
-        .collect()
-}
-
 async fn worker(shared: Arc<Shared>, queue: Queue) {
     while let Some((lane, cause, cancel)) = queue.next().await {
         let span = info_span!("reconcile", lane = %lane, cause);
@@ -267,18 +261,20 @@ async fn worker(shared: Arc<Shared>, queue: Queue) {
             Ok(next) => next,
             Err(e) => {
                 tracing::error!(parent: &span, error = %e, "reconcile ended abnormally; retrying with back-off");
-                Next::Failed
+                Requeue::Failed
             }
         };
         queue.done(&lane);
         let retry_at = match next {
-            Next::Done => {
+            Requeue::Done => {
                 queue.succeeded(&lane);
                 None
             }
-            Next::Later => None,
-            Next::At(at) => Some(at),
-            Next::Failed => Some(Instant::now() + retry_delay(queue.failed(&lane))),
+            Requeue::Later => None,
+            Requeue::At(at) => Some(at),
+            Requeue::Failed => {
+                Some(Instant::now() + RETRY.delay(queue.failed(&lane).saturating_sub(1)))
+            }
         };
         if let Some(at) = retry_at {
             queue.retry(&lane, at);
@@ -311,120 +307,72 @@ pub fn limit_malloc_arenas() {
     }
 }
 
-/// Why the lanes directory could not be read.
-#[derive(Debug, thiserror::Error)]
-enum DirError {
-    #[error(transparent)]
-    List(#[from] crate::lane::ListError),
-    #[error("reading the lanes directory ended abnormally")]
-    Task(#[from] tokio::task::JoinError),
-}
-
-/// Reads the lanes directory off the async threads: it parses every
-/// manifest and walks every codex and tracked tree (a large one takes
-/// a while), which must not stall the event sources and the probes.
-async fn load_dir(shared: &Shared) -> Result<desired::DirState, DirError> {
-    let (dir, opts) = (shared.ctx.dir.clone(), shared.opts.load);
-    Ok(tokio::task::spawn_blocking(move || desired::load_dir(&dir, opts)).await??)
-}
-
 /// The lanes directory: the snapshot when no file changed since it was
 /// taken, else read anew (and kept).
-async fn dir_state(shared: &Shared) -> Result<Arc<desired::DirState>, DirError> {
-    let generation = shared
-        .index
-        .lock()
-        .map(|i| i.generation)
-        .unwrap_or(u64::MAX);
-    if let Ok(snapshot) = shared.snapshot.lock()
-        && let Some((taken, state)) = snapshot.as_ref()
+async fn dir_state(shared: &Shared) -> Result<Arc<desired::DirState>, WorldError> {
+    let generation = lock(&shared.index).generation;
+    if let Some((taken, state)) = lock(&shared.snapshot).as_ref()
         && *taken == generation
     {
         return Ok(state.clone());
     }
-    let state = Arc::new(load_dir(shared).await?);
-    if let Ok(mut snapshot) = shared.snapshot.lock() {
-        *snapshot = Some((generation, state.clone()));
-    }
+    let state = Arc::new(world::read_dir(&shared.ctx, shared.opts.load).await?);
+    *lock(&shared.snapshot) = Some((generation, state.clone()));
     Ok(state)
-}
-
-/// What a lane's run asks of the queue.
-enum Next {
-    /// Converged (or invalid until its file changes): forget its failures.
-    Done,
-    /// Nothing to schedule (interrupted: the interrupt queued the rerun).
-    Later,
-    /// Look again at this time (a delayed restart).
-    At(Instant),
-    /// Failed: retry with back-off.
-    Failed,
 }
 
 /// One lane, fresh from the files and Podman; says when it wants to be
 /// looked at again.
-async fn reconcile_lane(shared: &Shared, lane: &str, cancel: &CancellationToken) -> Next {
+async fn reconcile_lane(shared: &Shared, lane: &str, cancel: &CancellationToken) -> Requeue {
     let ctx = &shared.ctx;
     let state = match dir_state(shared).await {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %crate::error::Chain(&e), "cannot read the lanes directory; nothing is pruned");
-            return Next::Failed;
+            return Requeue::Failed;
         }
     };
-    let manifests = state.lanes.len();
     let desired = state.lanes.get(lane).cloned();
-    if desired.is_none() && manifests == 0 && !shared.opts.allow_prune_all {
+    if desired.is_none() && world::refuses_to_prune(&state, shared.opts.allow_prune_all) {
         warn!(
             "the lanes directory holds no manifest: not removing this lane's container \
              (a bad checkout must not wipe a host; pass --allow-prune-all)"
         );
-        return Next::Done;
+        return Requeue::Done;
     }
-    let listed = shared
-        .index
-        .lock()
-        .ok()
-        .and_then(|mut i| i.take_listed(lane));
-    let (observed, known) = match listed {
-        Some((o, images)) => (Ok(o), Some(images)),
-        None => (ctx.podman.list_lane(&ctx.instance, lane).await, None),
+    // The resync's look at the world, while it still counts; else this
+    // lane's own list call.
+    let listed = lock(&shared.index).take_listed(lane);
+    let (containers, images) = match listed {
+        Some(listed) => listed,
+        None => match ctx.podman.list_lane(&ctx.instance, lane).await {
+            Ok(containers) => (containers, Default::default()),
+            Err(e) => {
+                let previous = status::read(&ctx.dir, lane);
+                if let Some(st) =
+                    report::unreachable(lane, previous, desired.as_ref(), e.to_string())
+                {
+                    lane::write_status(ctx, st);
+                }
+                return Requeue::Failed;
+            }
+        },
     };
-    let observed = match observed {
-        Ok(o) => o,
-        Err(e) => {
-            reconcile::mark_unreachable(ctx, lane, desired.as_ref(), &e);
-            return Next::Failed;
-        }
-    };
-    let outcome = reconcile::reconcile(
-        ctx,
-        lane,
+    let view = LaneView {
+        lane: lane.to_string(),
         desired,
-        observed,
-        Mode::Apply,
-        Some(cancel),
-        known,
-    )
-    .await;
-    if outcome.interrupted {
-        return Next::Later; // the interrupt queued the rerun (or this is shutdown)
-    }
-    if let Some(at) = outcome.retry_at {
-        return Next::At(at);
-    }
-    if outcome.status_error.is_some() {
-        return Next::Failed; // logged; retried until it is written
-    }
-    match outcome.phase {
-        Phase::Ready | Phase::Stopped | Phase::Invalid => Next::Done,
-        Phase::Pending | Phase::Failed => Next::Failed,
-    }
-}
-
-/// Delay before retry `n` (1-based).
-fn retry_delay(n: u32) -> Duration {
-    Duration::from_secs(1u64 << n.saturating_sub(1).min(16)).min(MAX_BACKOFF)
+        containers,
+        images,
+        answered: None,
+    };
+    let hooks = Hooks {
+        cancel: Some(cancel),
+        restarts: Some(&shared.restarts),
+        probing: Some(&shared.probing),
+    };
+    lane::reconcile(ctx, view, Mode::Apply, hooks)
+        .await
+        .requeue()
 }
 
 #[cfg(test)]
@@ -433,8 +381,10 @@ mod tests {
 
     #[test]
     fn retries_back_off_from_one_second_to_five_minutes() {
-        let delays: Vec<u64> = (1..=11).map(|n| retry_delay(n).as_secs()).collect();
+        let delays: Vec<u64> = (1..=11)
+            .map(|n: u32| RETRY.delay(n - 1).as_secs())
+            .collect();
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
-        assert_eq!(retry_delay(40), MAX_BACKOFF);
+        assert_eq!(RETRY.delay(40), RETRY.max);
     }
 }

@@ -1,5 +1,6 @@
-//! Carries out one lane's [`Action`](crate::plan::Action): the only module
-//! that changes anything in Podman.
+//! Carries out one lane's [`Step`]: the only module that changes anything
+//! in Podman (create, copy, start, stop, remove), for `apply`, the daemon
+//! and `down` alike.
 //!
 //! A new container is made in the order that keeps a crash harmless: create
 //! (not started), copy the codex in while it has never started (Podman would
@@ -10,12 +11,15 @@
 //! to two containers) is retried by recreating, to get a fresh port.
 
 use std::io::Seek;
+use std::time::Duration;
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use crate::container::{Now, Observed, State};
 use crate::hash::{self, HashError, LaneHash};
 use crate::labels;
 use crate::manifest;
+use crate::plan::Step;
 use crate::podman::{
     self, CreateRequest, Inspected, MountRequest, Podman, PodmanError, PortRequest,
 };
@@ -32,12 +36,197 @@ pub enum ExecError {
     Codex(#[from] HashError),
     #[error("codex source {0} changed while it was being copied; the next pass retries")]
     CodexChanged(String),
-    #[error("{0}")]
-    Other(String),
+    #[error("codex archive")]
+    Archive(#[source] std::io::Error),
+    #[error("the codex archive task ended abnormally")]
+    ArchiveTask(#[source] tokio::task::JoinError),
+    #[error(
+        "user {0:?} is not in the image's /etc/passwd: the codex files could not be given to it"
+    )]
+    UnknownUser(String),
+    #[error("container {0} vanished after its start")]
+    Vanished(String),
+    #[error(
+        "container name {name} is still held by container {holder} of lane {lane} of this instance; \
+         it is freed when that lane converges, and the next pass retries"
+    )]
+    NameHeldBySibling {
+        name: String,
+        holder: String,
+        lane: String,
+    },
+    #[error(
+        "container name {name} is held by {holder}, not by this instance ({instance}); lanectl leaves it alone: \
+         remove or rename it, or set another container_name"
+    )]
+    NameHeldByOther {
+        name: String,
+        holder: String,
+        instance: String,
+    },
+}
+
+/// The hands that change Podman for one instance.
+#[derive(Clone, Copy)]
+pub struct Exec<'a> {
+    pub podman: &'a Podman,
+    pub instance: &'a str,
+    /// Whose files may be copied in (judged as each is opened).
+    pub policy: hash::Policy,
+}
+
+/// A step that failed, with the container the lane still has (if any).
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ExecError,
+    pub left: Option<Now>,
+}
+
+impl Exec<'_> {
+    /// Removes a lane's stray containers (left by a crash); one that cannot
+    /// be removed is logged and left for the next pass.
+    pub async fn remove_strays(&self, extras: &[Observed]) {
+        for extra in extras {
+            match self.podman.remove(&extra.id).await {
+                Ok(()) => info!(container = %extra.name, "removed a stray container of the lane"),
+                Err(e) => {
+                    warn!(container = %extra.name, error = %e, "could not remove a stray container")
+                }
+            }
+        }
+    }
+
+    /// Removes the containers of a lane whose manifest is gone, stopping at
+    /// the first that cannot be removed.
+    pub async fn remove(&self, containers: &[Observed]) -> Result<(), Failed> {
+        for c in containers {
+            self.podman.remove(&c.id).await.map_err(|e| Failed {
+                error: e.into(),
+                left: Some(Now::from(c)),
+            })?;
+            info!(container = %c.name, "removed the container of a deleted manifest");
+        }
+        Ok(())
+    }
+
+    /// Carries out `step`; returns the container the lane has now.
+    pub async fn act(&self, spec: &LaneSpec, step: &Step) -> Result<Option<Now>, Failed> {
+        let keep = |c: &Observed| {
+            let left = Some(Now::from(c));
+            move |e: PodmanError| Failed {
+                error: e.into(),
+                left,
+            }
+        };
+        match step {
+            Step::Keep(c) => Ok(c.as_ref().map(Now::from)),
+            Step::Make { hash, replacing } => {
+                if let Some(old) = replacing {
+                    self.podman.remove(&old.id).await.map_err(keep(old))?;
+                }
+                let made = self.make(spec, hash).await;
+                made.map(Some).map_err(|error| Failed { error, left: None })
+            }
+            Step::Start(c) => {
+                self.podman.start(&c.id).await.map_err(keep(c))?;
+                Ok(Some(Now {
+                    running: true,
+                    ..Now::from(c)
+                }))
+            }
+            Step::Stop(c) => {
+                self.podman.stop(&c.id).await.map_err(keep(c))?;
+                Ok(Some(Now {
+                    running: false,
+                    ..Now::from(c)
+                }))
+            }
+            Step::Remove(all) => self.remove(all).await.map(|()| None),
+        }
+    }
+
+    /// Makes the lane's new container. A name in use by a container of this
+    /// very lane that the list did not show (its create was still under way
+    /// in Podman when a previous lanectl was killed; it never started) is
+    /// replaced; Podman may not list it for a moment yet, so it is looked
+    /// for a few times before the name is called foreign.
+    async fn make(&self, spec: &LaneSpec, hash: &LaneHash) -> Result<Now, ExecError> {
+        let mut created =
+            create_and_start(self.podman, spec, hash, self.instance, self.policy).await;
+        for _ in 0..10 {
+            let Err(ExecError::Podman(PodmanError::NameInUse { name })) = &created else {
+                break;
+            };
+            match self.podman.find_by_name(name).await {
+                Ok(Some(held)) => {
+                    let ours = held.labels.get(labels::INSTANCE).map(String::as_str)
+                        == Some(self.instance)
+                        && held.labels.get(labels::LANE).map(String::as_str)
+                            == Some(spec.lane.as_str());
+                    if !ours || self.podman.remove(&held.id).await.is_err() {
+                        break;
+                    }
+                    info!(container = %held.name, "replaced a container of this lane that the list missed");
+                }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(300)).await,
+                Err(_) => break,
+            }
+            created = create_and_start(self.podman, spec, hash, self.instance, self.policy).await;
+        }
+        match created {
+            Ok(c) => Ok(Now {
+                id: c.id,
+                name: c.name,
+                running: c.state == State::Running,
+                ports: c.ports,
+                spec_hash: Some(hash.full.clone()),
+                codex: hash.codex.clone(),
+            }),
+            Err(e) => Err(self.explain_name_conflict(e).await),
+        }
+    }
+
+    /// A name held by another container: say whose (its instance label),
+    /// never touch it.
+    async fn explain_name_conflict(&self, e: ExecError) -> ExecError {
+        let ExecError::Podman(PodmanError::NameInUse { name }) = &e else {
+            return e;
+        };
+        let name = name.clone();
+        let holder = match self.podman.find_by_name(&name).await {
+            Ok(Some(c)) => match c.labels.get(labels::INSTANCE) {
+                Some(other) if other == self.instance => {
+                    let lane = c.labels.get(labels::LANE).map_or("?", String::as_str);
+                    return ExecError::NameHeldBySibling {
+                        name,
+                        holder: short(&c.id).to_string(),
+                        lane: lane.to_string(),
+                    };
+                }
+                Some(other) => format!("container {} of lanectl instance {other}", short(&c.id)),
+                None => format!(
+                    "container {} without a lanectl instance label",
+                    short(&c.id)
+                ),
+            },
+            Ok(None) => "a container that is gone now".to_string(),
+            Err(e) => format!("a container that could not be looked up ({e})"),
+        };
+        ExecError::NameHeldByOther {
+            name,
+            holder,
+            instance: self.instance.to_string(),
+        }
+    }
+}
+
+/// A container ID as people read it: its first 12 characters.
+pub fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 /// Creates, fills and starts a new container for `spec`; returns it inspected.
-pub async fn create_and_start(
+async fn create_and_start(
     podman: &Podman,
     spec: &LaneSpec,
     hash: &LaneHash,
@@ -69,12 +258,7 @@ pub async fn create_and_start(
                 let step = std::time::Instant::now();
                 let inspected = podman.inspect(&id).await;
                 debug!(took_ms = ms(step), total_ms = ms(clock), "inspected");
-                return inspected?.ok_or_else(|| {
-                    ExecError::Other(format!(
-                        "container {} vanished after its start",
-                        spec.container_name
-                    ))
-                });
+                return inspected?.ok_or_else(|| ExecError::Vanished(spec.container_name.clone()));
             }
             Err(e) => {
                 // Never leave a half-made container behind.
@@ -108,15 +292,13 @@ async fn copy_codex(
     // The tar goes through a temporary file and is streamed from there: a
     // large codex never sits whole in memory.
     let (fingerprint, tar) = tokio::task::spawn_blocking(move || {
-        let mut tar =
-            tempfile::tempfile().map_err(|e| ExecError::Other(format!("codex archive: {e}")))?;
+        let mut tar = tempfile::tempfile().map_err(ExecError::Archive)?;
         let fingerprint = hash::codex_archive(&source, &target, owner, &mut tar, policy)?;
-        tar.rewind()
-            .map_err(|e| ExecError::Other(format!("codex archive: {e}")))?;
+        tar.rewind().map_err(ExecError::Archive)?;
         Ok::<_, ExecError>((fingerprint, tar))
     })
     .await
-    .map_err(|e| ExecError::Other(format!("codex archive task: {e}")))??;
+    .map_err(ExecError::ArchiveTask)??;
     if hash.codex.as_deref() != Some(fingerprint.as_str()) {
         return Err(ExecError::CodexChanged(codex.source.display().to_string()));
     }
@@ -139,11 +321,7 @@ async fn owner_of(podman: &Podman, id: &str, user: Option<&str>) -> Result<(u64,
     } else {
         String::new()
     };
-    resolve_owner(u, g, &passwd).ok_or_else(|| {
-        ExecError::Other(format!(
-            "user {u:?} is not in the image's /etc/passwd: the codex files could not be given to it"
-        ))
-    })
+    resolve_owner(u, g, &passwd).ok_or_else(|| ExecError::UnknownUser(u.to_string()))
 }
 
 /// `user[:group]` -> uid/gid, names looked up in `passwd` (group names are

@@ -27,6 +27,7 @@ mod fuzz_tests;
 pub mod hash;
 pub mod labels;
 pub mod lane;
+pub mod lock;
 pub mod manifest;
 pub mod observe;
 pub mod plan;

@@ -75,14 +75,43 @@ pub struct Desired<'a> {
     pub hash: &'a LaneHash,
 }
 
-/// The decision for one lane, with the container it is about.
+/// The decision for one lane: what `plan` prints and what `exec` carries out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub action: Action,
-    /// The container the action applies to (the one to keep, start, stop or replace).
-    pub current: Option<Observed>,
+    /// The same decision with exactly what carrying it out needs.
+    pub step: Step,
     /// Further containers of the same lane (left by a crash): removed first.
     pub extras: Vec<Observed>,
+}
+
+/// What `exec` does for a lane. A new container is made only with the hash
+/// it is labelled with: a plan without a hash (a lane declared `stopped`
+/// whose image is missing) cannot hold a `Make`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to change; the lane's container, if it has one.
+    Keep(Option<Observed>),
+    /// A new container, replacing the lane's current one (if any).
+    Make {
+        hash: LaneHash,
+        replacing: Option<Observed>,
+    },
+    Start(Observed),
+    Stop(Observed),
+    /// The manifest is gone: these containers and the status file go.
+    Remove(Vec<Observed>),
+}
+
+impl Step {
+    /// The container the step is about: the one to keep, start, stop or replace.
+    pub fn current(&self) -> Option<&Observed> {
+        match self {
+            Step::Keep(c) | Step::Make { replacing: c, .. } => c.as_ref(),
+            Step::Start(c) | Step::Stop(c) => Some(c),
+            Step::Remove(all) => all.first(),
+        }
+    }
 }
 
 /// Decides a lane declared `stopped`, which needs no hash: a running
@@ -91,63 +120,68 @@ pub fn decide_stopped(mut observed: Vec<Observed>) -> Plan {
     observed.sort_by_key(|c| c.state != State::Running);
     let mut containers = observed.into_iter();
     let current = containers.next();
-    let action = match &current {
-        Some(c) if c.state == State::Running => Action::Stop,
-        _ => Action::Nothing,
+    let (action, step) = match current {
+        Some(c) if c.state == State::Running => (Action::Stop, Step::Stop(c)),
+        c => (Action::Nothing, Step::Keep(c)),
     };
     Plan {
         action,
-        current,
+        step,
         extras: containers.collect(),
     }
 }
 
-/// Decides one lane. `desired` is `None` when the manifest is gone;
-/// `observed` are this instance's containers labelled with the lane.
-pub fn decide(desired: Option<Desired<'_>>, mut observed: Vec<Observed>) -> Plan {
+/// Decides a lane whose manifest is gone: its containers and status file
+/// (`has_status`) are removed; nothing to do when it has neither.
+pub fn decide_gone(observed: Vec<Observed>, has_status: bool) -> Plan {
+    let action = if observed.is_empty() && !has_status {
+        Action::Nothing
+    } else {
+        Action::Remove
+    };
+    Plan {
+        action,
+        step: Step::Remove(observed),
+        extras: Vec::new(),
+    }
+}
+
+/// Decides one lane with a manifest; `observed` are this instance's
+/// containers labelled with the lane.
+pub fn decide(desired: Desired<'_>, mut observed: Vec<Observed>) -> Plan {
     // Keep the best container: matching hash first, then running, then newest
     // in list order; any others are extras.
-    if let Some(d) = &desired {
-        observed.sort_by_key(|c| {
-            let same = c.labels.get(labels::SPEC_HASH) == Some(&d.hash.full);
-            (!same, c.state != State::Running)
-        });
-    }
+    observed.sort_by_key(|c| {
+        let same = c.labels.get(labels::SPEC_HASH) == Some(&desired.hash.full);
+        (!same, c.state != State::Running)
+    });
     let mut containers = observed.into_iter();
     let current = containers.next();
     let extras: Vec<Observed> = containers.collect();
-    let plan = |action| Plan {
-        action,
-        current: current.clone(),
-        extras: extras.clone(),
+    let make = |replacing| Step::Make {
+        hash: desired.hash.clone(),
+        replacing,
     };
-
-    let Some(desired) = desired else {
-        return plan(if current.is_some() {
-            Action::Remove
-        } else {
-            Action::Nothing
-        });
-    };
-    let Some(c) = &current else {
-        return plan(match desired.state {
-            DesiredState::Running => Action::Create,
-            DesiredState::Stopped => Action::Nothing,
-        });
-    };
-    let action = match desired.state {
-        DesiredState::Stopped if c.state == State::Running => Action::Stop,
-        DesiredState::Stopped => Action::Nothing,
-        DesiredState::Running => match why_different(c, desired.hash) {
-            Some(why) => Action::Recreate(why),
+    let (action, step) = match (desired.state, current) {
+        (DesiredState::Running, None) => (Action::Create, make(None)),
+        (DesiredState::Stopped, Some(c)) if c.state == State::Running => {
+            (Action::Stop, Step::Stop(c))
+        }
+        (DesiredState::Stopped, c) => (Action::Nothing, Step::Keep(c)),
+        (DesiredState::Running, Some(c)) => match why_different(&c, desired.hash) {
+            Some(why) => (Action::Recreate(why), make(Some(c))),
             // Never started, whatever Podman calls its state (`created`,
             // `configured`, `initialized` after `podman init`): half-made.
-            None if !c.ever_started => Action::Recreate(Why::HalfMade),
-            None if c.state == State::Running => Action::Nothing,
-            None => Action::Start,
+            None if !c.ever_started => (Action::Recreate(Why::HalfMade), make(Some(c))),
+            None if c.state == State::Running => (Action::Nothing, Step::Keep(Some(c))),
+            None => (Action::Start, Step::Start(c)),
         },
     };
-    plan(action)
+    Plan {
+        action,
+        step,
+        extras,
+    }
 }
 
 /// Why the container's hash differs from the desired one, if it does.
@@ -199,8 +233,8 @@ mod tests {
         }
     }
 
-    fn running(state: DesiredState, h: &LaneHash) -> Option<Desired<'_>> {
-        Some(Desired { state, hash: h })
+    fn running(state: DesiredState, h: &LaneHash) -> Desired<'_> {
+        Desired { state, hash: h }
     }
 
     #[test]
@@ -338,11 +372,38 @@ mod tests {
     }
 
     #[test]
+    fn a_new_container_is_made_with_the_desired_hash_and_replaces_the_old() {
+        let h = hash();
+        let old = LaneHash {
+            config: "old-cfg".into(),
+            full: "sha256:old".into(),
+            ..hash()
+        };
+        let c = container(State::Running, true, &old);
+        let plan = decide(running(DesiredState::Running, &h), vec![c.clone()]);
+        assert_eq!(plan.action, Action::Recreate(Why::SpecChanged));
+        assert_eq!(
+            plan.step,
+            Step::Make {
+                hash: h.clone(),
+                replacing: Some(c)
+            }
+        );
+        let stopped = decide_stopped(vec![container(State::Exited, true, &h)]);
+        assert!(matches!(stopped.step, Step::Keep(Some(_))));
+    }
+
+    #[test]
     fn plan_removes_when_the_manifest_is_gone() {
         let h = hash();
         let c = container(State::Running, true, &h);
-        assert_eq!(decide(None, vec![c]).action, Action::Remove);
-        assert_eq!(decide(None, vec![]).action, Action::Nothing);
+        assert_eq!(decide_gone(vec![c.clone()], false).action, Action::Remove);
+        assert_eq!(decide_gone(vec![], true).action, Action::Remove);
+        assert_eq!(decide_gone(vec![], false).action, Action::Nothing);
+        assert_eq!(
+            decide_gone(vec![c.clone()], false).step,
+            Step::Remove(vec![c])
+        );
     }
 
     #[test]
@@ -359,7 +420,7 @@ mod tests {
             vec![stale.clone(), good.clone()],
         );
         assert_eq!(plan.action, Action::Nothing);
-        assert_eq!(plan.current, Some(good));
+        assert_eq!(plan.step, Step::Keep(Some(good)));
         assert_eq!(plan.extras, vec![stale]);
     }
 }

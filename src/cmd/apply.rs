@@ -4,7 +4,8 @@ use super::Exit;
 use crate::cli::Global;
 use crate::desired::LoadOptions;
 use crate::plan::Action;
-use crate::reconcile::{self, Mode, Outcome, PassOptions};
+use crate::reconcile::pass::{self, PassOptions};
+use crate::reconcile::{Mode, Outcome};
 use crate::status::Phase;
 
 #[derive(Debug, Clone, Copy)]
@@ -33,7 +34,7 @@ pub async fn run(
             allow_insecure_permissions: global.allow_insecure_permissions,
         },
     };
-    let outcomes = reconcile::pass(ctx, mode, &opts).await?;
+    let outcomes = pass::pass(ctx, mode, &opts).await?;
     let width = outcomes.iter().map(|o| o.lane.len()).max().unwrap_or(0);
     for o in &outcomes {
         let line = match kind {

@@ -53,7 +53,6 @@ pub async fn run(
     };
     info!(url = podman.url(), instance = %instance, "connected to podman");
     let ctx = Ctx::new(podman, super::dir_of(&global.dir), instance)
-        .with_restart_backoff()
         .with_policy(Policy::of_process(global.allow_insecure_permissions));
     let opts = Options {
         resync,

@@ -26,7 +26,7 @@ use super::{Backoffs, SharedIndex};
 use crate::backoff::Backoff;
 use crate::container::{ContainerEvent, StreamItem};
 use crate::queue::Queue;
-use crate::reconcile::Ctx;
+use crate::reconcile::{Ctx, Probing};
 
 /// While Podman does not answer, it is pinged this often.
 const PING_WHILE_DOWN: Duration = Duration::from_secs(1);
@@ -53,17 +53,21 @@ pub trait Api: Send + Sync + 'static {
 }
 
 /// The daemon's Podman and probes.
-pub struct Live(pub Arc<Ctx>);
+pub struct Live {
+    pub ctx: Arc<Ctx>,
+    /// Which container each lane is probing (the daemon's registry).
+    pub probing: Arc<Probing>,
+}
 
 impl Api for Live {
     fn events(&self, since: Option<SystemTime>) -> Receiver<StreamItem> {
-        self.0.podman.events(&self.0.instance, since)
+        self.ctx.podman.events(&self.ctx.instance, since)
     }
     async fn ping(&self) -> bool {
-        self.0.podman.ping().await.is_ok()
+        self.ctx.podman.ping().await.is_ok()
     }
     fn is_probing(&self, lane: &str, id: &str) -> bool {
-        self.0.is_probing(lane, id)
+        self.probing.is_probing(lane, id)
     }
 }
 

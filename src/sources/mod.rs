@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::container::Observed;
 use crate::queue::Queue;
-use crate::reconcile::KnownImages;
+use crate::reconcile::world::KnownImages;
 
 /// What the sources need to know about the lanes to map an event to lanes:
 /// which lanes exist, and which host paths each one reads (codex and

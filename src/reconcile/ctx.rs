@@ -1,0 +1,70 @@
+//! What the lanes of a pass (and of the daemon's whole life) share: the
+//! Podman handle, the lanes directory, the instance, whose files may be read,
+//! the fingerprint cache and the `--jobs` bound on lanes that change
+//! containers. Nothing here is per pass (that is the [`World`](super::world::World))
+//! or daemon-only (that is [`Hooks`](super::Hooks)).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::container::Observed;
+use crate::exec::Exec;
+use crate::hash;
+use crate::observe;
+use crate::podman::{Podman, PodmanError};
+
+pub struct Ctx {
+    pub podman: Podman,
+    pub dir: PathBuf,
+    pub instance: String,
+    /// Whose files the codex and tracked content may be (checked on each read).
+    pub policy: hash::Policy,
+    /// Codex fingerprints and tracked content of unchanged sources.
+    pub fingerprints: Arc<hash::FingerprintCache>,
+    /// `--jobs`: lanes that change a container (and then probe it) at once.
+    /// Lanes with nothing to do only hash and probe, many more at once.
+    pub acting: Semaphore,
+}
+
+impl Ctx {
+    pub fn new(podman: Podman, dir: PathBuf, instance: String) -> Self {
+        Ctx {
+            podman,
+            dir,
+            instance,
+            policy: hash::Policy::of_process(false),
+            fingerprints: Arc::default(),
+            acting: Semaphore::new(Semaphore::MAX_PERMITS),
+        }
+    }
+
+    /// At most `jobs` lanes change containers at once (`--jobs`).
+    pub fn with_jobs(mut self, jobs: usize) -> Self {
+        self.acting = Semaphore::new(jobs.clamp(1, Semaphore::MAX_PERMITS));
+        self
+    }
+
+    /// Whose files may be read into a container (`--allow-insecure-permissions`
+    /// relaxes the default, which checks when running as root).
+    pub fn with_policy(mut self, policy: hash::Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The hands that change Podman for this instance (`exec.rs`).
+    pub fn exec(&self) -> Exec<'_> {
+        Exec {
+            podman: &self.podman,
+            instance: &self.instance,
+            policy: self.policy,
+        }
+    }
+
+    /// This instance's containers by lane: one list call (`observe.rs`).
+    pub async fn observe(&self) -> Result<BTreeMap<String, Vec<Observed>>, PodmanError> {
+        observe::observe(&self.podman, &self.instance).await
+    }
+}

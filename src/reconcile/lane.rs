@@ -1,0 +1,393 @@
+//! One lane, top to bottom ([`reconcile`]): hash → decide (pure, `plan.rs`)
+//! → act (`exec.rs`) → probe → compose the status (pure, `report.rs`) →
+//! write it once. Two explicit pending writes come before the long steps
+//! (before a new container is made, and while it is probed) so that readers
+//! see the lane is changing. Nothing here mutates Podman itself.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::report::{self, Ended, Facts, Probed};
+use super::world::LaneView;
+use super::{Ctx, Hooks, Mode, Outcome};
+use crate::container::{Now, Observed};
+use crate::desired::Desired;
+use crate::error;
+use crate::exec;
+use crate::hash::{self, LaneHash};
+use crate::manifest::DesiredState;
+use crate::plan::{self, Action, Plan, Step};
+use crate::probe;
+use crate::spec::LaneSpec;
+use crate::status::{self, Phase, Status};
+
+/// Reconciles one lane: decide, and in `Apply` mode act, probe and write
+/// its status. The daemon's `hooks.cancel` interrupts the probe, the one
+/// long wait; container changes and status writes are never cut in half.
+pub async fn reconcile(ctx: &Ctx, mut view: LaneView, mode: Mode, hooks: Hooks<'_>) -> Outcome {
+    let previous = status::read(&ctx.dir, &view.lane);
+    match view.desired.take() {
+        None => gone(ctx, view, previous.is_some(), mode).await,
+        Some(Desired::Invalid {
+            problems,
+            manifest_sha256,
+        }) => {
+            let facts = Facts {
+                lane: &view.lane,
+                manifest_sha256,
+                restarts: previous.map_or(0, |p| p.restarts),
+            };
+            let ended = Ended::Halted {
+                phase: Phase::Invalid,
+                container: view.containers.first().map(Now::from),
+                message: report::problems_text(&problems),
+            };
+            finish(ctx, mode, None, &facts, ended)
+        }
+        Some(Desired::Valid {
+            spec,
+            manifest_sha256,
+        }) => converge(ctx, &spec, manifest_sha256, view, previous, mode, hooks).await,
+    }
+}
+
+/// A lane whose manifest is gone (or that `down` takes down): its
+/// containers and status file go.
+async fn gone(ctx: &Ctx, view: LaneView, has_status: bool, mode: Mode) -> Outcome {
+    let plan = plan::decide_gone(view.containers, has_status);
+    let mut outcome = Outcome::new(&view.lane, Some(plan.action.clone()), Phase::Stopped, "");
+    outcome.has_manifest = false;
+    outcome.message = "no manifest".into();
+    let Step::Remove(containers) = &plan.step else {
+        return outcome;
+    };
+    if mode == Mode::Plan || plan.action == Action::Nothing {
+        return outcome;
+    }
+    let _acting = ctx.acting.acquire().await;
+    let removed = ctx.exec().remove(containers).await;
+    outcome.removed = match &removed {
+        Ok(()) => containers.iter().map(|c| c.name.clone()).collect(),
+        Err(f) => containers
+            .iter()
+            .map(|c| c.name.clone())
+            .take_while(|n| f.left.as_ref().is_none_or(|l| l.name != *n))
+            .collect(),
+    };
+    let removed = removed.map_err(|f| {
+        let name = f.left.map(|c| c.name).unwrap_or_default();
+        format!("removing container {name}: {}", f.error)
+    });
+    let result =
+        removed.and_then(|()| status::remove(&ctx.dir, &view.lane).map_err(|e| error::chain(&e)));
+    match result {
+        Ok(()) => outcome.message = "removed".into(),
+        Err(message) => {
+            outcome.phase = Phase::Failed;
+            outcome.message = message;
+        }
+    }
+    outcome
+}
+
+/// A lane with a valid manifest, in the order the module doc gives.
+async fn converge(
+    ctx: &Ctx,
+    spec: &LaneSpec,
+    manifest_sha256: String,
+    view: LaneView,
+    previous: Option<Status>,
+    mode: Mode,
+    hooks: Hooks<'_>,
+) -> Outcome {
+    let lane = spec.lane.as_str();
+    let mut facts = Facts {
+        lane,
+        manifest_sha256: Some(manifest_sha256),
+        restarts: previous.as_ref().map_or(0, |p| p.restarts),
+    };
+
+    // Hash, then decide. Stopping needs no hash (rule 5: whatever its hash).
+    let plan = match hash_lane(ctx, spec, &view).await {
+        Ok(hash) => {
+            let desired = plan::Desired {
+                state: spec.state,
+                hash: &hash,
+            };
+            plan::decide(desired, view.containers)
+        }
+        Err(_) if spec.state == DesiredState::Stopped => plan::decide_stopped(view.containers),
+        Err((phase, message)) => {
+            let container = view.containers.first().map(Now::from);
+            let ended = Ended::Halted {
+                phase,
+                container,
+                message,
+            };
+            return finish(ctx, mode, None, &facts, ended);
+        }
+    };
+    debug!(action = %plan.action, extras = plan.extras.len(), "decided");
+    if mode == Mode::Plan {
+        let mut outcome = Outcome::new(lane, Some(plan.action.clone()), Phase::Pending, "");
+        outcome.extras = plan.extras.len();
+        return outcome;
+    }
+
+    // Act. The permit is held until the new or started container was probed.
+    let _acting = if plan.action.changes_something() || !plan.extras.is_empty() {
+        ctx.acting.acquire().await.ok()
+    } else {
+        None
+    };
+    ctx.exec().remove_strays(&plan.extras).await;
+    // Restarts: counted per container; a crashed one may have to wait.
+    facts.restarts = restarts_of(&plan, previous.as_ref());
+    if let Step::Start(c) = &plan.step
+        && crashed(c, previous.as_ref())
+    {
+        if let Some(book) = hooks.restarts
+            && let Err(at) = book.gate(lane)
+        {
+            book.note_ready(lane, false);
+            return restart_later(ctx, &plan, &facts, c, at);
+        }
+        facts.restarts += 1;
+    }
+
+    if let Step::Make { replacing, .. } = &plan.step {
+        let making = Ended::Making {
+            container: replacing.as_ref().map(Now::from),
+            message: plan.action.to_string(),
+        };
+        write_status(ctx, report::compose(&facts, making));
+        facts.restarts = 0;
+        if let Some(book) = hooks.restarts {
+            book.forget(lane);
+        }
+    }
+    let acted = ctx.exec().act(spec, &plan.step).await;
+    if plan.action.changes_something() {
+        info!(action = %plan.action, ok = acted.is_ok(), "acted");
+    }
+    let now = match acted {
+        Ok(now) => now,
+        Err(exec::Failed { error, left }) => {
+            let ended = Ended::Halted {
+                phase: Phase::Failed,
+                container: left,
+                message: format!("{}: {}", plan.action, error::chain(&error)),
+            };
+            return finish(ctx, mode, Some(&plan), &facts, ended);
+        }
+    };
+
+    // Probe what runs, then say how it ended.
+    let probed = match now.as_ref().filter(|n| n.running) {
+        Some(now) if spec.state == DesiredState::Running => {
+            match probe(ctx, spec, &plan, now, view.answered, &facts, hooks).await {
+                Some(probed) => probed,
+                None => {
+                    let mut outcome = Outcome::new(lane, Some(plan.action), Phase::Pending, "");
+                    outcome.interrupted = true;
+                    return outcome;
+                }
+            }
+        }
+        _ => Probed::Unasked,
+    };
+    let ended = Ended::Settled {
+        now: now.as_ref(),
+        spec,
+        probed,
+    };
+    let outcome = finish(ctx, mode, Some(&plan), &facts, ended);
+    if let Some(book) = hooks.restarts {
+        book.note_ready(lane, outcome.phase == Phase::Ready);
+    }
+    outcome
+}
+
+/// Image ID, codex fingerprint and tracked content -> the lane hash; or the
+/// phase and message of why it cannot be had.
+async fn hash_lane(
+    ctx: &Ctx,
+    spec: &LaneSpec,
+    view: &LaneView,
+) -> Result<LaneHash, (Phase, String)> {
+    let failed = |m: String| (Phase::Failed, m);
+    let looked_up = match view.images.get(&spec.image) {
+        Some(id) => Ok(id.clone()),
+        None => ctx
+            .podman
+            .image_id(&spec.image)
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    let image_id = match looked_up {
+        Ok(Some(id)) => id,
+        Ok(None) => {
+            return Err(failed(format!(
+                "image {} is not present locally (lanectl never pulls: build or load it)",
+                spec.image
+            )));
+        }
+        Err(e) => return Err(failed(e)),
+    };
+    let codex_source = spec.codex.as_ref().map(|c| c.source.clone());
+    let tracked_sources: Vec<(String, PathBuf)> = spec
+        .mounts
+        .iter()
+        .filter(|m| m.track_content)
+        .map(|m| (m.target.clone(), m.source.clone()))
+        .collect();
+    let (fingerprints, policy) = (ctx.fingerprints.clone(), ctx.policy);
+    let hashed = tokio::task::spawn_blocking(move || {
+        let codex = codex_source
+            .map(|s| fingerprints.fingerprint(&s, policy))
+            .transpose()
+            .map_err(|e| format!("codex: {}", error::chain(&e)))?;
+        let tracked = tracked_sources
+            .into_iter()
+            .map(|(target, source)| {
+                fingerprints
+                    .tracked(&source, policy)
+                    .map(|h| (target, h))
+                    .map_err(|e| format!("track_content: {}", error::chain(&e)))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok::<_, String>((codex, tracked))
+    })
+    .await
+    .map_err(|e| failed(format!("hashing task: {e}")))?;
+    let (codex, tracked) = hashed.map_err(|m| (Phase::Invalid, m))?;
+    Ok(hash::lane_hash(spec, &image_id, codex.as_deref(), &tracked))
+}
+
+/// The restarts the status counts: the previous status's, while it names
+/// the same container.
+fn restarts_of(plan: &Plan, previous: Option<&Status>) -> u32 {
+    plan.step
+        .current()
+        .and_then(|c| previous.filter(|p| p.container_id.as_deref() == Some(c.id.as_str())))
+        .map_or(0, |p| p.restarts)
+}
+
+/// A container that ran and exited without lanectl stopping it: starting it
+/// again is a restart.
+fn crashed(c: &Observed, previous: Option<&Status>) -> bool {
+    let lanectl_stopped = previous.is_some_and(|p| {
+        p.container_id.as_deref() == Some(c.id.as_str()) && p.phase == Phase::Stopped
+    });
+    c.ever_started && !lanectl_stopped
+}
+
+/// A crashed container whose restart must wait: `failed` with the exit code
+/// and the time of the next restart.
+fn restart_later(ctx: &Ctx, plan: &Plan, facts: &Facts<'_>, c: &Observed, at: Instant) -> Outcome {
+    let wall = SystemTime::now() + at.saturating_duration_since(Instant::now());
+    let ended = Ended::RestartLater {
+        container: Now::from(c),
+        exit_code: c.exit_code,
+        at: wall,
+    };
+    let mut outcome = finish(ctx, Mode::Apply, Some(plan), facts, ended);
+    outcome.retry_at = Some(at);
+    outcome
+}
+
+/// Probes the lane's running container: `None` when the daemon interrupted
+/// the probe (nothing is written then). A new container is announced first.
+async fn probe(
+    ctx: &Ctx,
+    spec: &LaneSpec,
+    plan: &Plan,
+    now: &Now,
+    answered: Option<(String, std::net::SocketAddr)>,
+    facts: &Facts<'_>,
+    hooks: Hooks<'_>,
+) -> Option<Probed> {
+    let Some(p) = &spec.probe else {
+        return Some(Probed::Unasked);
+    };
+    if matches!(plan.step, Step::Make { .. }) {
+        write_status(ctx, report::compose(facts, Ended::Probing { now, spec }));
+    }
+    let Some(addr) = report::probe_addr_of(&now.ports, p.port) else {
+        return Some(Probed::Failed(format!(
+            "port {}/tcp is not published",
+            p.port
+        )));
+    };
+    // An answer while Podman listed counts only for the same container on the
+    // same address, kept with nothing to do.
+    if plan.action == Action::Nothing && answered == Some((now.id.clone(), addr)) {
+        return Some(Probed::Ready);
+    }
+    if let Some(probing) = hooks.probing {
+        probing.start(&spec.lane, &now.id);
+    }
+    let waited = probe::wait_ready(addr, &p.path, p.timeout, p.interval);
+    let result = match hooks.cancel {
+        Some(cancel) => tokio::select! {
+            r = waited => Some(r),
+            () = cancel.cancelled() => {
+                debug!("probe interrupted");
+                None
+            }
+        },
+        None => Some(waited.await),
+    };
+    if let Some(probing) = hooks.probing {
+        probing.stop(&spec.lane);
+    }
+    Some(match result? {
+        Ok(()) => Probed::Ready,
+        Err(e) => Probed::Failed(e),
+    })
+}
+
+/// Composes the lane's status, writes it (in `Apply` mode) and says how the
+/// lane ended.
+fn finish(
+    ctx: &Ctx,
+    mode: Mode,
+    plan: Option<&Plan>,
+    facts: &Facts<'_>,
+    ended: Ended<'_>,
+) -> Outcome {
+    let st = report::compose(facts, ended);
+    let mut outcome = Outcome::new(
+        facts.lane,
+        plan.map(|p| p.action.clone()),
+        st.phase,
+        st.message.clone(),
+    );
+    outcome.endpoint.clone_from(&st.endpoint);
+    outcome.extras = plan.map_or(0, |p| p.extras.len());
+    if mode == Mode::Apply {
+        outcome.status_error = write_status(ctx, st);
+    }
+    outcome
+}
+
+/// Writes a status if it changed; returns why it could not be written (the
+/// lane then counts as not converged: `apply` fails, the daemon retries).
+pub fn write_status(ctx: &Ctx, st: Status) -> Option<String> {
+    let lane = st.lane.clone();
+    match status::write_if_changed(&ctx.dir, st) {
+        Ok(true) => {
+            debug!(lane = %lane, "status written");
+            None
+        }
+        Ok(false) => None,
+        Err(e) => {
+            let e = error::chain(&e);
+            warn!(lane = %lane, error = %e, "could not write status");
+            Some(e)
+        }
+    }
+}
