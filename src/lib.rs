@@ -23,6 +23,8 @@ pub mod desired;
 pub mod error;
 pub mod exec;
 #[cfg(test)]
+mod fitness_tests;
+#[cfg(test)]
 mod fuzz_tests;
 pub mod hash;
 pub mod labels;
