@@ -30,7 +30,10 @@ use crate::status::{self, Phase, Status};
 pub async fn reconcile(ctx: &Ctx, mut view: LaneView, mode: Mode, hooks: Hooks<'_>) -> Outcome {
     let previous = status::read(&ctx.dir, &view.lane);
     match view.desired.take() {
-        None => gone(ctx, view, previous.is_some(), mode).await,
+        None => {
+            let has_status = previous.is_some() || status::exists(&ctx.dir, &view.lane);
+            gone(ctx, view, has_status, mode).await
+        }
         Some(Desired::Invalid {
             problems,
             manifest_sha256,
