@@ -15,11 +15,15 @@ export LANECTL_STATE
 LANECTL_CONF="$LANECTL_STATE/containers.conf"
 LANECTL_SOCK="$LANECTL_STATE/podman.sock"
 
-# Podman's tmp_dir decides whether the host rebooted (it must be on a tmpfs such
-# as /run) and must not be shared with other Podman setups on the host.
+# Podman's tmp_dir decides whether the host rebooted (a missing tmp_dir means
+# "rebooted": the containers it believed running are reset) and must not be
+# shared with other Podman setups on the host. /run is not a tmpfs on every
+# host, so the kernel's boot id is part of the name: a reboot always yields a
+# new, empty tmp_dir.
 lanectl_tmp_dir() {
-    local key base
-    key=$(printf '%s' "$LANECTL_STATE" | sha256sum | cut -c1-12)
+    local key base boot
+    boot=$(cut -c1-8 /proc/sys/kernel/random/boot_id 2>/dev/null || echo 0)
+    key=$(printf '%s' "$LANECTL_STATE" | sha256sum | cut -c1-12)-$boot
     if [ "$(id -u)" = 0 ]; then
         base=/run
     elif [ -n "${XDG_RUNTIME_DIR:-}" ] && [ -d "${XDG_RUNTIME_DIR}" ]; then
