@@ -198,13 +198,13 @@ fn temp_writer(name: &str) -> Option<u32> {
     after.split('.').next()?.parse().ok()
 }
 
-/// Removes a lane's status file; absent is fine.
 /// Whether anything stands at the lane's status path, readable or not (a
 /// corrupt file, or a directory of that name, is still the lane's to remove).
 pub fn exists(dir: &Path, lane: &str) -> bool {
     std::fs::symlink_metadata(lane::status_path(dir, lane)).is_ok()
 }
 
+/// Removes a lane's status file; absent is fine.
 pub fn remove(dir: &Path, lane: &str) -> Result<(), StatusError> {
     let path = lane::status_path(dir, lane);
     match std::fs::remove_file(&path) {
