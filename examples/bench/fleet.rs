@@ -1,0 +1,149 @@
+//! The generated lanes: N lanes in a temporary directory, owned by one measurement.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+use lanectl::status::Status;
+
+use crate::{BENCH_LABEL, Bench, PORT, PROBE_PATH, WORKER_TARGET};
+
+/// N lanes in a temporary directory (`lanes.d/`, `codex/<lane>/`,
+/// `work/<lane>/`), owned by one measurement: `tag` names its containers
+/// (`<tag>-<lane>`), labels them and is lanectl's `--instance`.
+pub(crate) struct Fleet {
+    pub(crate) root: tempfile::TempDir,
+    pub(crate) tag: String,
+    pub(crate) lanes: Vec<String>,
+}
+
+impl Fleet {
+    pub(crate) fn new(bench: &Bench, tag: String, n: usize) -> Result<Fleet> {
+        let root = tempfile::Builder::new()
+            .prefix("lanectl-bench-")
+            .tempdir()?;
+        std::fs::create_dir(root.path().join("lanes.d"))?;
+        let fleet = Fleet {
+            root,
+            tag,
+            lanes: (0..n).map(|i| format!("lane-{i:03}")).collect(),
+        };
+        for lane in &fleet.lanes {
+            fleet.add_lane(bench, lane)?;
+        }
+        Ok(fleet)
+    }
+
+    /// Writes a lane's codex and workspace and its manifest (revision 0).
+    pub(crate) fn add_lane(&self, bench: &Bench, lane: &str) -> Result<()> {
+        let codex = self.codex_dir(lane);
+        std::fs::create_dir_all(codex.join("prompts"))?;
+        std::fs::create_dir_all(self.work_dir(lane))?;
+        std::fs::write(
+            codex.join("auth.json"),
+            format!("{{\"token\": \"bench-{lane}-{}\"}}\n", "x".repeat(160)),
+        )?;
+        std::fs::write(
+            codex.join("config.toml"),
+            format!(
+                "model = \"bench\"\nlane = \"{lane}\"\n{}",
+                "# pad\n".repeat(40)
+            ),
+        )?;
+        std::fs::write(
+            codex.join("prompts/system.md"),
+            "You are a benchmark lane.\n".repeat(40),
+        )?;
+        self.write_manifest(bench, lane, 0)
+    }
+
+    pub(crate) fn dir(&self) -> PathBuf {
+        self.root.path().join("lanes.d")
+    }
+
+    pub(crate) fn codex_dir(&self, lane: &str) -> PathBuf {
+        self.root.path().join("codex").join(lane)
+    }
+
+    pub(crate) fn work_dir(&self, lane: &str) -> PathBuf {
+        self.root.path().join("work").join(lane)
+    }
+
+    pub(crate) fn container(&self, lane: &str) -> String {
+        format!("{}-{lane}", self.tag)
+    }
+
+    /// The 4 env vars; `revision` is what an "edit" changes.
+    pub(crate) fn env(lane: &str, revision: u32) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("INBOX_LANE_ID".into(), lane.into()),
+            ("INBOX_WORKSPACE".into(), "/workspace".into()),
+            (
+                "INBOX_API_URL".into(),
+                "http://host.containers.internal:8080".into(),
+            ),
+            ("BENCH_REVISION".into(), revision.to_string()),
+        ])
+    }
+
+    pub(crate) fn write_manifest(&self, bench: &Bench, lane: &str, revision: u32) -> Result<()> {
+        let mut env = String::new();
+        for (k, v) in Self::env(lane, revision) {
+            writeln!(env, "  {k}: \"{v}\"")?;
+        }
+        let yaml = format!(
+            "image: {image}\n\
+             container_name: {name}\n\
+             user: root\n\
+             entrypoint: [{WORKER_TARGET}]\n\
+             command: [serve]\n\
+             workdir: /workspace\n\
+             env:\n{env}\
+             labels: {{{BENCH_LABEL}: {tag}}}\n\
+             mounts:\n\
+             \x20 - {{source: {worker}, target: {WORKER_TARGET}, read_only: true}}\n\
+             \x20 - {{source: ../work/{lane}, target: /workspace}}\n\
+             ports: [{{container: {PORT}, host_ip: 127.0.0.1}}]\n\
+             codex: {{source: ../codex/{lane}, target: /root/.codex, fingerprint_env: INBOX_RUNTIME_CODEX_SHA}}\n\
+             probe: {{port: {PORT}, path: {PROBE_PATH}, timeout: 30s, interval: 50ms}}\n\
+             stop_timeout: 2s\n",
+            image = bench.image,
+            name = self.container(lane),
+            tag = self.tag,
+            worker = bench.worker.display(),
+        );
+        let path = self.dir().join(format!("{lane}.yaml"));
+        std::fs::write(&path, yaml).with_context(|| format!("write {}", path.display()))
+    }
+
+    /// The lane's status file as lanectl wrote it (None while absent or unreadable).
+    pub(crate) fn status(&self, lane: &str) -> Option<Status> {
+        lanectl::status::read(&self.dir(), lane)
+    }
+
+    /// The codex files in the Go runtime's order: (relative path, bytes).
+    pub(crate) fn codex_files(&self, lane: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let dir = self.codex_dir(lane);
+        let mut files = Vec::new();
+        for rel in ["auth.json", "config.toml", "prompts/system.md"] {
+            files.push((rel.to_string(), std::fs::read(dir.join(rel))?));
+        }
+        files.sort();
+        Ok(files)
+    }
+}
+
+/// The codex fingerprint (the Go runtime's algorithm: path, 0, bytes, 0 per file).
+pub(crate) fn fingerprint(files: &[(String, Vec<u8>)]) -> String {
+    let mut sum = Sha256::new();
+    for (rel, bytes) in files {
+        sum.update(rel.as_bytes());
+        sum.update([0]);
+        sum.update(bytes);
+        sum.update([0]);
+    }
+    hex::encode(sum.finalize())
+}
