@@ -96,3 +96,8 @@ impl From<&Observed> for Now {
         }
     }
 }
+
+/// A container ID as people read it: its first 12 characters.
+pub fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-use crate::container::{Now, Observed, State};
+use crate::container::{Now, Observed, State, short};
 use crate::hash::{self, HashError, LaneHash};
 use crate::labels;
 use crate::manifest;
@@ -218,11 +218,6 @@ impl Exec<'_> {
             instance: self.instance.to_string(),
         }
     }
-}
-
-/// A container ID as people read it: its first 12 characters.
-pub fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }
 
 /// Creates, fills and starts a new container for `spec`; returns it inspected.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::PodmanError;
+use crate::container::short;
 
 /// A podman-api call that gives up after `limit`.
 pub(super) async fn bounded<T>(
@@ -92,10 +93,6 @@ pub(super) fn settle(
 pub(super) fn not_found(id: &str) -> PodmanError {
     let what = format!("container {}", short(id));
     PodmanError::NotFound { what }
-}
-
-pub(super) fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }
 
 #[cfg(test)]

@@ -6,11 +6,11 @@ use podman_api::opts::{
 };
 
 use super::convert::{belongs, create_opts, ever_started, observed, regex_escape};
-use super::fault::{api_error, bounded, fault_message, not_found, settle, short, status};
+use super::fault::{api_error, bounded, fault_message, not_found, settle, status};
 use super::{
     CALL_TIMEOUT, COPY_TIMEOUT, CreateRequest, Inspected, Podman, PodmanError, STOP_TIMEOUT,
 };
-use crate::container::{Observed, PublishedPort, State};
+use crate::container::{Observed, PublishedPort, State, short};
 use crate::labels::{INSTANCE as INSTANCE_LABEL, LANE as LANE_LABEL};
 
 impl Podman {
