@@ -4,7 +4,7 @@
 //! reads `_defaults.yaml` once, loads and resolves every lane, applies the
 //! cross-lane rules, and checks each valid lane's codex and `track_content`
 //! sources by the fingerprint's own rules and the permission policy
-//! ([`hash::check_source`]), so that what `apply` would refuse at hash time
+//! ([`content::check_source`]), so that what `apply` would refuse at hash time
 //! is already `invalid` here, and `validate` shows it. Each lane ends up either valid (a `LaneSpec`) or invalid
 //! (every problem, with positions); a problem of one lane never stops another.
 //! Nothing here talks to Podman.
@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use crate::hash::{self, Policy, Shape};
+use crate::content::{self, Policy, Shape};
 use crate::lane::{self, DirListing, ListError};
 use crate::manifest::{self, Loaded, Problem, Source};
 use crate::spec::{self, LaneSpec};
@@ -203,9 +203,9 @@ fn check_dir_chain(dir: &Path, policy: Policy) -> Result<(), Problem> {
 }
 
 /// Codex and `track_content` sources: what the files alone show (see
-/// [`hash::check_source`]: the fingerprint's own rules, and who could have
+/// [`content::check_source`]: the fingerprint's own rules, and who could have
 /// written there), every problem with its path, at most
-/// [`Findings::LIMIT`](hash::Findings::LIMIT) per source.
+/// [`Findings::LIMIT`](content::Findings::LIMIT) per source.
 fn check_sources(spec: &LaneSpec, policy: Policy) -> Vec<Problem> {
     let codex = spec.codex.iter().map(|c| (&c.source, Shape::Dir));
     let tracked = spec
@@ -215,7 +215,7 @@ fn check_sources(spec: &LaneSpec, policy: Policy) -> Vec<Problem> {
         .map(|m| (&m.source, Shape::DirOrFile));
     let mut problems = Vec::new();
     for (source, shape) in codex.chain(tracked) {
-        let found = hash::check_source(source, shape, policy);
+        let found = content::check_source(source, shape, policy);
         problems.extend(
             found
                 .found
@@ -383,7 +383,7 @@ mod tests {
     fn every_problem_of_a_codex_tree_is_reported_up_to_a_limit() {
         let root = lane_with("image: i\ncodex: {source: ../codex, target: /c}\n");
         file_in(root.path(), "codex/ok.txt", 0o644);
-        let fifos = hash::Findings::LIMIT + 5;
+        let fifos = content::Findings::LIMIT + 5;
         for i in 0..fifos {
             let fifo = root.path().join(format!("codex/pipe{i:02}"));
             let made = std::process::Command::new("mkfifo")
@@ -393,9 +393,9 @@ mod tests {
             assert!(made.success());
         }
         let problems = problems_of(root.path(), Policy::OFF);
-        assert_eq!(problems.len(), hash::Findings::LIMIT + 1, "{problems:?}");
+        assert_eq!(problems.len(), content::Findings::LIMIT + 1, "{problems:?}");
         assert!(
-            problems[..hash::Findings::LIMIT]
+            problems[..content::Findings::LIMIT]
                 .iter()
                 .all(|p| p.contains("pipe") && p.contains("a FIFO"))
         );

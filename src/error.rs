@@ -56,14 +56,16 @@ mod tests {
                 path: path.clone(),
                 source: io(),
             }),
-            Box::new(crate::hash::HashError::Io {
+            Box::new(crate::content::ContentError::Io {
                 path: path.clone(),
                 source: io(),
             }),
-            Box::new(crate::exec::ExecError::Codex(crate::hash::HashError::Io {
-                path: path.clone(),
-                source: io(),
-            })),
+            Box::new(crate::exec::ExecError::Codex(
+                crate::content::ContentError::Io {
+                    path: path.clone(),
+                    source: io(),
+                },
+            )),
             Box::new(crate::sources::fs::FsError::Watch {
                 path: path.clone(),
                 source: notify::Error::io(io()),

@@ -16,7 +16,8 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use crate::container::{Now, Observed, State, short};
-use crate::hash::{self, HashError, LaneHash};
+use crate::content::{self, ContentError};
+use crate::hash::LaneHash;
 use crate::labels;
 use crate::manifest;
 use crate::plan::Step;
@@ -33,7 +34,7 @@ pub enum ExecError {
     #[error(transparent)]
     Podman(#[from] PodmanError),
     #[error("codex")]
-    Codex(#[from] HashError),
+    Codex(#[from] ContentError),
     #[error("codex source {0} changed while it was being copied; the next pass retries")]
     CodexChanged(String),
     #[error("codex archive")]
@@ -72,7 +73,7 @@ pub struct Exec<'a> {
     pub podman: &'a Podman,
     pub instance: &'a str,
     /// Whose files may be copied in (judged as each is opened).
-    pub policy: hash::Policy,
+    pub policy: content::Policy,
 }
 
 /// A step that failed, with the container the lane still has (if any).
@@ -226,7 +227,7 @@ async fn create_and_start(
     spec: &LaneSpec,
     hash: &LaneHash,
     instance: &str,
-    policy: hash::Policy,
+    policy: content::Policy,
 ) -> Result<Inspected, ExecError> {
     let request = create_request(spec, hash, instance);
     let mut attempt = 0;
@@ -277,7 +278,7 @@ async fn copy_codex(
     id: &str,
     spec: &LaneSpec,
     hash: &LaneHash,
-    policy: hash::Policy,
+    policy: content::Policy,
 ) -> Result<(), ExecError> {
     let Some(codex) = &spec.codex else {
         return Ok(());
@@ -288,7 +289,7 @@ async fn copy_codex(
     // large codex never sits whole in memory.
     let (fingerprint, tar) = tokio::task::spawn_blocking(move || {
         let mut tar = tempfile::tempfile().map_err(ExecError::Archive)?;
-        let fingerprint = hash::codex_archive(&source, &target, owner, &mut tar, policy)?;
+        let fingerprint = content::codex_archive(&source, &target, owner, &mut tar, policy)?;
         tar.rewind().map_err(ExecError::Archive)?;
         Ok::<_, ExecError>((fingerprint, tar))
     })
@@ -407,7 +408,7 @@ mod tests {
     #[test]
     fn the_create_request_carries_labels_and_the_fingerprint_env() {
         let spec = crate::spec::tests::golden_spec();
-        let h = hash::lane_hash(&spec, "img", Some("fp"), &[]);
+        let h = crate::hash::lane_hash(&spec, "img", Some("fp"), &[]);
         let req = create_request(&spec, &h, "inst");
         assert_eq!(req.env["INBOX_RUNTIME_CODEX_SHA"], "fp");
         assert_eq!(req.labels[labels::INSTANCE], "inst");

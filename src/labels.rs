@@ -23,7 +23,7 @@ pub const TRACKED_HASH: &str = "io.lanectl.tracked-hash";
 /// canonical absolute path.
 pub fn default_instance(dir: &Path) -> std::io::Result<String> {
     let canonical = std::fs::canonicalize(dir)?;
-    let hex = crate::hash::sha256_hex(canonical.as_os_str().as_encoded_bytes());
+    let hex = crate::digest::sha256_hex(canonical.as_os_str().as_encoded_bytes());
     Ok(hex[..12].to_string())
 }
 

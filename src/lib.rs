@@ -8,7 +8,7 @@
 //!
 //! The modules follow a lane from file to endpoint (the README's design notes
 //! walk it): the pure core (`lane`, `yaml`, `manifest`, `spec`, `desired`,
-//! `digest`, `hash`, `labels`, `plan`, `status`) never does Podman or async
+//! `digest`, `content`, `hash`, `labels`, `plan`, `status`) never does Podman or async
 //! I/O; the adapter (`podman`, `observe`) converts Podman's models into the
 //! core's types; `exec` is the only module that changes Podman; `reconcile`
 //! chains the steps for one lane and one pass; the daemon (`daemon`, `queue`,
@@ -18,8 +18,10 @@ pub mod backoff;
 pub mod cli;
 pub mod cmd;
 pub mod container;
+pub mod content;
 pub mod daemon;
 pub mod desired;
+pub mod digest;
 pub mod error;
 pub mod exec;
 #[cfg(test)]

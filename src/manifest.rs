@@ -472,7 +472,7 @@ pub fn read_source(path: &Path) -> Result<Source, Vec<Problem>> {
 
 /// Parses a manifest-like file's bytes (already bounded in size).
 pub fn parse_source(path: &Path, bytes: Vec<u8>) -> Result<Source, Vec<Problem>> {
-    let sha256 = crate::hash::sha256_hex(&bytes);
+    let sha256 = crate::digest::sha256_hex(&bytes);
     let text = String::from_utf8(bytes)
         .map_err(|e| vec![Problem::in_file(path, format!("not UTF-8: {e}"))])?;
     let name: Arc<Path> = Arc::from(path);

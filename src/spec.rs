@@ -176,7 +176,7 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
                 &at("target"),
                 format!("codex target {:?} must be an absolute path", c.target),
             );
-        } else if let Err(e) = crate::hash::archive_prefix(&normalize_target(&c.target)) {
+        } else if let Err(e) = crate::content::archive_prefix(&normalize_target(&c.target)) {
             // The archive's own rule (`/` is refused), so that what the copy would
             // refuse is an invalid lane before anything is created.
             bad(&at("target"), e.to_string());

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::cli::{Cli, Command, Global};
-use crate::hash::Policy;
+use crate::content::Policy;
 use crate::podman::Podman;
 use crate::reconcile::Ctx;
 

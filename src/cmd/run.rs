@@ -11,9 +11,9 @@ use tracing::{info, warn};
 
 use crate::backoff::Backoff;
 use crate::cli::Global;
+use crate::content::Policy;
 use crate::daemon::{self, Options};
 use crate::desired::LoadOptions;
-use crate::hash::Policy;
 use crate::podman::Podman;
 use crate::reconcile::Ctx;
 

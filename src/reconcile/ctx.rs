@@ -11,8 +11,8 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use crate::container::Observed;
+use crate::content;
 use crate::exec::Exec;
-use crate::hash;
 use crate::observe;
 use crate::podman::{Podman, PodmanError};
 
@@ -21,9 +21,9 @@ pub struct Ctx {
     pub dir: PathBuf,
     pub instance: String,
     /// Whose files the codex and tracked content may be (checked on each read).
-    pub policy: hash::Policy,
+    pub policy: content::Policy,
     /// Codex fingerprints and tracked content of unchanged sources.
-    pub fingerprints: Arc<hash::FingerprintCache>,
+    pub fingerprints: Arc<content::FingerprintCache>,
     /// `--jobs`: lanes that change a container (and then probe it) at once.
     /// Lanes with nothing to do only hash and probe, many more at once.
     pub acting: Semaphore,
@@ -35,7 +35,7 @@ impl Ctx {
             podman,
             dir,
             instance,
-            policy: hash::Policy::of_process(false),
+            policy: content::Policy::of_process(false),
             fingerprints: Arc::default(),
             acting: Semaphore::new(Semaphore::MAX_PERMITS),
         }
@@ -49,7 +49,7 @@ impl Ctx {
 
     /// Whose files may be read into a container (`--allow-insecure-permissions`
     /// relaxes the default, which checks when running as root).
-    pub fn with_policy(mut self, policy: hash::Policy) -> Self {
+    pub fn with_policy(mut self, policy: content::Policy) -> Self {
         self.policy = policy;
         self
     }
