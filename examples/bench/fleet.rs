@@ -2,10 +2,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 
 use lanectl::status::Status;
 
@@ -136,14 +135,11 @@ impl Fleet {
     }
 }
 
-/// The codex fingerprint (the Go runtime's algorithm: path, 0, bytes, 0 per file).
-pub(crate) fn fingerprint(files: &[(String, Vec<u8>)]) -> String {
-    let mut sum = Sha256::new();
-    for (rel, bytes) in files {
-        sum.update(rel.as_bytes());
-        sum.update([0]);
-        sum.update(bytes);
-        sum.update([0]);
-    }
-    hex::encode(sum.finalize())
+/// A lane's codex fingerprint, computed by lanectl's own code (the Go
+/// runtime's algorithm), so that the floor and the Go sequence label and
+/// compare exactly what lanectl would.
+pub(crate) fn fingerprint(codex: &Path) -> Result<String> {
+    let policy = lanectl::content::Policy::of_process(false);
+    lanectl::content::codex_fingerprint(codex, policy)
+        .with_context(|| format!("fingerprint {}", codex.display()))
 }

@@ -50,7 +50,7 @@ impl FloorLane {
         revision: u32,
     ) -> Result<FloorLane> {
         let files = fleet.codex_files(lane)?;
-        let fp = fingerprint(&files);
+        let fp = fingerprint(&fleet.codex_dir(lane))?;
         let mut env = Fleet::env(lane, revision);
         env.insert("INBOX_RUNTIME_CODEX_SHA".into(), fp.clone());
         let mount = |source: &Path, target: &str, ro: bool| ContainerMount {

@@ -42,7 +42,7 @@ pub(crate) async fn go_ensure_lane(
 ) -> Result<()> {
     let name = fleet.container(lane);
     podman_ok(bench, &["image", "exists", &bench.image]).await?;
-    let fp = fingerprint(&fleet.codex_files(lane)?);
+    let fp = fingerprint(&fleet.codex_dir(lane))?;
     let mut found = go_inspect(bench, &name).await?;
     if let Some(info) = &found {
         let want = format!("BENCH_REVISION={revision}");
