@@ -13,7 +13,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::labels;
-use crate::manifest::{DesiredState, DurationText, Loaded, Problem, Protocol, Relabel, Seg};
+use crate::manifest::{
+    DesiredState, DurationText, Loaded, Problem, Protocol, RawCodex, RawMount, RawPort, RawProbe,
+    RawResources, Relabel, Seg, Words,
+};
 
 /// A lane's desired container, resolved and valid.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -86,59 +89,120 @@ const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Resolves a loaded manifest; `dir` is the manifest's directory.
+/// Resolves a loaded manifest; `dir` is the manifest's directory. Every
+/// field is checked (one function per section, in the manifest's order), so
+/// that one look at the lane shows every problem at once.
 pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<Problem>> {
     let raw = &loaded.raw;
-    let mut problems = Vec::new();
-    let mut bad = |path: &[Seg], msg: String| problems.push(loaded.problem(path, msg));
-
-    let image = match raw.image.as_deref().map(str::trim) {
-        Some(i) if !i.is_empty() => i.to_string(),
-        _ => {
-            bad(
-                &[Seg::Key("image")],
-                "`image` is required (here or in _defaults.yaml)".into(),
-            );
-            String::new()
-        }
+    let mut c = Checker {
+        loaded,
+        dir,
+        problems: Vec::new(),
     };
-    let container_name = raw
-        .container_name
-        .clone()
-        .unwrap_or_else(|| format!("lane-{lane}"));
-    if !valid_container_name(&container_name) {
-        bad(
-            &[Seg::Key("container_name")],
-            format!("container name {container_name:?} must match [a-zA-Z0-9][a-zA-Z0-9_.-]*"),
-        );
-    }
-    let mut words = |key: &'static str, w: &Option<crate::manifest::Words>| {
-        w.as_ref().and_then(|w| match w.split() {
-            Ok(v) => Some(v),
-            Err(e) => {
-                bad(&[Seg::Key(key)], e);
-                None
-            }
-        })
-    };
-    let entrypoint = words("entrypoint", &raw.entrypoint);
-    let command = words("command", &raw.command);
-
-    if let Some(w) = &raw.workdir
-        && !w.starts_with('/')
-    {
-        bad(
-            &[Seg::Key("workdir")],
-            format!("workdir {w:?} must be an absolute path"),
-        );
-    }
-    // Names may be shown, values never: a name is shown up to a first `=`,
-    // since `NAME=value` typed as a key holds a value after it. (Reported
-    // after the others: `bad` holds `problems` until then.)
-    let mut name_problems = Vec::new();
+    let image = c.image(raw.image.as_deref());
+    let container_name = c.container_name(lane, raw.container_name.as_deref());
+    let entrypoint = c.words("entrypoint", raw.entrypoint.as_ref());
+    let command = c.words("command", raw.command.as_ref());
+    c.workdir(raw.workdir.as_deref());
     let env = raw.env.clone().unwrap_or_default();
     let user_labels = raw.labels.clone().unwrap_or_default();
-    for (field, what, names) in [("env", "env", &env), ("labels", "label", &user_labels)] {
+    let codex = raw.codex.as_ref().map(|codex| c.codex(codex, &env));
+    let mounts = c.mounts(raw.mounts.as_deref().unwrap_or_default(), codex.as_ref());
+    let ports = c.ports(raw.ports.as_deref().unwrap_or_default());
+    let stop_timeout = c.duration(
+        &[Seg::Key("stop_timeout")],
+        raw.stop_timeout.as_ref(),
+        DEFAULT_STOP_TIMEOUT,
+    );
+    let probe = c.probe(raw.probe.as_ref(), &ports);
+    let resources = c.resources(raw.resources.as_ref());
+    // Names are reported after every other problem.
+    c.names("env", "env", &env);
+    c.names("labels", "label", &user_labels);
+
+    if !c.problems.is_empty() {
+        return Err(c.problems);
+    }
+    Ok(LaneSpec {
+        lane: lane.to_string(),
+        image,
+        container_name,
+        user: raw.user.clone(),
+        entrypoint,
+        command,
+        workdir: raw.workdir.clone(),
+        env,
+        labels: user_labels,
+        mounts,
+        ports,
+        codex,
+        resources,
+        probe,
+        stop_timeout,
+        state: raw.state.unwrap_or_default(),
+    })
+}
+
+/// One manifest being checked: where it is, and every problem found so far.
+struct Checker<'a> {
+    loaded: &'a Loaded,
+    dir: &'a Path,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn bad(&mut self, path: &[Seg], msg: String) {
+        self.problems.push(self.loaded.problem(path, msg));
+    }
+
+    fn image(&mut self, image: Option<&str>) -> String {
+        match image.map(str::trim) {
+            Some(i) if !i.is_empty() => i.to_string(),
+            _ => {
+                self.bad(
+                    &[Seg::Key("image")],
+                    "`image` is required (here or in _defaults.yaml)".into(),
+                );
+                String::new()
+            }
+        }
+    }
+
+    fn container_name(&mut self, lane: &str, name: Option<&str>) -> String {
+        let name = name.map_or_else(|| format!("lane-{lane}"), str::to_string);
+        if !valid_container_name(&name) {
+            self.bad(
+                &[Seg::Key("container_name")],
+                format!("container name {name:?} must match [a-zA-Z0-9][a-zA-Z0-9_.-]*"),
+            );
+        }
+        name
+    }
+
+    fn words(&mut self, key: &'static str, words: Option<&Words>) -> Option<Vec<String>> {
+        match words?.split() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.bad(&[Seg::Key(key)], e);
+                None
+            }
+        }
+    }
+
+    fn workdir(&mut self, workdir: Option<&str>) {
+        if let Some(w) = workdir
+            && !w.starts_with('/')
+        {
+            self.bad(
+                &[Seg::Key("workdir")],
+                format!("workdir {w:?} must be an absolute path"),
+            );
+        }
+    }
+
+    /// Env and label names. Names may be shown, values never: a name is shown
+    /// up to a first `=`, since `NAME=value` typed as a key holds a value after it.
+    fn names(&mut self, field: &'static str, what: &str, names: &BTreeMap<String, String>) {
         for key in names.keys() {
             let shown = crate::yaml::shown_key(key);
             let why = if key.is_empty() {
@@ -165,33 +229,34 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
             } else {
                 continue;
             };
-            name_problems.push(loaded.key_problem(&[Seg::Key(field)], key, why));
+            let problem = self.loaded.key_problem(&[Seg::Key(field)], key, why);
+            self.problems.push(problem);
         }
     }
 
-    let codex = raw.codex.as_ref().map(|c| {
+    fn codex(&mut self, c: &RawCodex, env: &BTreeMap<String, String>) -> Codex {
         let at = |k| [Seg::Key("codex"), Seg::Key(k)];
         if !c.target.starts_with('/') {
-            bad(
+            self.bad(
                 &at("target"),
                 format!("codex target {:?} must be an absolute path", c.target),
             );
         } else if let Err(e) = crate::content::archive_prefix(&normalize_target(&c.target)) {
             // The archive's own rule (`/` is refused), so that what the copy would
             // refuse is an invalid lane before anything is created.
-            bad(&at("target"), e.to_string());
+            self.bad(&at("target"), e.to_string());
         }
-        let source = absolute(dir, &c.source);
+        let source = absolute(self.dir, &c.source);
         match source_kind(&source) {
             Ok(SourceKind::Dir) => {}
-            Ok(other) => bad(
+            Ok(other) => self.bad(
                 &at("source"),
                 format!(
                     "codex source {} is {other}, not a directory",
                     source.display()
                 ),
             ),
-            Err(e) => bad(
+            Err(e) => self.bad(
                 &at("source"),
                 format!("codex source {}: {e}", source.display()),
             ),
@@ -199,7 +264,7 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
         if let Some(name) = &c.fingerprint_env
             && env.contains_key(name)
         {
-            bad(
+            self.bad(
                 &at("fingerprint_env"),
                 format!("{name} is also set in env: pick one"),
             );
@@ -209,163 +274,166 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
             target: normalize_target(&c.target),
             fingerprint_env: c.fingerprint_env.clone(),
         }
-    });
-
-    let mut mounts = Vec::new();
-    for (i, m) in raw.mounts.iter().flatten().enumerate() {
-        let at = |k| [Seg::Key("mounts"), Seg::Index(i), Seg::Key(k)];
-        let source = absolute(dir, &m.source);
-        match source_kind(&source) {
-            Ok(SourceKind::Dir | SourceKind::File) => {}
-            Ok(other) => bad(
-                &at("source"),
-                format!(
-                    "mount source {} is {other}: only files and directories are mounted",
-                    source.display()
-                ),
-            ),
-            Err(e) => bad(
-                &at("source"),
-                format!("mount source {}: {e}", source.display()),
-            ),
-        }
-        if !m.target.starts_with('/') {
-            bad(
-                &at("target"),
-                format!("mount target {:?} must be an absolute path", m.target),
-            );
-        }
-        let target = normalize_target(&m.target);
-        if mounts.iter().any(|o: &Mount| o.target == target) {
-            bad(&at("target"), format!("two mounts at {target}"));
-        }
-        if let Some(c) = &codex
-            && overlaps(&target, &c.target)
-        {
-            bad(
-                &at("target"),
-                format!(
-                    "mount at {target} would hide or be inside the codex target {}",
-                    c.target
-                ),
-            );
-        }
-        mounts.push(Mount {
-            source,
-            target,
-            read_only: m.read_only,
-            relabel: m.relabel,
-            track_content: m.track_content,
-        });
     }
 
-    let mut ports: Vec<Port> = Vec::new();
-    for (i, p) in raw.ports.iter().flatten().enumerate() {
-        let at = |k| [Seg::Key("ports"), Seg::Index(i), Seg::Key(k)];
-        if p.container == 0 {
-            bad(&at("container"), "container port must be 1-65535".into());
-        }
-        let host_ip = p.host_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
-        if host_ip.parse::<IpAddr>().is_err() {
-            bad(
-                &at("host_ip"),
-                format!("host_ip {host_ip:?} is not an IP address"),
-            );
-        }
-        if ports
-            .iter()
-            .any(|o| o.container == p.container && o.protocol == p.protocol)
-        {
-            bad(
-                &at("container"),
-                format!("port {}/{} listed twice", p.container, p.protocol),
-            );
-        }
-        ports.push(Port {
-            container: p.container,
-            host_ip,
-            host_port: p.host_port.unwrap_or(0),
-            protocol: p.protocol,
-        });
-    }
-
-    let mut duration = |path: &[Seg], text: &Option<DurationText>, default: Duration| match text {
-        None => default,
-        Some(DurationText(t)) => match humantime::parse_duration(t) {
-            Ok(d) => d,
-            Err(e) => {
-                bad(
-                    path,
-                    format!("duration {t:?}: {e} (write e.g. 250ms, 30s, 1m)"),
-                );
-                default
+    fn mounts(&mut self, raw: &[RawMount], codex: Option<&Codex>) -> Vec<Mount> {
+        let mut mounts: Vec<Mount> = Vec::new();
+        for (i, m) in raw.iter().enumerate() {
+            let at = |k| [Seg::Key("mounts"), Seg::Index(i), Seg::Key(k)];
+            let source = absolute(self.dir, &m.source);
+            match source_kind(&source) {
+                Ok(SourceKind::Dir | SourceKind::File) => {}
+                Ok(other) => self.bad(
+                    &at("source"),
+                    format!(
+                        "mount source {} is {other}: only files and directories are mounted",
+                        source.display()
+                    ),
+                ),
+                Err(e) => self.bad(
+                    &at("source"),
+                    format!("mount source {}: {e}", source.display()),
+                ),
             }
-        },
-    };
-    let stop_timeout = duration(
-        &[Seg::Key("stop_timeout")],
-        &raw.stop_timeout,
-        DEFAULT_STOP_TIMEOUT,
-    );
-    // A lane with a published tcp port is probed (with the defaults when it
-    // has no `probe` section); a lane without one is ready once running.
-    let first_tcp = ports
-        .iter()
-        .find(|p| p.protocol == Protocol::Tcp)
-        .map(|p| p.container);
-    let default_probe = first_tcp.map(|_| crate::manifest::RawProbe::default());
-    let probe = raw.probe.as_ref().or(default_probe.as_ref()).map(|p| {
+            if !m.target.starts_with('/') {
+                self.bad(
+                    &at("target"),
+                    format!("mount target {:?} must be an absolute path", m.target),
+                );
+            }
+            let target = normalize_target(&m.target);
+            if mounts.iter().any(|o| o.target == target) {
+                self.bad(&at("target"), format!("two mounts at {target}"));
+            }
+            if let Some(c) = codex
+                && overlaps(&target, &c.target)
+            {
+                self.bad(
+                    &at("target"),
+                    format!(
+                        "mount at {target} would hide or be inside the codex target {}",
+                        c.target
+                    ),
+                );
+            }
+            mounts.push(Mount {
+                source,
+                target,
+                read_only: m.read_only,
+                relabel: m.relabel,
+                track_content: m.track_content,
+            });
+        }
+        mounts
+    }
+
+    fn ports(&mut self, raw: &[RawPort]) -> Vec<Port> {
+        let mut ports: Vec<Port> = Vec::new();
+        for (i, p) in raw.iter().enumerate() {
+            let at = |k| [Seg::Key("ports"), Seg::Index(i), Seg::Key(k)];
+            if p.container == 0 {
+                self.bad(&at("container"), "container port must be 1-65535".into());
+            }
+            let host_ip = p.host_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
+            if host_ip.parse::<IpAddr>().is_err() {
+                self.bad(
+                    &at("host_ip"),
+                    format!("host_ip {host_ip:?} is not an IP address"),
+                );
+            }
+            if ports
+                .iter()
+                .any(|o| o.container == p.container && o.protocol == p.protocol)
+            {
+                self.bad(
+                    &at("container"),
+                    format!("port {}/{} listed twice", p.container, p.protocol),
+                );
+            }
+            ports.push(Port {
+                container: p.container,
+                host_ip,
+                host_port: p.host_port.unwrap_or(0),
+                protocol: p.protocol,
+            });
+        }
+        ports
+    }
+
+    fn duration(
+        &mut self,
+        path: &[Seg],
+        text: Option<&DurationText>,
+        default: Duration,
+    ) -> Duration {
+        let Some(DurationText(t)) = text else {
+            return default;
+        };
+        humantime::parse_duration(t).unwrap_or_else(|e| {
+            self.bad(
+                path,
+                format!("duration {t:?}: {e} (write e.g. 250ms, 30s, 1m)"),
+            );
+            default
+        })
+    }
+
+    /// A lane with a published tcp port is probed (with the defaults when it
+    /// has no `probe` section); a lane without one is ready once running.
+    fn probe(&mut self, raw: Option<&RawProbe>, ports: &[Port]) -> Option<Probe> {
+        let first_tcp = ports
+            .iter()
+            .find(|p| p.protocol == Protocol::Tcp)
+            .map(|p| p.container);
+        let default_probe = first_tcp.map(|_| RawProbe::default());
+        let p = raw.or(default_probe.as_ref())?;
         let at = |k| [Seg::Key("probe"), Seg::Key(k)];
-        Probe {
+        let probe = Probe {
             port: p.port.or(first_tcp).unwrap_or(0),
             path: p.path.clone().unwrap_or_else(|| "/".into()),
-            timeout: duration(&at("timeout"), &p.timeout, DEFAULT_PROBE_TIMEOUT),
-            interval: duration(&at("interval"), &p.interval, DEFAULT_PROBE_INTERVAL),
-        }
-    });
-    if let Some(p) = &probe {
+            timeout: self.duration(&at("timeout"), p.timeout.as_ref(), DEFAULT_PROBE_TIMEOUT),
+            interval: self.duration(&at("interval"), p.interval.as_ref(), DEFAULT_PROBE_INTERVAL),
+        };
         let published = ports
             .iter()
-            .any(|q| q.container == p.port && q.protocol == Protocol::Tcp);
+            .any(|q| q.container == probe.port && q.protocol == Protocol::Tcp);
         if !published {
-            bad(
-                &[Seg::Key("probe"), Seg::Key("port")],
+            self.bad(
+                &at("port"),
                 format!(
                     "probe port {} is not a published tcp port of this lane",
-                    p.port
+                    probe.port
                 ),
             );
         }
-        if p.interval < MIN_PROBE_INTERVAL {
-            bad(
-                &[Seg::Key("probe"), Seg::Key("interval")],
+        if probe.interval < MIN_PROBE_INTERVAL {
+            self.bad(
+                &at("interval"),
                 format!(
                     "probe interval must be at least {}",
                     humantime::format_duration(MIN_PROBE_INTERVAL)
                 ),
             );
         }
-        if p.timeout.is_zero() {
-            bad(
-                &[Seg::Key("probe"), Seg::Key("timeout")],
-                "probe timeout must be positive".into(),
-            );
+        if probe.timeout.is_zero() {
+            self.bad(&at("timeout"), "probe timeout must be positive".into());
         }
-        if !p.path.starts_with('/') {
-            bad(
-                &[Seg::Key("probe"), Seg::Key("path")],
-                "probe path must start with /".into(),
-            );
+        if !probe.path.starts_with('/') {
+            self.bad(&at("path"), "probe path must start with /".into());
         }
+        Some(probe)
     }
 
-    let mut resources = Resources::default();
-    if let Some(r) = &raw.resources {
+    fn resources(&mut self, raw: Option<&RawResources>) -> Resources {
+        let mut resources = Resources::default();
+        let Some(r) = raw else {
+            return resources;
+        };
         let at = |k| [Seg::Key("resources"), Seg::Key(k)];
         if let Some(m) = &r.memory {
             match parse_memory(m) {
                 Some(b) => resources.memory_bytes = Some(b),
-                None => bad(
+                None => self.bad(
                     &at("memory"),
                     format!("memory {m:?}: write bytes or e.g. 512m, 2g"),
                 ),
@@ -373,38 +441,16 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
         }
         if let Some(c) = r.cpus {
             if !(c > 0.0 && c.is_finite()) {
-                bad(&at("cpus"), "cpus must be a positive number".into());
+                self.bad(&at("cpus"), "cpus must be a positive number".into());
             }
             resources.cpus = Some(c);
         }
         if r.pids == Some(0) {
-            bad(&at("pids"), "pids must be positive".into());
+            self.bad(&at("pids"), "pids must be positive".into());
         }
         resources.pids = r.pids;
+        resources
     }
-
-    problems.extend(name_problems);
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    Ok(LaneSpec {
-        lane: lane.to_string(),
-        image,
-        container_name,
-        user: raw.user.clone(),
-        entrypoint,
-        command,
-        workdir: raw.workdir.clone(),
-        env,
-        labels: user_labels,
-        mounts,
-        ports,
-        codex,
-        resources,
-        probe,
-        stop_timeout,
-        state: raw.state.unwrap_or_default(),
-    })
 }
 
 /// Cross-lane rules: two lanes with one container name are both invalid.
