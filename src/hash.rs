@@ -80,14 +80,15 @@ pub fn lane_hash(
 mod erased {
     /// Serializes to canonical JSON bytes. The types fed here hold only
     /// strings, integers, finite floats, bools and string-keyed maps, which
-    /// serde_json always serializes; an empty output would still be a stable,
-    /// distinct input.
+    /// serde_json always serializes: a failure is a bug (an empty output
+    /// would make different specs hash alike and hide it).
     pub trait Json {
         fn json(&self) -> Vec<u8>;
     }
     impl<T: serde::Serialize> Json for T {
         fn json(&self) -> Vec<u8> {
-            serde_json::to_vec(self).unwrap_or_default()
+            #[allow(clippy::expect_used)]
+            serde_json::to_vec(self).expect("BUG: the lane hash's inputs serialize to JSON")
         }
     }
 }

@@ -40,6 +40,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::lock::lock;
+
 #[derive(Debug, Default)]
 struct Entry {
     /// When the lane is due, if it is waiting.
@@ -82,17 +84,17 @@ impl Queue {
     /// A queue whose runs are cancelled along with `root` (the shutdown).
     pub fn with_root(root: CancellationToken) -> Self {
         let q = Self::default();
-        if let Ok(mut inner) = q.inner.lock() {
-            inner.root = root;
-        }
+        lock(&q.inner).root = root;
         q
     }
 
     /// Schedules `lane` now and cancels its current run, if any, at that
     /// run's next safe point.
     pub fn interrupt(&self, lane: &str, cause: &'static str) {
-        if let Ok(inner) = self.inner.lock()
-            && let Some(token) = inner.lanes.get(lane).and_then(|e| e.cancel.as_ref())
+        if let Some(token) = lock(&self.inner)
+            .lanes
+            .get(lane)
+            .and_then(|e| e.cancel.as_ref())
         {
             token.cancel();
         }
@@ -103,9 +105,7 @@ impl Queue {
     /// `cause` is for logs.
     pub fn schedule(&self, lane: &str, at: Instant, cause: &'static str) {
         {
-            let Ok(mut inner) = self.inner.lock() else {
-                return;
-            };
+            let mut inner = lock(&self.inner);
             let entry = inner.lanes.entry(lane.to_string()).or_default();
             // The cause logged is the one that made the lane due soonest
             // (the first of equals).
@@ -127,9 +127,7 @@ impl Queue {
 
     /// Asks for `lane` now; clears a back-off hold (something changed).
     pub fn trigger(&self, lane: &str, cause: &'static str) {
-        if let Ok(mut inner) = self.inner.lock()
-            && let Some(e) = inner.lanes.get_mut(lane)
-        {
+        if let Some(e) = lock(&self.inner).lanes.get_mut(lane) {
             e.hold = None;
         }
         self.schedule(lane, Instant::now(), cause);
@@ -138,9 +136,7 @@ impl Queue {
     /// Asks for `lane` now, forgetting its back-off and its failures: the
     /// reason it failed may be gone (Podman is back, the defaults changed).
     pub fn trigger_afresh(&self, lane: &str, cause: &'static str) {
-        if let Ok(mut inner) = self.inner.lock()
-            && let Some(e) = inner.lanes.get_mut(lane)
-        {
+        if let Some(e) = lock(&self.inner).lanes.get_mut(lane) {
             e.failures = 0;
         }
         self.trigger(lane, cause);
@@ -148,19 +144,17 @@ impl Queue {
 
     /// Counts a failed run of `lane`; returns how many failed in a row.
     pub fn failed(&self, lane: &str) -> u32 {
-        self.inner.lock().map_or(1, |mut inner| {
-            let e = inner.lanes.entry(lane.to_string()).or_default();
-            e.failures = e.failures.saturating_add(1);
-            e.failures
-        })
+        let mut inner = lock(&self.inner);
+        let e = inner.lanes.entry(lane.to_string()).or_default();
+        e.failures = e.failures.saturating_add(1);
+        e.failures
     }
 
     /// A run of `lane` succeeded: its failures are forgotten (and its entry,
     /// when nothing else is pending for it).
     pub fn succeeded(&self, lane: &str) {
-        if let Ok(mut inner) = self.inner.lock()
-            && let Some(e) = inner.lanes.get_mut(lane)
-        {
+        let mut inner = lock(&self.inner);
+        if let Some(e) = inner.lanes.get_mut(lane) {
             e.failures = 0;
             if !e.running && e.due.is_none() && e.hold.is_none_or(|h| h <= Instant::now()) {
                 inner.lanes.remove(lane);
@@ -171,11 +165,10 @@ impl Queue {
     /// Asks for `lane` now unless it is held by a back-off (then at the end
     /// of the hold, which is already scheduled).
     pub fn resync(&self, lane: &str, cause: &'static str) {
-        let held = self
-            .inner
-            .lock()
-            .ok()
-            .and_then(|i| i.lanes.get(lane).and_then(|e| e.hold))
+        let held = lock(&self.inner)
+            .lanes
+            .get(lane)
+            .and_then(|e| e.hold)
             .is_some_and(|until| until > Instant::now());
         if !held {
             self.schedule(lane, Instant::now(), cause);
@@ -184,9 +177,11 @@ impl Queue {
 
     /// Schedules a failed lane at `at` and holds it against resyncs until then.
     pub fn retry(&self, lane: &str, at: Instant) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.lanes.entry(lane.to_string()).or_default().hold = Some(at);
-        }
+        lock(&self.inner)
+            .lanes
+            .entry(lane.to_string())
+            .or_default()
+            .hold = Some(at);
         self.schedule(lane, at, "retry");
     }
 
@@ -197,7 +192,7 @@ impl Queue {
         loop {
             let notified = self.wake.notified();
             let wait_until = {
-                let mut inner = self.inner.lock().ok()?;
+                let mut inner = lock(&self.inner);
                 if inner.closed || inner.root.is_cancelled() {
                     return None;
                 }
@@ -240,9 +235,7 @@ impl Queue {
     /// one rerun.
     pub fn done(&self, lane: &str) {
         {
-            let Ok(mut inner) = self.inner.lock() else {
-                return;
-            };
+            let mut inner = lock(&self.inner);
             let Some(entry) = inner.lanes.get_mut(lane) else {
                 return;
             };
@@ -266,28 +259,26 @@ impl Queue {
     /// Nothing running and nothing due now (later retries may wait).
     pub fn is_idle(&self) -> bool {
         let now = Instant::now();
-        self.inner.lock().is_ok_and(|i| {
-            i.lanes
-                .values()
-                .all(|e| !e.running && e.due.is_none_or(|d| d > now))
-        })
+        lock(&self.inner)
+            .lanes
+            .values()
+            .all(|e| !e.running && e.due.is_none_or(|d| d > now))
     }
 
     /// Stops handing out work; waiting `next` calls return `None`.
     pub fn close(&self) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.closed = true;
-        }
+        lock(&self.inner).closed = true;
         self.wake.notify_waiters();
     }
 
     /// Lanes waiting (not running).
     #[cfg(test)]
     pub fn waiting(&self) -> usize {
-        self.inner
-            .lock()
-            .map(|i| i.lanes.values().filter(|e| e.due.is_some()).count())
-            .unwrap_or(0)
+        lock(&self.inner)
+            .lanes
+            .values()
+            .filter(|e| e.due.is_some())
+            .count()
     }
 }
 

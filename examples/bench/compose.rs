@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use podman_api::opts::ContainerListFilter;
 
@@ -59,7 +59,10 @@ pub(crate) fn compose_file(bench: &Bench, fleet: &Fleet, edited: u32) -> String 
 }
 
 pub(crate) async fn compose(bench: &Bench, fleet: &Fleet, args: &[&str]) -> Result<()> {
-    let cmd = bench.compose.as_ref().expect("compose found");
+    let cmd = bench
+        .compose
+        .as_ref()
+        .context("no docker-compose binary was found")?;
     let file = fleet.root.path().join("compose.yaml");
     // docker-compose 1.29 can hang for good on Podman's socket (seen with
     // 100 services: every thread waiting): a call that takes this long is a

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use super::read::hash_listing;
 use super::walk::listing;
 use super::{ContentError, Policy, io_error, tracked_content};
+use crate::lock::lock;
 
 /// How long after a file's last change another change may still leave its stat
 /// unchanged: file timestamps come from a coarse clock (a kernel tick, or a whole
@@ -103,20 +104,18 @@ impl FingerprintCache {
         read: impl FnOnce() -> Result<String, ContentError>,
     ) -> Result<String, ContentError> {
         let signature = signature.finalize().to_vec();
-        if let Ok(entries) = self.entries.lock()
-            && let Some((known, hash)) = entries.get(path)
+        if let Some((known, hash)) = lock(&self.entries).get(path)
             && *known == signature
         {
             return Ok(hash.clone());
         }
         self.reads.fetch_add(files, Ordering::Relaxed);
         let hash = read()?;
-        if let Ok(mut entries) = self.entries.lock() {
-            if racy {
-                entries.remove(path);
-            } else {
-                entries.insert(path.to_path_buf(), (signature, hash.clone()));
-            }
+        let mut entries = lock(&self.entries);
+        if racy {
+            entries.remove(path);
+        } else {
+            entries.insert(path.to_path_buf(), (signature, hash.clone()));
         }
         Ok(hash)
     }

@@ -25,6 +25,7 @@ use tracing::{debug, info, trace, warn};
 use super::{Backoffs, SharedIndex};
 use crate::backoff::Backoff;
 use crate::container::{ContainerEvent, StreamItem};
+use crate::lock::lock;
 use crate::queue::Queue;
 use crate::reconcile::{Ctx, Probing};
 
@@ -122,9 +123,7 @@ pub async fn run(api: impl Api, index: SharedIndex, queue: Queue, shutdown: Canc
         outage = false;
         first = false;
         let ended = follow(&api, &index, &queue, &shutdown, resume.take(), on_connect).await;
-        if let Ok(mut index) = index.lock() {
-            index.set_events_live(false);
-        }
+        lock(&index).set_events_live(false);
         let healthy = match ended {
             Ended::Shutdown => return,
             Ended::Quiet(last_seen) => {
@@ -196,9 +195,7 @@ async fn follow(
                     .checked_sub(REPLAY_MARGIN)
                     .unwrap_or(SystemTime::UNIX_EPOCH);
                 last_seen = last_seen.max(connected);
-                if let Ok(mut index) = index.lock() {
-                    index.set_events_live(true);
-                }
+                lock(index).set_events_live(true);
                 if let Some((cause, backoffs)) = on_connect.take() {
                     info!(cause, "following podman events: converging every lane");
                     super::trigger_all(index, queue, cause, backoffs);
@@ -226,8 +223,8 @@ async fn follow(
 /// One event as a trigger of its lane.
 fn handle(api: &impl Api, index: &SharedIndex, queue: &Queue, e: ContainerEvent) {
     trace!(action = %e.action, lane = ?e.lane, "podman event");
-    if let (Some(lane), Ok(mut index)) = (&e.lane, index.lock()) {
-        index.forget_listed(lane);
+    if let Some(lane) = &e.lane {
+        lock(index).forget_listed(lane);
     }
     match (e.lane, e.action.as_str()) {
         // The container being probed is gone or going: no use finishing the

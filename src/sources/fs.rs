@@ -24,6 +24,7 @@ use tracing::{debug, trace, warn};
 
 use super::SharedIndex;
 use crate::lane::{self, Kind};
+use crate::lock::lock;
 use crate::queue::Queue;
 
 /// A batch ends after this long without events once every file in it is
@@ -158,9 +159,7 @@ where
         // An event about the lanes directory itself: removed, renamed, replaced.
         let dir_event = paths.contains(&dir);
         let (lanes, defaults, manifests_changed) = classify(&dir, &paths, &index);
-        if let Ok(mut index) = index.lock() {
-            index.generation += 1;
-        }
+        lock(&index).generation += 1;
         let all = defaults || dir_event || rescan;
         // New defaults or a new directory void the reason lanes failed; lost
         // events only say "look again" (and may come often: keep back-offs).
@@ -310,8 +309,7 @@ fn classify(
 ) -> (BTreeSet<String>, bool, bool) {
     let mut lanes = BTreeSet::new();
     let (mut all, mut manifests) = (false, false);
-    let sources: Vec<(PathBuf, String)> =
-        index.lock().map(|i| i.sources.clone()).unwrap_or_default();
+    let sources: Vec<(PathBuf, String)> = lock(index).sources.clone();
     for path in paths {
         if path.parent() == Some(dir) {
             let name = path
@@ -349,7 +347,8 @@ fn update_watches(
     watched: &mut Watched,
 ) -> Vec<PathBuf> {
     let mut wanted = BTreeMap::new();
-    if let Ok(index) = index.lock() {
+    {
+        let index = lock(index);
         for (source, _) in &index.sources {
             if source.is_dir() {
                 wanted.insert(source.clone(), RecursiveMode::Recursive);
@@ -394,9 +393,7 @@ fn update_watches(
 
 /// Lanes reading anything under `paths`.
 fn lanes_under(index: &SharedIndex, paths: &[PathBuf]) -> BTreeSet<String> {
-    let Ok(index) = index.lock() else {
-        return BTreeSet::new();
-    };
+    let index = lock(index);
     index
         .sources
         .iter()

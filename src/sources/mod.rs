@@ -127,10 +127,7 @@ pub enum Backoffs {
 
 /// Schedules every known lane now.
 pub fn trigger_all(index: &SharedIndex, queue: &Queue, cause: &'static str, backoffs: Backoffs) {
-    let lanes: Vec<String> = match index.lock() {
-        Ok(index) => index.lanes.iter().cloned().collect(),
-        Err(_) => return,
-    };
+    let lanes: Vec<String> = crate::lock::lock(index).lanes.iter().cloned().collect();
     for lane in lanes {
         match backoffs {
             Backoffs::Keep => queue.resync(&lane, cause),

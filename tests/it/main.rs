@@ -1,6 +1,9 @@
 //! lanectl's integration tests: the real binary against a real Podman (see
 //! `common.rs` for the fixtures, and scripts/test for how Podman is provided).
 
+// Test code: a failed step is a failed test, and its panic says which.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 mod cli;
