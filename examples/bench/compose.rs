@@ -5,13 +5,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, ensure};
-use futures_util::{StreamExt, TryStreamExt, stream};
-use podman_api::opts::ContainerListFilter;
 
 use crate::fleet::Fleet;
 use crate::results::{Key, Results};
-use crate::util::{list_opts, listed_port, probe, remove_tagged, tag, three_passes};
-use crate::{BENCH_LABEL, Bench, JOBS, PORT, WORKER_TARGET};
+use crate::util::{remove_tagged, tag, three_passes};
+use crate::{BENCH_LABEL, Bench, PORT, WORKER_TARGET};
 
 /// `docker-compose`, else the `docker compose` plugin; never installed here.
 pub(crate) fn find_compose() -> Option<Vec<String>> {
@@ -103,16 +101,7 @@ pub(crate) async fn compose_up(bench: &Bench, fleet: &Fleet, edited: u32) -> Res
         compose_file(bench, fleet, edited),
     )?;
     compose(bench, fleet, &["up", "-d"]).await?;
-    let filter = ContainerListFilter::LabelKeyVal(BENCH_LABEL.into(), fleet.tag.clone());
-    let listed = bench.api.containers().list(&list_opts(filter)).await?;
-    let ports: Vec<u16> = listed.iter().filter_map(listed_port).collect();
-    ensure!(ports.len() == fleet.lanes.len(), "compose: ports missing");
-    stream::iter(ports)
-        .map(probe)
-        .buffer_unordered(JOBS)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(())
+    fleet.probe_all(&bench.api, "compose").await
 }
 
 pub(crate) async fn measure_compose(

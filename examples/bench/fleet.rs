@@ -4,11 +4,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
+use futures_util::{StreamExt, TryStreamExt, stream};
 
 use lanectl::status::Status;
+use podman_api::Podman;
+use podman_api::opts::ContainerListFilter;
 
-use crate::{BENCH_LABEL, Bench, PORT, PROBE_PATH, WORKER_TARGET};
+use crate::util::{list_opts, listed_port, probe};
+use crate::{BENCH_LABEL, Bench, JOBS, PORT, PROBE_PATH, WORKER_TARGET};
 
 /// N lanes in a temporary directory (`lanes.d/`, `codex/<lane>/`,
 /// `work/<lane>/`), owned by one measurement: `tag` names its containers
@@ -121,6 +125,26 @@ impl Fleet {
     /// The lane's status file as lanectl wrote it (None while absent or unreadable).
     pub(crate) fn status(&self, lane: &str) -> Option<Status> {
         lanectl::status::read(&self.dir(), lane)
+    }
+
+    /// One list call for the fleet's containers, then a probe of every
+    /// published port, 8 at a time (`who` names the peer in errors).
+    pub(crate) async fn probe_all(&self, api: &Podman, who: &str) -> Result<()> {
+        let filter = ContainerListFilter::LabelKeyVal(BENCH_LABEL.into(), self.tag.clone());
+        let listed = api.containers().list(&list_opts(filter)).await?;
+        let ports: Vec<u16> = listed.iter().filter_map(listed_port).collect();
+        ensure!(
+            ports.len() == self.lanes.len(),
+            "{who}: {} of {} lanes have a published port",
+            ports.len(),
+            self.lanes.len()
+        );
+        stream::iter(ports)
+            .map(probe)
+            .buffer_unordered(JOBS)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
     }
 
     /// The codex files in the Go runtime's order: (relative path, bytes).

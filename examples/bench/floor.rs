@@ -3,16 +3,16 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Result, anyhow, ensure};
+use anyhow::{Result, anyhow};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use podman_api::Podman;
 use podman_api::models::{ContainerMount, PortMapping};
-use podman_api::opts::{ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter};
+use podman_api::opts::{ContainerCreateOpts, ContainerDeleteOpts};
 use sha2::{Digest, Sha256};
 
 use crate::fleet::{Fleet, fingerprint};
 use crate::results::{Key, Results};
-use crate::util::{list_opts, listed_port, probe, remove_tagged, tag, timed};
+use crate::util::{probe, remove_tagged, tag, timed};
 use crate::{BENCH_LABEL, Bench, JOBS, PORT, WORKER_TARGET};
 
 /// lanectl's labels on a container (values of the same shape), plus the bench's.
@@ -154,16 +154,7 @@ pub(crate) fn codex_tar(files: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
 }
 
 pub(crate) async fn floor_noop(api: &Podman, fleet: &Fleet) -> Result<()> {
-    let filter = ContainerListFilter::LabelKeyVal(BENCH_LABEL.into(), fleet.tag.clone());
-    let listed = api.containers().list(&list_opts(filter)).await?;
-    ensure!(listed.len() == fleet.lanes.len(), "floor: lanes missing");
-    let ports: Vec<u16> = listed.iter().filter_map(listed_port).collect();
-    stream::iter(ports)
-        .map(probe)
-        .buffer_unordered(JOBS)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(())
+    fleet.probe_all(api, "floor").await
 }
 
 pub(crate) async fn measure_floor(
