@@ -347,7 +347,7 @@ pub fn create_request(spec: &LaneSpec, hash: &LaneHash, instance: &str) -> Creat
         env.insert(name.clone(), fp.clone());
     }
     let mut all_labels = spec.labels.clone();
-    all_labels.extend(labels::for_lane(instance, &spec.lane, hash));
+    all_labels.extend(hash.labels(instance, &spec.lane));
     CreateRequest {
         name: spec.container_name.clone(),
         image: spec.image.clone(),

@@ -4,9 +4,14 @@
 //! [`content`](crate::content)), each part kept on the container's labels so that
 //! `plan` can name what changed.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::digest::sha256_hex;
+use crate::labels::{
+    CODEX_FINGERPRINT, CONFIG_HASH, IMAGE_ID, INSTANCE, LANE, MANAGED_BY, SPEC_HASH, TRACKED_HASH,
+};
 use crate::spec::LaneSpec;
 
 /// The lane hash and the parts it is made of (the parts go on labels so that
@@ -21,6 +26,26 @@ pub struct LaneHash {
     pub codex: Option<String>,
     /// sha256 over the `track_content` mounts' content hashes ("" when none).
     pub tracked: String,
+}
+
+impl LaneHash {
+    /// The labels lanectl puts on a lane's container, besides the user's own:
+    /// the instance, the lane, and this hash with its parts.
+    pub fn labels(&self, instance: &str, lane: &str) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::from([
+            (MANAGED_BY.to_string(), "lanectl".to_string()),
+            (INSTANCE.to_string(), instance.to_string()),
+            (LANE.to_string(), lane.to_string()),
+            (SPEC_HASH.to_string(), self.full.clone()),
+            (CONFIG_HASH.to_string(), self.config.clone()),
+            (IMAGE_ID.to_string(), self.image_id.clone()),
+            (TRACKED_HASH.to_string(), self.tracked.clone()),
+        ]);
+        if let Some(fp) = &self.codex {
+            labels.insert(CODEX_FINGERPRINT.to_string(), fp.clone());
+        }
+        labels
+    }
 }
 
 /// Version of the canonical serialization. Changing anything that feeds

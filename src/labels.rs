@@ -6,7 +6,6 @@
 //! (`config-hash`, `image-id`, `tracked-hash`) so that `plan` can say *why* a
 //! lane would be recreated.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 pub const PREFIX: &str = "io.lanectl.";
@@ -25,27 +24,6 @@ pub fn default_instance(dir: &Path) -> std::io::Result<String> {
     let canonical = std::fs::canonicalize(dir)?;
     let hex = crate::digest::sha256_hex(canonical.as_os_str().as_encoded_bytes());
     Ok(hex[..12].to_string())
-}
-
-/// The labels lanectl puts on a lane's container, besides the user's own.
-pub fn for_lane(
-    instance: &str,
-    lane: &str,
-    hash: &crate::hash::LaneHash,
-) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::from([
-        (MANAGED_BY.to_string(), "lanectl".to_string()),
-        (INSTANCE.to_string(), instance.to_string()),
-        (LANE.to_string(), lane.to_string()),
-        (SPEC_HASH.to_string(), hash.full.clone()),
-        (CONFIG_HASH.to_string(), hash.config.clone()),
-        (IMAGE_ID.to_string(), hash.image_id.clone()),
-        (TRACKED_HASH.to_string(), hash.tracked.clone()),
-    ]);
-    if let Some(fp) = &hash.codex {
-        labels.insert(CODEX_FINGERPRINT.to_string(), fp.clone());
-    }
-    labels
 }
 
 #[cfg(test)]

@@ -221,7 +221,7 @@ mod tests {
     }
 
     fn container(state: State, ever_started: bool, h: &LaneHash) -> Observed {
-        let labels = crate::labels::for_lane("inst", "alpha", h);
+        let labels = h.labels("inst", "alpha");
         Observed {
             id: format!("id-{state:?}"),
             name: "lane-alpha".into(),

@@ -4,45 +4,17 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use super::findings::Findings;
 use super::walk::listing;
-use super::{ContentError, Policy, io_error, kind, refused, unsupported};
+use super::{Policy, io_error, kind, refused, unsupported};
 
 /// What a source must be: a codex is a directory, a `track_content` mount either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     Dir,
     DirOrFile,
-}
-
-/// One problem that [`check_source`] found: where, and what is wrong there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    pub path: PathBuf,
-    pub message: String,
-}
-
-/// What [`check_source`] found: the first [`Findings::LIMIT`] problems, and how many
-/// more there were.
-#[derive(Debug, Default)]
-pub struct Findings {
-    pub found: Vec<Finding>,
-    pub more: usize,
-}
-
-impl Findings {
-    /// Problems kept per source; a tree of thousands of FIFOs is counted, not listed.
-    pub const LIMIT: usize = 20;
-
-    pub(super) fn push(&mut self, err: ContentError) {
-        if self.found.len() < Self::LIMIT {
-            let (path, message) = err.into_parts();
-            self.found.push(Finding { path, message });
-        } else {
-            self.more += 1;
-        }
-    }
 }
 
 /// Everything the files alone show about a codex or `track_content` source, without
@@ -107,9 +79,10 @@ fn check_parents(source: &Path, policy: Policy, found: &mut Findings) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::content::codex_fingerprint;
     use crate::content::tests::{set_mode, write};
+    use crate::content::{ContentError, codex_fingerprint};
     use std::os::unix::fs::symlink;
+    use std::path::PathBuf;
     use tempfile::TempDir;
 
     #[test]

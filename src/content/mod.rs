@@ -29,6 +29,7 @@
 mod archive;
 mod cache;
 mod check;
+mod findings;
 mod policy;
 mod read;
 mod walk;
@@ -42,7 +43,8 @@ use sha2::{Digest, Sha256};
 
 pub use archive::archive_prefix;
 pub use cache::FingerprintCache;
-pub use check::{Finding, Findings, Shape, check_source};
+pub use check::{Shape, check_source};
+pub use findings::{Finding, Findings};
 pub use policy::Policy;
 
 use read::{Exact, hash_tree};

@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::check::Findings;
+use super::findings::Findings;
 use super::{ContentError, Policy, io_error, kind, refused, unsupported};
 
 /// A regular file to hash: its relative path, the path it was listed under, the path
