@@ -1,7 +1,7 @@
 //! `lanectl run`: the always-on reconciler.
 //!
 //! The daemon adds only event sources and a work queue to the one per-lane
-//! reconcile of `reconcile.rs`. At start it waits for the first full list of
+//! reconcile of `reconcile/lane.rs`. At start it waits for the first full list of
 //! this instance's containers, then schedules every lane; after that the
 //! sources (`sources/`: file-system events, Podman events, the periodic
 //! resync) schedule lanes on the queue (`queue.rs`), and `--jobs` workers

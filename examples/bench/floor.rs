@@ -42,7 +42,7 @@ pub(crate) struct FloorLane {
 }
 
 impl FloorLane {
-    /// The body lanectl sends for this lane's manifest (see `podman.rs`'s `create_opts`).
+    /// The body lanectl sends for this lane's manifest (see `src/podman/convert.rs`'s `create_opts`).
     pub(crate) fn new(
         bench: &Bench,
         fleet: &Fleet,
