@@ -66,10 +66,12 @@ impl Podman {
             return Err(PodmanError::api(call(), "not a valid image reference"));
         }
         match bounded(CALL_TIMEOUT, self.api.images().get(reference).inspect()).await {
-            Ok(image) => {
-                let id = image.id.unwrap_or_default();
-                Ok(Some(id.strip_prefix("sha256:").unwrap_or(&id).to_owned()))
-            }
+            // The ID goes into the lane hash: an answer without one is an
+            // error, never an empty ID that would hash as a different image.
+            Ok(image) => match image.id.as_deref().filter(|id| !id.is_empty()) {
+                Some(id) => Ok(Some(id.strip_prefix("sha256:").unwrap_or(id).to_owned())),
+                None => Err(PodmanError::api(call(), "Podman's answer has no image ID")),
+            },
             Err(e) if status(&e) == Some(404) => Ok(None),
             Err(e) => Err(api_error(call(), e)),
         }
