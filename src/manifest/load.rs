@@ -1,263 +1,15 @@
-//! The manifest file format: what a user may write in `lanes.d/<lane>.yaml`.
-//!
-//! These types are the single source of the JSON Schema (`lanectl schema`)
-//! and are parsed leniently (everything optional, as written); `spec.rs`
-//! resolves them into a validated `LaneSpec`. Loading merges `_defaults.yaml`
-//! under the lane at the YAML level (maps key by key, the lane wins; lists and
-//! scalars replaced whole), keeps the merged node tree so that later problems
-//! can be pointed at `file:line:col`, and reports every problem of a file at
-//! once: each top-level key is typed on its own, so one bad key does not hide
-//! the next.
-//!
-//! `env` and `labels` may also be written as docker compose's list of
-//! `NAME=value`; loading turns that list into the map it means before the
-//! merge (so it merges with a map in the defaults key by key), and the rest
-//! of lanectl only ever sees the map. No problem reported here quotes a value
-//! of either (see `yaml.rs` for how type errors avoid quoting).
+//! Loading a manifest: reading a file (bounded, parsed into a node tree),
+//! turning the list forms of `env` and `labels` into maps, merging
+//! `_defaults.yaml` under the lane and typing the result key by key.
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
-use std::fmt;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use schemars::{JsonSchema, Schema, SchemaGenerator};
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Serialize};
-
+use super::problem::{Problem, Seg};
+use super::{MAX_MANIFEST_BYTES, RawManifest};
 use crate::yaml::{self, Node, Position, Value};
-
-/// A manifest larger than this is refused unread.
-pub const MAX_MANIFEST_BYTES: u64 = 256 * 1024;
-
-/// One lane's manifest, as written (after `_defaults.yaml` is merged under it).
-#[derive(Debug, Default, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(title = "lanectl lane manifest")]
-pub struct RawManifest {
-    /// Local image reference; never pulled, it must exist locally.
-    pub image: Option<String>,
-    /// Container name; default `lane-<lane>`.
-    pub container_name: Option<String>,
-    /// User (name or uid[:gid]) the container runs as.
-    pub user: Option<String>,
-    /// A list, or a string split by shell rules (no expansion).
-    pub entrypoint: Option<Words>,
-    /// A list, or a string split by shell rules (no expansion).
-    pub command: Option<Words>,
-    /// Working directory inside the container (absolute).
-    pub workdir: Option<String>,
-    /// Environment; numbers and booleans are taken as written. A map, or a
-    /// list of `NAME=value` as in docker compose.
-    #[serde(default, deserialize_with = "name_values")]
-    #[schemars(with = "Option<NameValues>")]
-    pub env: Option<BTreeMap<String, String>>,
-    /// Extra container labels (`io.lanectl.*` is reserved). A map, or a list
-    /// of `NAME=value` as in docker compose.
-    #[serde(default, deserialize_with = "name_values")]
-    #[schemars(with = "Option<NameValues>")]
-    pub labels: Option<BTreeMap<String, String>>,
-    /// Bind mounts; relative sources resolve against the manifest's directory.
-    pub mounts: Option<Vec<RawMount>>,
-    /// Published ports.
-    pub ports: Option<Vec<RawPort>>,
-    /// A directory copied (never mounted) into the container before its first start.
-    pub codex: Option<RawCodex>,
-    /// Readiness: HTTP GET until a 2xx answer.
-    pub probe: Option<RawProbe>,
-    /// Optional resource limits.
-    pub resources: Option<RawResources>,
-    /// SIGTERM, then SIGKILL after this long (default 10s).
-    pub stop_timeout: Option<DurationText>,
-    /// Whether the lane should run (default `running`).
-    pub state: Option<DesiredState>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawMount {
-    /// Host path; relative to the manifest's directory unless absolute.
-    pub source: String,
-    /// Absolute path inside the container.
-    pub target: String,
-    /// Default false.
-    #[serde(default)]
-    pub read_only: bool,
-    /// SELinux relabelling; default `shared`.
-    #[serde(default)]
-    pub relabel: Relabel,
-    /// When true, the source's content is part of the lane's hash.
-    #[serde(default)]
-    pub track_content: bool,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Relabel {
-    /// `:z`, the default.
-    #[default]
-    Shared,
-    /// `:Z`.
-    Private,
-    /// No relabelling.
-    None,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawPort {
-    /// Port inside the container.
-    pub container: u16,
-    /// Default 127.0.0.1.
-    pub host_ip: Option<String>,
-    /// Default 0: any free port.
-    pub host_port: Option<u16>,
-    /// Default tcp.
-    #[serde(default)]
-    pub protocol: Protocol,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    #[default]
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Sctp => "sctp",
-        })
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawCodex {
-    /// Host directory; its contents appear under `target`.
-    pub source: String,
-    /// Absolute path inside the container.
-    pub target: String,
-    /// Env var set to the fingerprint, if given.
-    pub fingerprint_env: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawProbe {
-    /// Container port to probe; default the first port.
-    pub port: Option<u16>,
-    /// Default `/`.
-    pub path: Option<String>,
-    /// Default 30s.
-    pub timeout: Option<DurationText>,
-    /// Default 250ms.
-    pub interval: Option<DurationText>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawResources {
-    /// Bytes, or a number with b, k, m or g (powers of 1024): `512m`.
-    #[schemars(with = "Option<EnvScalar>")]
-    pub memory: Option<String>,
-    /// CPUs, may be fractional: `1.5`.
-    pub cpus: Option<f64>,
-    /// Maximum number of processes.
-    pub pids: Option<u32>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum DesiredState {
-    #[default]
-    Running,
-    Stopped,
-}
-
-/// A duration as text with a unit: `250ms`, `30s`, `1m30s`.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
-#[serde(transparent)]
-#[schemars(with = "String")]
-pub struct DurationText(pub String);
-
-/// A scalar taken as its text (schema only).
-#[derive(JsonSchema)]
-#[schemars(untagged)]
-#[allow(dead_code)] // only its schema is used
-enum EnvScalar {
-    String(String),
-    Number(f64),
-    Bool(bool),
-}
-
-/// `env` or `labels`: a map of `NAME: value`, or docker compose's list of
-/// `NAME=value` (which [`load`] has already turned into the map).
-pub struct NameValues(pub BTreeMap<String, String>);
-
-impl JsonSchema for NameValues {
-    fn schema_name() -> Cow<'static, str> {
-        "NameValues".into()
-    }
-
-    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
-        let scalar = generator.subschema_for::<EnvScalar>();
-        schemars::json_schema!({
-            "description": "A map of NAME: value, or a list of NAME=value as in docker compose.",
-            "oneOf": [
-                { "type": "object", "additionalProperties": scalar },
-                { "type": "array", "items": { "type": "string", "pattern": "^[^=]+=" } }
-            ]
-        })
-    }
-}
-
-impl<'de> Deserialize<'de> for NameValues {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct NameValuesVisitor;
-        impl<'de> Visitor<'de> for NameValuesVisitor {
-            type Value = NameValues;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a map of NAME: value or a list of NAME=value")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NameValues, A::Error> {
-                let mut out = BTreeMap::new();
-                while let Some((k, v)) = map.next_entry::<String, String>()? {
-                    out.insert(k, v);
-                }
-                Ok(NameValues(out))
-            }
-            // Only for a tree that did not go through `load`: the first
-            // problem, by the same rules and without quoting the item.
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NameValues, A::Error> {
-                let mut out = BTreeMap::new();
-                while let Some(item) = seq.next_element::<String>()? {
-                    match item.split_once('=') {
-                        Some((name, value)) if !name.is_empty() && !out.contains_key(name) => {
-                            out.insert(name.to_string(), value.to_string());
-                        }
-                        _ => return Err(de::Error::custom("expected distinct items NAME=value")),
-                    }
-                }
-                Ok(NameValues(out))
-            }
-        }
-        d.deserialize_any(NameValuesVisitor)
-    }
-}
-
-fn name_values<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<BTreeMap<String, String>>, D::Error> {
-    Option::<NameValues>::deserialize(d).map(|o| o.map(|n| n.0))
-}
 
 /// Turns docker compose's list form of `env` and `labels` into the map it
 /// means, in place. Every item that is not `NAME=value` with a name not seen
@@ -332,106 +84,6 @@ fn lists_to_maps(tree: &mut Node, file: &Path) -> Vec<Problem> {
         value.value = Value::Map(map);
     }
     problems
-}
-
-/// A command line: a list of words, or a string split by shell rules.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
-#[schemars(untagged)]
-pub enum Words {
-    /// Split by shell rules (quotes, escapes), without expansion.
-    Line(String),
-    List(Vec<String>),
-}
-
-impl Words {
-    /// The words, or why a line cannot be split.
-    pub fn split(&self) -> Result<Vec<String>, String> {
-        match self {
-            Words::List(words) => Ok(words.clone()),
-            Words::Line(line) => {
-                // Not the line itself: a command line may hold a token.
-                shell_words::split(line)
-                    .map_err(|e| format!("cannot split the line by shell rules: {e}"))
-            }
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Words {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct WordsVisitor;
-        impl<'de> Visitor<'de> for WordsVisitor {
-            type Value = Words;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or a list of strings")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Words, E> {
-                Ok(Words::Line(v.to_string()))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Words, A::Error> {
-                let mut words = Vec::new();
-                while let Some(w) = seq.next_element::<String>()? {
-                    words.push(w);
-                }
-                Ok(Words::List(words))
-            }
-        }
-        d.deserialize_any(WordsVisitor)
-    }
-}
-
-/// The JSON Schema (draft-07) of a manifest, as `lanectl schema` prints it.
-pub fn schema_json() -> String {
-    let generator = schemars::generate::SchemaSettings::draft07().into_generator();
-    let schema = generator.into_root_schema_for::<RawManifest>();
-    // A schema is a JSON value with string keys: serializing it cannot fail,
-    // and an empty schema printed as if it were the contract would be a lie.
-    #[allow(clippy::expect_used)]
-    let mut text = serde_json::to_string_pretty(&schema).expect("BUG: a JSON schema serializes");
-    text.push('\n');
-    text
-}
-
-/// A problem of a manifest, with a position where the YAML gives one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub pos: Option<Position>,
-    pub file: PathBuf,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.pos {
-            Some(pos) => write!(f, "{pos}: {}", self.message),
-            None => write!(f, "{}: {}", self.file.display(), self.message),
-        }
-    }
-}
-
-impl Problem {
-    pub fn in_file(file: &Path, message: impl Into<String>) -> Self {
-        Problem {
-            pos: None,
-            file: file.to_path_buf(),
-            message: message.into(),
-        }
-    }
-
-    fn from_yaml(file: &Path, err: yaml::Error) -> Self {
-        Problem {
-            message: err.describe(),
-            pos: err.pos,
-            file: file.to_path_buf(),
-        }
-    }
-}
-
-/// One segment of a path to a field, for pointing at a problem.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Seg {
-    Key(&'static str),
-    Index(usize),
 }
 
 /// A file's bytes and its parsed tree (or why it has none).
@@ -625,15 +277,8 @@ fn type_tree(tree: &Node, path: &Path) -> Result<RawManifest, Vec<Problem>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn source(name: &str, text: &str) -> Source {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        let mut s = read_source(&path).unwrap();
-        s.path = PathBuf::from(name);
-        s
-    }
+    use crate::manifest::tests::source;
+    use std::collections::BTreeMap;
 
     #[test]
     fn every_bad_key_of_a_file_is_reported_at_once() {
@@ -755,37 +400,6 @@ mod tests {
     }
 
     #[test]
-    fn the_schema_takes_a_map_or_a_list_for_env_and_labels() {
-        let schema: serde_json::Value = serde_json::from_str(&schema_json()).unwrap();
-        for key in ["env", "labels"] {
-            let text = schema["properties"][key].to_string();
-            let name = text
-                .split("#/definitions/")
-                .nth(1)
-                .and_then(|t| t.split('"').next())
-                .unwrap_or_else(|| panic!("{key} has no definition: {text}"));
-            let forms = schema["definitions"][name]["oneOf"].as_array().unwrap();
-            let types: Vec<&str> = forms.iter().map(|f| f["type"].as_str().unwrap()).collect();
-            assert_eq!(types, ["object", "array"], "{key}");
-            assert_eq!(forms[1]["items"]["type"], "string");
-        }
-    }
-
-    #[test]
-    fn words_are_a_list_or_a_shell_line() {
-        let s = source(
-            "a.yaml",
-            "entrypoint: \"/bin/sh -c 'echo hi'\"\ncommand: [a, '1']\n",
-        );
-        let raw = load(s, None).unwrap().raw;
-        assert_eq!(
-            raw.entrypoint.unwrap().split().unwrap(),
-            ["/bin/sh", "-c", "echo hi"]
-        );
-        assert_eq!(raw.command.unwrap().split().unwrap(), ["a", "1"]);
-    }
-
-    #[test]
     fn a_fifo_named_like_a_manifest_is_refused_without_hanging() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.yaml");
@@ -805,12 +419,5 @@ mod tests {
         std::fs::write(&path, "#".repeat(MAX_MANIFEST_BYTES as usize + 10)).unwrap();
         let problems = read_source(&path).unwrap_err();
         assert!(problems[0].message.contains("larger than"));
-    }
-
-    #[test]
-    fn the_schema_is_draft_07_and_closed() {
-        let schema: serde_json::Value = serde_json::from_str(&schema_json()).unwrap();
-        assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
-        assert_eq!(schema["additionalProperties"], false);
     }
 }
