@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 const CORE: &[&str] = &[
     "lane.rs",
     "yaml.rs",
+    "yaml",
     "manifest.rs",
     "manifest",
     "spec.rs",
