@@ -414,7 +414,11 @@ fn kill_minus_9_during_apply_never_leaves_a_duplicate_a_half_started_lane_or_a_l
     // Phase -> how many kills caught a lane in it.
     let mut spread: BTreeMap<&str, usize> = BTreeMap::new();
     let mut i = 0u64;
-    while landed < KILL_POINTS && i < MAX_ITERATIONS {
+    // At least KILL_POINTS kills, and on until every phase has been hit
+    // (which phases the random delays catch depends on how fast this host's
+    // Podman starts containers).
+    let all_hit = |spread: &BTreeMap<&str, usize>| PHASES.iter().all(|p| spread.contains_key(p));
+    while (landed < KILL_POINTS || !all_hit(&spread)) && i < MAX_ITERATIONS {
         // Change something, so that the killed apply has work of each kind.
         let ids = lanes.containers();
         let kind = i % 4;
@@ -561,8 +565,8 @@ fn kill_minus_9_during_apply_never_leaves_a_duplicate_a_half_started_lane_or_a_l
         delays.len() - audits + 1
     );
     println!("lanes caught in each phase by the kills: {spread:?}");
-    assert_eq!(
-        landed, KILL_POINTS,
+    assert!(
+        landed >= KILL_POINTS,
         "only {landed} kills landed in a running apply in {MAX_ITERATIONS} iterations"
     );
     let missed: Vec<&str> = PHASES
