@@ -174,6 +174,7 @@ async fn refresh(shared: &Shared, list: bool) -> bool {
         let look = Look {
             load: shared.opts.load,
             probe_early: None,
+            tidy: true,
         };
         World::look(ctx, &look)
             .await

@@ -73,6 +73,9 @@ fn load(dir: &Path, policy: Policy) -> Result<DirState, ListError> {
     };
 
     let defaults = listing.defaults.as_ref().map(|path| {
+        if let Some(why) = &listing.defaults_problem {
+            return Err(vec![Problem::in_file(path, why.clone())]);
+        }
         let perm = if check {
             check_file(path, policy).err()
         } else {
@@ -136,13 +139,25 @@ fn load(dir: &Path, policy: Policy) -> Result<DirState, ListError> {
     let base = std::fs::canonicalize(dir)
         .or_else(|_| std::path::absolute(dir))
         .unwrap_or_else(|_| dir.to_path_buf());
+    // The cross-lane rule looks at every manifest that loaded, valid or
+    // not: two lanes declaring one container name are both invalid,
+    // whatever else is wrong with either.
+    let names: BTreeMap<String, (String, &Loaded)> = loaded
+        .iter()
+        .map(|(name, l)| {
+            let container = spec::container_name(name, l.raw.container_name.as_deref());
+            (name.clone(), (container, l))
+        })
+        .collect();
+    let across = spec::check_across(&names);
     let mut specs: BTreeMap<String, (LaneSpec, &Loaded)> = BTreeMap::new();
     for (name, l) in &loaded {
         match spec::resolve(name, l, &base) {
             Ok(s) => {
                 specs.insert(name.clone(), (s, l));
             }
-            Err(problems) => {
+            Err(mut problems) => {
+                problems.extend(across.get(name).cloned());
                 lanes.insert(
                     name.clone(),
                     Desired::Invalid {
@@ -153,7 +168,6 @@ fn load(dir: &Path, policy: Policy) -> Result<DirState, ListError> {
             }
         }
     }
-    let across = spec::check_across(&specs);
     for (name, (spec, l)) in specs {
         let manifest_sha256 = l.sha256.clone();
         let desired = match across.get(&name) {
@@ -321,6 +335,19 @@ mod tests {
         problems
             .iter()
             .any(|p| p.starts_with(&head) && p.contains(what))
+    }
+
+    #[test]
+    fn two_lanes_with_one_container_name_are_both_invalid_even_if_one_is_invalid_anyway() {
+        let root = lane_with("image: i\ncontainer_name: shared\nports: [{container: 0}]\n");
+        let b = root.path().join("lanes.d/b.yaml");
+        std::fs::write(&b, "image: i\ncontainer_name: shared\n").unwrap();
+        set_mode(&b, 0o644);
+        let a = lane_problems(root.path(), "a", Policy::OFF);
+        let b = lane_problems(root.path(), "b", Policy::OFF);
+        assert!(a.iter().any(|p| p.contains("container port")), "{a:?}");
+        assert!(a.iter().any(|p| p.contains("also used by lane b")), "{a:?}");
+        assert!(b.iter().any(|p| p.contains("also used by lane a")), "{b:?}");
     }
 
     #[test]

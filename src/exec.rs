@@ -350,7 +350,10 @@ pub fn create_request(spec: &LaneSpec, hash: &LaneHash, instance: &str) -> Creat
     all_labels.extend(hash.labels(instance, &spec.lane));
     CreateRequest {
         name: spec.container_name.clone(),
-        image: spec.image.clone(),
+        // The ID the hash was made with, never the tag: a tag moved since
+        // the lookup would give a container of another image under this
+        // hash's labels.
+        image: hash.image_id.clone(),
         user: spec.user.clone(),
         entrypoint: spec.entrypoint.clone(),
         command: spec.command.clone(),
@@ -416,5 +419,17 @@ mod tests {
         assert_eq!(req.labels["team"], "infra");
         assert_eq!(req.stop_timeout_secs, 10);
         assert_eq!(req.nano_cpus, Some(1_500_000_000));
+    }
+
+    #[test]
+    fn the_container_is_created_from_the_image_id_the_hash_names() {
+        // A tag moved between the lookup and the create must not give a
+        // container of another image under this hash's labels.
+        let spec = crate::spec::tests::golden_spec();
+        let id = "4f0c".repeat(16);
+        let h = crate::hash::lane_hash(&spec, &id, None, &[]);
+        let req = create_request(&spec, &h, "inst");
+        assert_eq!(req.image, id);
+        assert_eq!(req.labels[labels::IMAGE_ID], id);
     }
 }

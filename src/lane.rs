@@ -42,6 +42,9 @@ pub struct DirListing {
     /// Lanes by name (a name taken by both `.yaml` and `.yml` is one invalid lane).
     pub lanes: BTreeMap<String, LaneFile>,
     pub defaults: Option<PathBuf>,
+    /// Why the defaults cannot be used (`_defaults.yaml` and `_defaults.yml`
+    /// both exist): every lane is then invalid with this reason.
+    pub defaults_problem: Option<String>,
     /// Names of lanes that have a status file (to find status files of deleted lanes).
     pub status_files: Vec<String>,
 }
@@ -52,8 +55,6 @@ pub enum ListError {
     Read { path: PathBuf, source: io::Error },
     #[error("lanes directory {} is not a directory", path.display())]
     NotADir { path: PathBuf },
-    #[error("both {} and {} exist: keep one", a.display(), b.display())]
-    TwoDefaults { a: PathBuf, b: PathBuf },
 }
 
 /// Lists the lanes directory. A missing or unreadable directory is an error,
@@ -80,11 +81,15 @@ pub fn list_dir(dir: &Path) -> Result<DirListing, ListError> {
         match classify(file_name) {
             Kind::NotALane => {}
             Kind::Status(name) => out.status_files.push(name.to_string()),
-            Kind::Defaults => {
-                if let Some(a) = out.defaults.replace(path.clone()) {
-                    return Err(ListError::TwoDefaults { a, b: path });
+            Kind::Defaults => match &out.defaults {
+                // Which one is meant cannot be guessed: like `x.yaml` beside
+                // `x.yml`, but for every lane.
+                Some(a) => {
+                    let (a, b) = (a.display(), path.display());
+                    out.defaults_problem = Some(format!("both {a} and {b} exist: keep one"));
                 }
-            }
+                None => out.defaults = Some(path),
+            },
             Kind::Lane(name) => {
                 let problem = check_name(name).err();
                 let lane = LaneFile {

@@ -112,13 +112,36 @@ pub enum StatusError {
     },
 }
 
+/// The largest status file read back; larger ones are not lanectl's.
+const MAX_STATUS_BYTES: u64 = 64 * 1024;
+
+/// The longest `message` written, in bytes: far below [`MAX_STATUS_BYTES`],
+/// so that a status is always read back (a longer one would be rewritten on
+/// every pass, and unreadable for the tools that read it).
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+
+/// Cuts a message to [`MAX_MESSAGE_BYTES`] at a character boundary, saying
+/// how much was left out.
+fn bound_message(message: &mut String) {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return;
+    }
+    let mut cut = MAX_MESSAGE_BYTES - 64;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let left = message.len() - cut;
+    message.truncate(cut);
+    message.push_str(&format!(" … ({left} more bytes left out)"));
+}
+
 /// Reads a lane's status file; `None` when absent or unreadable (a status
 /// file is lanectl's own cache of what it last saw, never an input that can
 /// stop a reconcile).
 pub fn read(dir: &Path, lane: &str) -> Option<Status> {
     let path = lane::status_path(dir, lane);
     let meta = std::fs::symlink_metadata(&path).ok()?;
-    if !meta.is_file() || meta.len() > 64 * 1024 {
+    if !meta.is_file() || meta.len() > MAX_STATUS_BYTES {
         return None;
     }
     let text = std::fs::read_to_string(&path).ok()?;
@@ -128,6 +151,7 @@ pub fn read(dir: &Path, lane: &str) -> Option<Status> {
 /// Writes `new` unless the file already says the same apart from `since`;
 /// keeps the old `since` when the phase did not change. Returns whether it wrote.
 pub fn write_if_changed(dir: &Path, mut new: Status) -> Result<bool, StatusError> {
+    bound_message(&mut new.message);
     let old = read(dir, &new.lane);
     if let Some(old) = &old {
         if old.phase == new.phase {
@@ -144,6 +168,11 @@ pub fn write_if_changed(dir: &Path, mut new: Status) -> Result<bool, StatusError
 /// Writes atomically: temp file in the same directory, fsync, rename.
 pub fn write(dir: &Path, status: &Status) -> Result<(), StatusError> {
     let path = lane::status_path(dir, &status.lane);
+    let mut status = std::borrow::Cow::Borrowed(status);
+    if status.message.len() > MAX_MESSAGE_BYTES {
+        bound_message(&mut status.to_mut().message);
+    }
+    let status = status.as_ref();
     let text = crate::yaml::to_string(status).map_err(|e| StatusError::Serialize {
         lane: status.lane.clone(),
         message: e.to_string(),
@@ -165,6 +194,10 @@ pub fn write(dir: &Path, status: &Status) -> Result<(), StatusError> {
     tmp.as_file().sync_all().map_err(io)?;
     // rename(2) replaces a symlink at the path itself, never its target.
     tmp.persist(&path).map_err(|e| io(e.error))?;
+    // The rename is durable only once the directory is on disk too.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
     Ok(())
 }
 
@@ -218,6 +251,17 @@ pub fn remove(dir: &Path, lane: &str) -> Result<(), StatusError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_message_is_cut_at_a_character_and_says_how_much_is_left_out() {
+        let mut message = "é".repeat(MAX_MESSAGE_BYTES);
+        bound_message(&mut message);
+        assert!(message.len() <= MAX_MESSAGE_BYTES, "{}", message.len());
+        assert!(message.ends_with("more bytes left out)"), "{message}");
+        let mut short = "fine".to_string();
+        bound_message(&mut short);
+        assert_eq!(short, "fine");
+    }
 
     fn sample() -> Status {
         let mut s = Status::new("alpha", Phase::Ready);

@@ -31,9 +31,13 @@ pub async fn run(
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
             info!("shutting down: finishing what is in flight (a second signal exits at once)");
             shutdown.cancel();
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            warn!("second signal: exiting now");
-            std::process::exit(130);
+            // 128 + the signal's number, as a shell reports a death by it.
+            let code = tokio::select! {
+                _ = term.recv() => 128 + libc::SIGTERM,
+                _ = int.recv() => 128 + libc::SIGINT,
+            };
+            warn!(code, "second signal: exiting now");
+            std::process::exit(code);
         }
     });
 

@@ -296,6 +296,37 @@ mod tests {
     }
 
     #[test]
+    fn a_null_env_or_label_value_is_refused_where_it_stands() {
+        let s = source(
+            "a.yaml",
+            "image: x\nenv:\n  A: null\n  B: ~\n  C:\n  D: \"\"\n  E: \"null\"\nlabels: {team: }\n",
+        );
+        let problems = load(s, None).unwrap_err();
+        let lines: Vec<_> = problems
+            .iter()
+            .map(|p| p.pos.as_ref().unwrap().line)
+            .collect();
+        assert_eq!(lines, vec![3, 8], "the first of each field: {problems:?}");
+        assert!(
+            problems[0].message.contains("no value (YAML null)"),
+            "{}",
+            problems[0]
+        );
+        for null in ["~", "", "null", "NULL"] {
+            let s = source("a.yaml", &format!("image: x\nenv:\n  B: {null}\n"));
+            let problems = load(s, None).unwrap_err();
+            assert!(problems[0].message.contains("no value"), "{null:?}: {problems:?}");
+        }
+
+        let s = source("a.yaml", "image: x\nenv: {D: \"\", E: \"null\", F: 1.50}\n");
+        let env = load(s, None).unwrap().raw.env.unwrap();
+        assert_eq!(
+            (env["D"].as_str(), env["E"].as_str(), env["F"].as_str()),
+            ("", "null", "1.50")
+        );
+    }
+
+    #[test]
     fn defaults_merge_under_the_lane() {
         let d = source(
             "_defaults.yaml",

@@ -234,7 +234,8 @@ impl<'de> Deserialize<'de> for NameValues {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NameValues, A::Error> {
                 let mut out = BTreeMap::new();
-                while let Some((k, v)) = map.next_entry::<String, String>()? {
+                while let Some(k) = map.next_key::<String>()? {
+                    let v = map.next_value_seed(NotNull { key: &k })?;
                     out.insert(k, v);
                 }
                 Ok(NameValues(out))
@@ -255,6 +256,49 @@ impl<'de> Deserialize<'de> for NameValues {
             }
         }
         d.deserialize_any(NameValuesVisitor)
+    }
+}
+
+/// A value of `env` or `labels`: any scalar, taken as written, but never a
+/// YAML null (`A:`, `A: ~`, `A: null`), which would otherwise become the text
+/// `null`, `~` or nothing without a word. Under a key that is no name at all
+/// (`{API_TOKEN=sk-…}`, a value typed into the key) the null is let through
+/// as empty: the name's own check then says what is wrong, at the key.
+struct NotNull<'k> {
+    key: &'k str,
+}
+
+impl<'de> de::DeserializeSeed<'de> for NotNull<'_> {
+    type Value = String;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NotNull<'_> {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a value")
+    }
+    fn visit_none<E: de::Error>(self) -> Result<String, E> {
+        let not_a_name = self.key.is_empty()
+            || self
+                .key
+                .chars()
+                .any(|c| matches!(c, '=' | ':' | '\0') || c.is_whitespace() || c.is_control());
+        if not_a_name {
+            return Ok(String::new());
+        }
+        Err(E::custom(
+            "no value (YAML null): write \"\" for an empty value, \
+             or quote the text (\"null\", \"~\")",
+        ))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<String, E> {
+        self.visit_none()
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        String::deserialize(d)
     }
 }
 

@@ -37,6 +37,7 @@ pub async fn pass(
     let look = Look {
         load: opts.load,
         probe_early: (mode == Mode::Apply).then(|| opts.only.clone()),
+        tidy: mode == Mode::Apply,
     };
     let mut world = World::look(&ctx, &look).await?;
     world.guard_prune_all(&ctx.dir, opts.allow_prune_all)?;

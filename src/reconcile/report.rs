@@ -146,12 +146,23 @@ pub fn unreachable(
 
 /// Every problem of an invalid manifest, as one message.
 pub fn problems_text(problems: &[crate::manifest::Problem]) -> String {
-    problems
+    let mut text = problems
         .iter()
+        .take(PROBLEMS_SHOWN)
         .map(ToString::to_string)
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if problems.len() > PROBLEMS_SHOWN {
+        let more = problems.len() - PROBLEMS_SHOWN;
+        text.push_str(&format!(
+            "; and {more} more (`lanectl validate` lists every one)"
+        ));
+    }
+    text
 }
+
+/// Problems a status message names; the rest are counted.
+const PROBLEMS_SHOWN: usize = 20;
 
 fn name(st: &mut Status, container: Option<&Now>) {
     if let Some(c) = container {

@@ -80,6 +80,9 @@ pub struct Look {
     /// lists (an `apply` that may have nothing to do): these lanes, or all
     /// when empty. `None`: no early probes.
     pub probe_early: Option<Vec<String>>,
+    /// Remove the temporary status files a killed lanectl left (`apply` and
+    /// the daemon); `plan` changes nothing, not even those.
+    pub tidy: bool,
 }
 
 /// Early probes in flight at once (each holds a socket).
@@ -110,7 +113,11 @@ impl World {
         let (dir, images, answered) = seen?;
         let mut containers = containers?;
         containers.remove(""); // instance label without lane label: not ours to judge
-        let stale = status::remove_stale_temps(&ctx.dir);
+        let stale = if look.tidy {
+            status::remove_stale_temps(&ctx.dir)
+        } else {
+            0
+        };
         if stale > 0 {
             info!(
                 count = stale,

@@ -14,20 +14,22 @@ mod resolve;
 mod types;
 
 pub use paths::absolute;
-pub use resolve::resolve;
+pub use resolve::{container_name, resolve};
 pub use types::{Codex, DEFAULT_STOP_TIMEOUT, LaneSpec, Mount, Port, Probe, Resources};
 
 /// Cross-lane rules: two lanes with one container name are both invalid.
-pub fn check_across(specs: &BTreeMap<String, (LaneSpec, &Loaded)>) -> HashMap<String, Problem> {
+/// `names`: lane -> (its container name, its manifest), for every lane whose
+/// manifest loaded, valid or not.
+pub fn check_across(names: &BTreeMap<String, (String, &Loaded)>) -> HashMap<String, Problem> {
     let mut by_name: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (lane, (spec, _)) in specs {
-        by_name.entry(&spec.container_name).or_default().push(lane);
+    for (lane, (container, _)) in names {
+        by_name.entry(container).or_default().push(lane);
     }
     let mut out = HashMap::new();
     for (name, lanes) in by_name.into_iter().filter(|(_, l)| l.len() > 1) {
         for lane in &lanes {
             let others: Vec<&str> = lanes.iter().copied().filter(|l| l != lane).collect();
-            let loaded = specs[*lane].1;
+            let loaded = names[*lane].1;
             out.insert(
                 lane.to_string(),
                 loaded.problem(

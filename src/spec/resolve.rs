@@ -71,6 +71,11 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
     })
 }
 
+/// The container name a lane asks for: its own, or `lane-<lane>`.
+pub fn container_name(lane: &str, given: Option<&str>) -> String {
+    given.map_or_else(|| format!("lane-{lane}"), str::to_string)
+}
+
 /// One manifest being checked: where it is, and every problem found so far.
 struct Checker<'a> {
     loaded: &'a Loaded,
@@ -97,7 +102,7 @@ impl Checker<'_> {
     }
 
     fn container_name(&mut self, lane: &str, name: Option<&str>) -> String {
-        let name = name.map_or_else(|| format!("lane-{lane}"), str::to_string);
+        let name = container_name(lane, name);
         if !valid_container_name(&name) {
             self.bad(
                 &[Seg::Key("container_name")],

@@ -196,3 +196,22 @@ fn log_format_json_writes_one_json_object_per_line() {
         assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
 }
+
+#[test]
+fn plan_leaves_even_a_killed_lanectls_temporary_status_file_alone() {
+    let lanes = Lanes::new("plan-temps");
+    lanes.write("a", &lanes.worker_lane(""));
+    lanes.apply_ok();
+    // A pid that surely runs no lanectl: a child that has exited.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let temp = lanes.file(&format!("lanes.d/.a.status.{dead}.x1y2.tmp"), "phase: pen");
+
+    let run = lanes.lanectl(&["plan"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(temp.exists(), "plan changes nothing, not even a stale temp");
+
+    lanes.apply_ok();
+    assert!(!temp.exists(), "apply tidies what a killed lanectl left");
+}

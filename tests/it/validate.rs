@@ -215,3 +215,61 @@ fn as_root_a_codex_source_given_as_a_symlink_to_a_world_writable_dir_is_refused(
     );
     assert!(lanes.containers().is_empty(), "nothing was created");
 }
+
+#[test]
+fn a_manifest_with_thousands_of_problems_gets_a_status_that_can_be_read_back() {
+    let lanes = Lanes::new("many-problems");
+    let mut yaml = format!("image: {}\nlabels:\n", image());
+    for i in 0..3000 {
+        yaml.push_str(&format!("  io.lanectl.reserved-{i}: x\n"));
+    }
+    lanes.write("a", &yaml);
+    lanes.lanectl(&["apply"]);
+    let path = lanes.dir().join("a.status.yaml");
+    let size = std::fs::metadata(&path).expect("a status file").len();
+    assert!(
+        size < 64 * 1024,
+        "{size} bytes: lanectl cannot read it back"
+    );
+    let status = lanes.status("a").expect("a status");
+    assert_eq!(status["phase"], "invalid", "{status}");
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.contains("and 2980 more (`lanectl validate` lists every one)"),
+        "{message}"
+    );
+    // Read back, it is not rewritten by the next pass.
+    let written = lanes.status_mtime("a");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    lanes.lanectl(&["apply"]);
+    assert_eq!(
+        lanes.status_mtime("a"),
+        written,
+        "rewritten though unchanged"
+    );
+}
+
+#[test]
+fn two_defaults_files_make_every_lane_invalid_and_leave_its_container_alone() {
+    let lanes = Lanes::new("two-defaults");
+    lanes.write("a", &lanes.worker_lane(""));
+    lanes.apply_ok();
+    let id = lanes.ready_id("a").expect("a is ready");
+    lanes.file("lanes.d/_defaults.yaml", "user: root\n");
+    lanes.file("lanes.d/_defaults.yml", "user: root\n");
+
+    let run = lanes.lanectl(&["apply"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let status = lanes.status("a").expect("a status");
+    assert_eq!(status["phase"], "invalid", "{status}");
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.contains("_defaults.yaml") && message.contains("keep one"),
+        "{message}"
+    );
+    assert_eq!(
+        lanes.containers(),
+        vec![id],
+        "the running container is kept"
+    );
+}
