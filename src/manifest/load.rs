@@ -315,7 +315,10 @@ mod tests {
         for null in ["~", "", "null", "NULL"] {
             let s = source("a.yaml", &format!("image: x\nenv:\n  B: {null}\n"));
             let problems = load(s, None).unwrap_err();
-            assert!(problems[0].message.contains("no value"), "{null:?}: {problems:?}");
+            assert!(
+                problems[0].message.contains("no value"),
+                "{null:?}: {problems:?}"
+            );
         }
 
         let s = source("a.yaml", "image: x\nenv: {D: \"\", E: \"null\", F: 1.50}\n");

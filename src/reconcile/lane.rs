@@ -194,7 +194,16 @@ async fn converge(
             match probe(ctx, spec, &plan, now, view.answered, &facts, hooks).await {
                 Some(probed) => probed,
                 None => {
-                    let mut outcome = Outcome::new(lane, Some(plan.action), Phase::Pending, "");
+                    // Stopped (a shutdown) or interrupted (the container went):
+                    // the status must not go on saying "probing".
+                    let ended = Ended::Halted {
+                        phase: Phase::Pending,
+                        container: Some(now.clone()),
+                        message: "not probed: lanectl stopped or was interrupted before \
+                                  the probe answered; the next pass probes again"
+                            .into(),
+                    };
+                    let mut outcome = finish(ctx, mode, Some(&plan), &facts, ended);
                     outcome.interrupted = true;
                     return outcome;
                 }

@@ -124,25 +124,48 @@ pub fn compose(facts: &Facts<'_>, ended: Ended<'_>) -> Status {
     st
 }
 
-/// The status of a lane whose Podman could not be reached (the daemon):
-/// what it knew of the container stays, the phase and message say why;
-/// `None` for a lane whose manifest is gone (left as it is until Podman is
-/// back).
+/// The status of a lane whose Podman could not be reached (the daemon). A
+/// Podman outage is not a lane outage: a `ready` lane stays `ready` while its
+/// endpoint answers (`answers`: what its probe said now; `None`, it has no
+/// probe and nothing says it stopped), and the message says since when
+/// Podman is unreachable. Otherwise the lane is `failed` with the error. What
+/// it knew of the container stays. `None` for a lane whose manifest is gone
+/// (left as it is until Podman is back).
 pub fn unreachable(
     lane: &str,
     previous: Option<Status>,
     desired: Option<&Desired>,
     error: String,
+    answers: Option<bool>,
 ) -> Option<Status> {
     let desired = desired?;
+    let since = previous
+        .as_ref()
+        .and_then(|p| p.message.strip_prefix(UNREACHABLE))
+        .and_then(|rest| rest.split_once(": "))
+        .map_or_else(status::now_rfc3339, |(since, _)| since.to_string());
+    let was_ready = previous.as_ref().is_some_and(|p| p.phase == Phase::Ready);
     let mut st = previous.unwrap_or_else(|| Status::new(lane, Phase::Failed));
     (st.phase, st.message) = match desired {
         Desired::Invalid { problems, .. } => (Phase::Invalid, problems_text(problems)),
-        Desired::Valid { .. } => (Phase::Failed, error),
+        Desired::Valid { .. } if was_ready && answers != Some(false) => {
+            let how = match answers {
+                Some(_) => "the endpoint still answers",
+                None => "the lane has no probe; its container was running",
+            };
+            (
+                Phase::Ready,
+                format!("{UNREACHABLE}{since}: {error}; {how}"),
+            )
+        }
+        Desired::Valid { .. } => (Phase::Failed, format!("{UNREACHABLE}{since}: {error}")),
     };
     st.since = status::now_rfc3339();
     Some(st)
 }
+
+/// How a message about a Podman outage starts (followed by since when).
+const UNREACHABLE: &str = "podman unreachable since ";
 
 /// Every problem of an invalid manifest, as one message.
 pub fn problems_text(problems: &[crate::manifest::Problem]) -> String {

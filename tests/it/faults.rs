@@ -1079,3 +1079,63 @@ fn the_lanes_dir_removed_or_emptied_under_the_daemon_prunes_nothing() {
         println!("lanes dir fault: {f}");
     }
 }
+
+#[test]
+fn a_podman_outage_is_not_a_lane_outage_while_the_lane_answers() {
+    const OUTAGE: Duration = Duration::from_secs(30);
+    let lanes = Lanes::new("outage-ready");
+    let mut own = OwnPodman::new(&lanes);
+    own.load_test_image(&lanes);
+    lanes.write("a", &lanes.worker_lane("env: {LANE_V: '0'}\n"));
+    let mut daemon = Daemon::start_with(&lanes, &own.url(), &["--resync", "1s"]);
+    let want: BTreeMap<&str, u64> = [("a", 0)].into_iter().collect();
+    wait_for(Duration::from_secs(60), || {
+        let s = lanes.status("a")?;
+        (s["phase"] == "ready").then_some(())
+    })
+    .unwrap_or_else(|| panic!("a not ready\n{}", daemon.log()));
+    let endpoint = lanes.status("a").unwrap()["endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    own.kill();
+    // What a load balancer reading the status file sees during the outage.
+    let (mut phases, mut said_unreachable) = (BTreeMap::new(), false);
+    let until = Instant::now() + OUTAGE;
+    while Instant::now() < until {
+        if let Some(s) = lanes.status("a") {
+            let phase = s["phase"].as_str().unwrap_or("?").to_string();
+            *phases.entry(phase).or_insert(0) += 1;
+            said_unreachable |= s["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("podman unreachable since"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let answers = crate::common::http_get(&endpoint, "/");
+    assert!(
+        answers.starts_with('{'),
+        "the lane kept answering: {answers:?}"
+    );
+    assert_eq!(
+        phases.keys().collect::<Vec<_>>(),
+        ["ready"],
+        "phases seen during the outage: {phases:?}\n{}",
+        daemon.log()
+    );
+    assert!(
+        said_unreachable,
+        "the message never said Podman is unreachable\n{}",
+        daemon.log()
+    );
+
+    own.start();
+    wait_for(Duration::from_secs(60), || {
+        let s = lanes.status("a")?;
+        let plain = !s["message"].as_str().unwrap_or("").contains("unreachable");
+        (plain && all_ready(&lanes, &own, &want).is_some()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("a not back to plain ready\n{}", daemon.log()));
+    assert!(daemon.is_running());
+}

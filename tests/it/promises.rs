@@ -74,6 +74,34 @@ fn sigint_exits_0_and_leaves_the_lanes_running() {
     assert_eq!(lanes.ready_id("a"), Some(id), "status left as it was");
 }
 
+#[test]
+fn a_shutdown_during_a_probe_leaves_a_status_that_is_true() {
+    let lanes = Lanes::new("shutdown-probe");
+    // Never answers 2xx, and would be probed for a minute.
+    let yaml = lanes
+        .failing_probe_lane("")
+        .replace("timeout: 1s", "timeout: 60s");
+    lanes.write("a", &yaml);
+    let mut daemon = Daemon::start(&lanes, &["--resync", "1h"]);
+    wait_for(Duration::from_secs(60), || {
+        let s = lanes.status("a")?;
+        (s["message"] == "probing").then_some(())
+    })
+    .unwrap_or_else(|| panic!("a is not being probed\n{}", daemon.log()));
+    daemon.signal("TERM");
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+    let status = lanes.status("a").expect("a status");
+    assert_eq!(status["phase"], "pending", "{status}");
+    let message = status["message"].as_str().unwrap();
+    assert_ne!(message, "probing", "nothing probes any more: {status}");
+    assert!(message.contains("not probed"), "{status}");
+}
+
 /// A daemon whose lane `slow` (its container taking `stop` to stop) is
 /// being recreated now: returns the daemon, the old container's id and the
 /// log's length before the edit.
