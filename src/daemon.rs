@@ -4,8 +4,9 @@
 //! reconcile of `reconcile/lane.rs`. At start it waits for the first full list of
 //! this instance's containers, then schedules every lane; after that the
 //! sources (`sources/`: file-system events, Podman events, the periodic
-//! resync) schedule lanes on the queue (`queue.rs`), and `--jobs` workers
-//! take them one at a time per lane. A failed reconcile is retried with
+//! resync) schedule lanes on the queue (`queue.rs`), and each due lane runs
+//! in a task of its own, one run at a time per lane; `--jobs` bounds the
+//! lanes that change containers at once, never the lanes being probed. A failed reconcile is retried with
 //! per-lane exponential back-off (1 s doubling to 5 min, reset by a success);
 //! an invalid manifest waits for its file to change. Shutdown is injected: on
 //! cancel no new work starts, in-flight reconciles finish, and lanes keep
@@ -38,7 +39,6 @@ const FIRST_LIST: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_
 #[derive(Debug, Clone)]
 pub struct Options {
     pub resync: Duration,
-    pub jobs: usize,
     pub allow_prune_all: bool,
     pub load: LoadOptions,
 }
@@ -97,9 +97,7 @@ pub async fn run(
     info!(lanes = lock(&index).lanes.len(), dir = %ctx.dir.display(), "converging");
 
     let tracker = TaskTracker::new();
-    for _ in 0..opts.jobs.max(1) {
-        tracker.spawn(worker(shared.clone(), queue.clone()));
-    }
+    tracker.spawn(dispatch(shared.clone(), queue.clone(), tracker.clone()));
     let fs = tokio::spawn(sources::fs::run(
         ctx.dir.clone(),
         index.clone(),
@@ -248,42 +246,58 @@ async fn refresh(shared: &Shared, list: bool) -> bool {
     true
 }
 
-async fn worker(shared: Arc<Shared>, queue: Queue) {
+/// Hands each due lane to a task of its own. The queue runs a lane once at
+/// a time; `--jobs` bounds the lanes that change containers (`Ctx::acting`)
+/// and hashing is bounded too (`Ctx::checks`), but nothing bounds the lanes
+/// waiting for a probe: a probe is a socket, and a lane failing its probe
+/// for 30 s must not hold up another lane's change.
+async fn dispatch(shared: Arc<Shared>, queue: Queue, tracker: TaskTracker) {
     while let Some((lane, cause, cancel)) = queue.next().await {
-        let span = info_span!("reconcile", lane = %lane, cause);
-        let started = Instant::now();
-        // In a task of its own: a panic fails this run, never the worker or
-        // the lane's place in the queue.
-        let run = tokio::spawn({
-            let (shared, lane) = (shared.clone(), lane.clone());
-            async move { reconcile_lane(&shared, &lane, &cancel).await }.instrument(span.clone())
-        });
-        let next = match run.await {
-            Ok(next) => next,
-            Err(e) => {
-                tracing::error!(parent: &span, error = %e, "reconcile ended abnormally; retrying with back-off");
-                Requeue::Failed
-            }
-        };
-        queue.done(&lane);
-        let retry_at = match next {
-            Requeue::Done => {
-                queue.succeeded(&lane);
-                None
-            }
-            Requeue::Later => None,
-            Requeue::At(at) => Some(at),
-            Requeue::Failed => {
-                Some(Instant::now() + RETRY.delay(queue.failed(&lane).saturating_sub(1)))
-            }
-        };
-        if let Some(at) = retry_at {
-            queue.retry(&lane, at);
+        tracker.spawn(run_one(shared.clone(), queue.clone(), lane, cause, cancel));
+    }
+}
+
+/// One run of one lane, and what the queue is told after it.
+async fn run_one(
+    shared: Arc<Shared>,
+    queue: Queue,
+    lane: String,
+    cause: &'static str,
+    cancel: CancellationToken,
+) {
+    let span = info_span!("reconcile", lane = %lane, cause);
+    let started = Instant::now();
+    // In a task of its own: a panic fails this run, never the dispatcher or
+    // the lane's place in the queue.
+    let run = tokio::spawn({
+        let (shared, lane) = (shared.clone(), lane.clone());
+        async move { reconcile_lane(&shared, &lane, &cancel).await }.instrument(span.clone())
+    });
+    let next = match run.await {
+        Ok(next) => next,
+        Err(e) => {
+            tracing::error!(parent: &span, error = %e, "reconcile ended abnormally; retrying with back-off");
+            Requeue::Failed
         }
-        debug!(parent: &span, took_ms = started.elapsed().as_millis() as u64, retry_in_ms = retry_at.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64), "reconciled");
-        if queue.is_idle() {
-            release_free_memory();
+    };
+    queue.done(&lane);
+    let retry_at = match next {
+        Requeue::Done => {
+            queue.succeeded(&lane);
+            None
         }
+        Requeue::Later => None,
+        Requeue::At(at) => Some(at),
+        Requeue::Failed => {
+            Some(Instant::now() + RETRY.delay(queue.failed(&lane).saturating_sub(1)))
+        }
+    };
+    if let Some(at) = retry_at {
+        queue.retry(&lane, at);
+    }
+    debug!(parent: &span, took_ms = started.elapsed().as_millis() as u64, retry_in_ms = retry_at.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64), "reconciled");
+    if queue.is_idle() {
+        release_free_memory();
     }
 }
 

@@ -57,10 +57,10 @@ pub async fn run(
     };
     info!(url = podman.url(), instance = %instance, "connected to podman");
     let ctx = Ctx::new(podman, super::dir_of(&global.dir), instance)
+        .with_jobs(usize::from(global.jobs))
         .with_policy(Policy::of_process(global.allow_insecure_permissions));
     let opts = Options {
         resync,
-        jobs: usize::from(global.jobs),
         allow_prune_all,
         load: LoadOptions {
             allow_insecure_permissions: global.allow_insecure_permissions,

@@ -24,10 +24,16 @@ pub struct Ctx {
     pub policy: content::Policy,
     /// Codex fingerprints and tracked content of unchanged sources.
     pub fingerprints: Arc<content::FingerprintCache>,
-    /// `--jobs`: lanes that change a container (and then probe it) at once.
-    /// Lanes with nothing to do only hash and probe, many more at once.
+    /// `--jobs`: lanes that change a container at once. Lanes with nothing
+    /// to do only hash and probe, many more at once.
     pub acting: Semaphore,
+    /// Lanes hashed at once (the CPU-bound part of a reconcile); a probe
+    /// holds neither this nor `acting`.
+    pub checks: Semaphore,
 }
+
+/// How many lanes are hashed at once.
+pub const CHECKS_AT_ONCE: usize = 32;
 
 impl Ctx {
     pub fn new(podman: Podman, dir: PathBuf, instance: String) -> Self {
@@ -38,6 +44,7 @@ impl Ctx {
             policy: content::Policy::of_process(false),
             fingerprints: Arc::default(),
             acting: Semaphore::new(Semaphore::MAX_PERMITS),
+            checks: Semaphore::new(CHECKS_AT_ONCE),
         }
     }
 

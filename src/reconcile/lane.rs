@@ -114,7 +114,11 @@ async fn converge(
     };
 
     // Hash, then decide. Stopping needs no hash (rule 5: whatever its hash).
-    let plan = match hash_lane(ctx, spec, &view).await {
+    let hashed = {
+        let _checking = ctx.checks.acquire().await.ok();
+        hash_lane(ctx, spec, &view).await
+    };
+    let plan = match hashed {
         Ok(hash) => {
             let desired = plan::Desired {
                 state: spec.state,
@@ -140,8 +144,9 @@ async fn converge(
         return outcome;
     }
 
-    // Act. The permit is held until the new or started container was probed.
-    let _acting = if plan.action.changes_something() || !plan.extras.is_empty() {
+    // Act. The permit is held while containers change, never through the
+    // probe: a lane failing its probe must not hold up another lane's change.
+    let acting = if plan.action.changes_something() || !plan.extras.is_empty() {
         ctx.acting.acquire().await.ok()
     } else {
         None
@@ -173,6 +178,7 @@ async fn converge(
         }
     }
     let acted = ctx.exec().act(spec, &plan.step).await;
+    drop(acting);
     if plan.action.changes_something() {
         info!(action = %plan.action, ok = acted.is_ok(), "acted");
     }

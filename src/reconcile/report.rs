@@ -145,6 +145,15 @@ pub fn unreachable(
         .and_then(|rest| rest.split_once(": "))
         .map_or_else(status::now_rfc3339, |(since, _)| since.to_string());
     let was_ready = previous.as_ref().is_some_and(|p| p.phase == Phase::Ready);
+    let edited = match (desired, previous.as_ref()) {
+        (
+            Desired::Valid {
+                manifest_sha256, ..
+            },
+            Some(p),
+        ) => p.manifest_sha256.as_deref() != Some(manifest_sha256.as_str()),
+        _ => false,
+    };
     let mut st = previous.unwrap_or_else(|| Status::new(lane, Phase::Failed));
     (st.phase, st.message) = match desired {
         Desired::Invalid { problems, .. } => (Phase::Invalid, problems_text(problems)),
@@ -153,9 +162,14 @@ pub fn unreachable(
                 Some(_) => "the endpoint still answers",
                 None => "the lane has no probe; its container was running",
             };
+            let pending = if edited {
+                "; the manifest changed: applied once Podman answers"
+            } else {
+                ""
+            };
             (
                 Phase::Ready,
-                format!("{UNREACHABLE}{since}: {error}; {how}"),
+                format!("{UNREACHABLE}{since}: {error}; {how}{pending}"),
             )
         }
         Desired::Valid { .. } => (Phase::Failed, format!("{UNREACHABLE}{since}: {error}")),
