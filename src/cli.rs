@@ -40,6 +40,10 @@ pub struct Global {
     /// Accept manifests, directories and sources writable by others (as root).
     #[arg(long, global = true)]
     pub allow_insecure_permissions: bool,
+    /// How long to wait for another lanectl (a daemon, a hook) changing this
+    /// directory's containers before giving up.
+    #[arg(long, global = true, default_value = "5m", value_parser = parse_duration)]
+    pub lock_wait: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -8,7 +8,11 @@
 //! whose copy failed is removed at once; one left by a crash before its start
 //! is never started (the plan calls it half-made and recreates it). A start
 //! refused with "address already in use" (Podman 4.3 can hand one random port
-//! to two containers) is retried by recreating, to get a fresh port.
+//! to two containers) is retried by recreating, to get a fresh port. A name
+//! in use by this lane's own container that never started (a killed lanectl's
+//! create) is freed; one that has started is never removed here: another
+//! lanectl of the directory made it, and if it is the very container this
+//! step would make, it is taken as made.
 
 use std::io::Seek;
 use std::time::Duration;
@@ -56,6 +60,12 @@ pub enum ExecError {
         holder: String,
         lane: String,
     },
+    #[error(
+        "container name {name} is held by container {holder} of this very lane, made by another \
+         lanectl of this directory meanwhile (a daemon beside a hook?); it is left alone and the \
+         next pass takes it into account"
+    )]
+    NameHeldByTwin { name: String, holder: String },
     #[error(
         "container name {name} is held by {holder}, not by this instance ({instance}); lanectl leaves it alone: \
          remove or rename it, or set another container_name"
@@ -164,10 +174,25 @@ impl Exec<'_> {
                         == Some(self.instance)
                         && held.labels.get(labels::LANE).map(String::as_str)
                             == Some(spec.lane.as_str());
-                    if !ours || self.podman.remove(&held.id).await.is_err() {
+                    if !ours {
                         break;
                     }
-                    info!(container = %held.name, "replaced a container of this lane that the list missed");
+                    // One that has started is never removed here: another
+                    // lanectl of this directory (a daemon beside a hook) made
+                    // it meanwhile. The very container this step would make
+                    // is taken as made; any other is left to the next pass.
+                    if held.ever_started {
+                        let same = held.labels.get(labels::SPEC_HASH) == Some(&hash.full);
+                        if same && held.state == State::Running {
+                            info!(container = %held.name, "taken as made: another lanectl made this very container meanwhile");
+                            return Ok(Now::from(&held));
+                        }
+                        break;
+                    }
+                    if self.podman.remove(&held.id).await.is_err() {
+                        break;
+                    }
+                    info!(container = %held.name, "replaced a never-started container of this lane that the list missed");
                 }
                 Ok(None) => tokio::time::sleep(Duration::from_millis(300)).await,
                 Err(_) => break,
@@ -183,19 +208,28 @@ impl Exec<'_> {
                 spec_hash: Some(hash.full.clone()),
                 codex: hash.codex.clone(),
             }),
-            Err(e) => Err(self.explain_name_conflict(e).await),
+            Err(e) => Err(self.explain_name_conflict(e, &spec.lane).await),
         }
     }
 
     /// A name held by another container: say whose (its instance label),
     /// never touch it.
-    async fn explain_name_conflict(&self, e: ExecError) -> ExecError {
+    async fn explain_name_conflict(&self, e: ExecError, lane: &str) -> ExecError {
         let ExecError::Podman(PodmanError::NameInUse { name }) = &e else {
             return e;
         };
         let name = name.clone();
         let holder = match self.podman.find_by_name(&name).await {
             Ok(Some(c)) => match c.labels.get(labels::INSTANCE) {
+                Some(other)
+                    if other == self.instance
+                        && c.labels.get(labels::LANE).map(String::as_str) == Some(lane) =>
+                {
+                    return ExecError::NameHeldByTwin {
+                        name,
+                        holder: short(&c.id).to_string(),
+                    };
+                }
                 Some(other) if other == self.instance => {
                     let lane = c.labels.get(labels::LANE).map_or("?", String::as_str);
                     return ExecError::NameHeldBySibling {

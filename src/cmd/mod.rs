@@ -98,7 +98,8 @@ async fn context(global: &Global) -> anyhow::Result<Arc<Ctx>> {
     tracing::debug!(url = podman.url(), instance = %instance, "connected to podman");
     let ctx = Ctx::new(podman, dir_of(&global.dir), instance)
         .with_jobs(global.jobs.into())
-        .with_policy(Policy::of_process(global.allow_insecure_permissions));
+        .with_policy(Policy::of_process(global.allow_insecure_permissions))
+        .with_change_lock(global.lock_wait);
     Ok(Arc::new(ctx))
 }
 

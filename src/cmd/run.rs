@@ -58,7 +58,8 @@ pub async fn run(
     info!(url = podman.url(), instance = %instance, "connected to podman");
     let ctx = Ctx::new(podman, super::dir_of(&global.dir), instance)
         .with_jobs(usize::from(global.jobs))
-        .with_policy(Policy::of_process(global.allow_insecure_permissions));
+        .with_policy(Policy::of_process(global.allow_insecure_permissions))
+        .with_change_lock(global.lock_wait);
     let opts = Options {
         resync,
         allow_prune_all,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+use super::changes::{ChangeLock, ChangeLockError, Held};
 use crate::container::Observed;
 use crate::content;
 use crate::exec::Exec;
@@ -30,6 +31,9 @@ pub struct Ctx {
     /// Lanes hashed at once (the CPU-bound part of a reconcile); a probe
     /// holds neither this nor `acting`.
     pub checks: Semaphore,
+    /// One lanectl at a time changes this directory's containers (`apply`,
+    /// `down`, `run`); `None` for what changes nothing (`plan`).
+    pub changes: Option<Arc<ChangeLock>>,
 }
 
 /// How many lanes are hashed at once.
@@ -45,6 +49,7 @@ impl Ctx {
             fingerprints: Arc::default(),
             acting: Semaphore::new(Semaphore::MAX_PERMITS),
             checks: Semaphore::new(CHECKS_AT_ONCE),
+            changes: None,
         }
     }
 
@@ -54,11 +59,27 @@ impl Ctx {
         self
     }
 
+    /// Changes take the directory's lock, waiting for another lanectl for
+    /// at most `wait`.
+    pub fn with_change_lock(mut self, wait: std::time::Duration) -> Self {
+        self.changes = Some(ChangeLock::new(&self.dir, wait));
+        self
+    }
+
     /// Whose files may be read into a container (`--allow-insecure-permissions`
     /// relaxes the default, which checks when running as root).
     pub fn with_policy(mut self, policy: content::Policy) -> Self {
         self.policy = policy;
         self
+    }
+
+    /// Holds the directory's change lock for one lane's change (none
+    /// without a lock: `plan`).
+    pub async fn hold_changes(&self) -> Result<Option<Held>, ChangeLockError> {
+        match &self.changes {
+            Some(changes) => changes.hold().await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The hands that change Podman for this instance (`exec.rs`).

@@ -71,6 +71,14 @@ async fn gone(ctx: &Ctx, view: LaneView, has_status: bool, mode: Mode) -> Outcom
         return outcome;
     }
     let _acting = ctx.acting.acquire().await;
+    let _held = match ctx.hold_changes().await {
+        Ok(held) => held,
+        Err(e) => {
+            outcome.phase = Phase::Failed;
+            outcome.message = error::chain(&e);
+            return outcome;
+        }
+    };
     let removed = ctx.exec().remove(containers).await;
     outcome.removed = match &removed {
         Ok(()) => containers.iter().map(|c| c.name.clone()).collect(),
@@ -146,10 +154,28 @@ async fn converge(
 
     // Act. The permit is held while containers change, never through the
     // probe: a lane failing its probe must not hold up another lane's change.
-    let acting = if plan.action.changes_something() || !plan.extras.is_empty() {
+    let changes = plan.action.changes_something() || !plan.extras.is_empty();
+    let acting = if changes {
         ctx.acting.acquire().await.ok()
     } else {
         None
+    };
+    // And one lanectl at a time per directory (a daemon and a hook).
+    let held = if changes {
+        ctx.hold_changes().await
+    } else {
+        Ok(None)
+    };
+    let held = match held {
+        Ok(held) => held,
+        Err(e) => {
+            let ended = Ended::Halted {
+                phase: Phase::Failed,
+                container: plan.step.current().map(Now::from),
+                message: format!("{}: {}", plan.action, error::chain(&e)),
+            };
+            return finish(ctx, mode, Some(&plan), &facts, ended);
+        }
     };
     ctx.exec().remove_strays(&plan.extras).await;
     // Restarts: counted per container; a crashed one may have to wait.
@@ -178,7 +204,7 @@ async fn converge(
         }
     }
     let acted = ctx.exec().act(spec, &plan.step).await;
-    drop(acting);
+    drop((held, acting));
     if plan.action.changes_something() {
         info!(action = %plan.action, ok = acted.is_ok(), "acted");
     }

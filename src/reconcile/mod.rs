@@ -18,6 +18,7 @@
 //! the other lanes go on. The reconcile re-reads everything it needs each
 //! time: it is level-triggered.
 
+pub mod changes;
 pub mod ctx;
 pub mod lane;
 pub mod pass;

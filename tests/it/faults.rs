@@ -1139,3 +1139,68 @@ fn a_podman_outage_is_not_a_lane_outage_while_the_lane_answers() {
     .unwrap_or_else(|| panic!("a not back to plain ready\n{}", daemon.log()));
     assert!(daemon.is_running());
 }
+
+#[test]
+fn the_daemon_and_a_hook_applying_in_a_loop_lose_nothing() {
+    const FOR: Duration = Duration::from_secs(40);
+    const LANES: [&str; 3] = ["a", "b", "c"];
+    let lanes = Lanes::new("run-and-hook");
+    let manifest = |v: usize| lanes.worker_lane(&format!("env: {{LANE_V: '{v}'}}\n"));
+    let mut want = [0usize; 3];
+    for lane in LANES {
+        lanes.write(lane, &manifest(0));
+    }
+    let daemon = Daemon::start(&lanes, &["--resync", "1s"]);
+    let ready_on = |lane: &str, v: usize| {
+        let id = lanes.ready_id(lane)?;
+        let c = try_inspect(&id)?;
+        (c["State"]["Running"] == true && env_has(&c, &format!("LANE_V={v}"))).then_some(id)
+    };
+    wait_for(Duration::from_secs(60), || {
+        LANES.iter().all(|l| ready_on(l, 0).is_some()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("not ready at start\n{}", daemon.log()));
+
+    // A git hook: edit a lane, then `apply`, again and again, while the
+    // daemon sees the same edits.
+    let started = Instant::now();
+    let (mut applies, mut failures) = (0, Vec::new());
+    while started.elapsed() < FOR {
+        let i = applies % LANES.len();
+        want[i] = applies + 1;
+        lanes.write(LANES[i], &manifest(want[i]));
+        let run = lanes.lanectl(&["apply"]);
+        applies += 1;
+        if run.code != 0 {
+            failures.push(format!("apply {applies}: {run:?}"));
+        }
+    }
+    // Settled: one container per lane, running the last edit, and ready.
+    let settled = wait_for(Duration::from_secs(30), || {
+        let ids: Option<Vec<String>> = LANES
+            .iter()
+            .zip(want)
+            .map(|(l, v)| ready_on(l, v))
+            .collect();
+        let ids = ids?;
+        (lanes.containers().len() == LANES.len()).then_some(ids)
+    });
+    println!(
+        "run + {applies} hook applies in {:?}: {} failed; settled: {}",
+        started.elapsed(),
+        failures.len(),
+        settled.is_some()
+    );
+    assert!(
+        failures.is_empty(),
+        "{}\n{}",
+        failures.join("\n"),
+        daemon.log()
+    );
+    assert!(
+        settled.is_some(),
+        "not one ready container per lane on its last edit: {:?}\n{}",
+        lanes.containers(),
+        daemon.log()
+    );
+}
