@@ -12,7 +12,9 @@ pub enum State {
     Running,
     /// Exited, or stopped but not yet cleaned up.
     Exited,
-    /// Paused, stopping, removing, unknown, …: as Podman spells it.
+    /// Frozen by `podman pause`: its processes exist but get no CPU.
+    Paused,
+    /// Stopping, removing, unknown, …: as Podman spells it.
     Other(String),
 }
 
@@ -22,6 +24,7 @@ impl State {
             "created" | "configured" => State::Created,
             "running" => State::Running,
             "exited" | "stopped" => State::Exited,
+            "paused" => State::Paused,
             other => State::Other(other.to_owned()),
         }
     }
@@ -70,6 +73,8 @@ pub struct Observed {
     pub ever_started: bool,
     /// The exit code, only when the container has exited.
     pub exit_code: Option<i64>,
+    /// When it exited (unix seconds), only when the container has exited.
+    pub exited_at: Option<i64>,
     pub ports: Vec<PublishedPort>,
 }
 

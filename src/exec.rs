@@ -145,7 +145,18 @@ impl Exec<'_> {
                     ..Now::from(c)
                 }))
             }
+            Step::Unpause(c) => {
+                self.podman.unpause(&c.id).await.map_err(keep(c))?;
+                Ok(Some(Now {
+                    running: true,
+                    ..Now::from(c)
+                }))
+            }
             Step::Stop(c) => {
+                if c.state == State::Paused {
+                    // Podman stops no frozen container: thaw it, then stop.
+                    self.podman.unpause(&c.id).await.map_err(keep(c))?;
+                }
                 self.podman.stop(&c.id).await.map_err(keep(c))?;
                 Ok(Some(Now {
                     running: false,

@@ -48,6 +48,7 @@ mod tests {
             state: State::Running,
             ever_started: true,
             exit_code: None,
+            exited_at: None,
             ports: vec![],
         }
     }

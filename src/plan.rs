@@ -20,6 +20,8 @@ pub enum Action {
     Recreate(Why),
     /// Start the existing container (it ran before and exited or was stopped).
     Start,
+    /// Unpause the existing container (`podman pause` froze it).
+    Unpause,
     Stop,
     /// The manifest is gone: remove the lane's containers and status file.
     Remove,
@@ -56,6 +58,7 @@ impl fmt::Display for Action {
             Action::Create => f.write_str("create"),
             Action::Recreate(why) => write!(f, "recreate: {why}"),
             Action::Start => f.write_str("start"),
+            Action::Unpause => f.write_str("unpause"),
             Action::Stop => f.write_str("stop"),
             Action::Remove => f.write_str("remove: manifest deleted"),
         }
@@ -98,6 +101,9 @@ pub enum Step {
         replacing: Option<Observed>,
     },
     Start(Observed),
+    /// Thaw a paused container (the same one: not a restart).
+    Unpause(Observed),
+    /// Stop a running container; a paused one is thawed first.
     Stop(Observed),
     /// The manifest is gone: these containers and the status file go.
     Remove(Vec<Observed>),
@@ -108,7 +114,7 @@ impl Step {
     pub fn current(&self) -> Option<&Observed> {
         match self {
             Step::Keep(c) | Step::Make { replacing: c, .. } => c.as_ref(),
-            Step::Start(c) | Step::Stop(c) => Some(c),
+            Step::Start(c) | Step::Unpause(c) | Step::Stop(c) => Some(c),
             Step::Remove(all) => all.first(),
         }
     }
@@ -164,7 +170,8 @@ pub fn decide(desired: Desired<'_>, mut observed: Vec<Observed>) -> Plan {
     };
     let (action, step) = match (desired.state, current) {
         (DesiredState::Running, None) => (Action::Create, make(None)),
-        (DesiredState::Stopped, Some(c)) if c.state == State::Running => {
+        // A paused container holds its memory: a stopped lane stops it.
+        (DesiredState::Stopped, Some(c)) if matches!(c.state, State::Running | State::Paused) => {
             (Action::Stop, Step::Stop(c))
         }
         (DesiredState::Stopped, c) => (Action::Nothing, Step::Keep(c)),
@@ -174,6 +181,7 @@ pub fn decide(desired: Desired<'_>, mut observed: Vec<Observed>) -> Plan {
             // `configured`, `initialized` after `podman init`): half-made.
             None if !c.ever_started => (Action::Recreate(Why::HalfMade), make(Some(c))),
             None if c.state == State::Running => (Action::Nothing, Step::Keep(Some(c))),
+            None if c.state == State::Paused => (Action::Unpause, Step::Unpause(c)),
             None => (Action::Start, Step::Start(c)),
         },
     };
@@ -229,6 +237,7 @@ mod tests {
             state,
             ever_started,
             exit_code: None,
+            exited_at: None,
             ports: Vec::new(),
         }
     }

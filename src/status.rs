@@ -139,12 +139,22 @@ fn bound_message(message: &mut String) {
 /// file is lanectl's own cache of what it last saw, never an input that can
 /// stop a reconcile).
 pub fn read(dir: &Path, lane: &str) -> Option<Status> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let path = lane::status_path(dir, lane);
-    let meta = std::fs::symlink_metadata(&path).ok()?;
+    // The handle is checked, not the path: a symlink is refused by the open
+    // itself (O_NOFOLLOW), and a FIFO swapped in does not block it.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
     if !meta.is_file() || meta.len() > MAX_STATUS_BYTES {
         return None;
     }
-    let text = std::fs::read_to_string(&path).ok()?;
+    let mut text = String::new();
+    file.take(MAX_STATUS_BYTES).read_to_string(&mut text).ok()?;
     crate::yaml::from_str(&text, &std::sync::Arc::from(path.as_path())).ok()
 }
 
@@ -251,6 +261,28 @@ pub fn remove(dir: &Path, lane: &str) -> Result<(), StatusError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_status_path_that_is_a_symlink_or_a_fifo_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &sample()).unwrap();
+        let real = dir.path().join("real.yaml");
+        std::fs::rename(lane::status_path(dir.path(), "alpha"), &real).unwrap();
+        std::os::unix::fs::symlink(&real, lane::status_path(dir.path(), "alpha")).unwrap();
+        assert_eq!(read(dir.path(), "alpha"), None, "a symlink is not followed");
+        std::fs::remove_file(lane::status_path(dir.path(), "alpha")).unwrap();
+        let fifo = lane::status_path(dir.path(), "alpha");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert_eq!(
+            read(dir.path(), "alpha"),
+            None,
+            "a FIFO neither blocks nor reads"
+        );
+    }
 
     #[test]
     fn a_long_message_is_cut_at_a_character_and_says_how_much_is_left_out() {

@@ -8,6 +8,11 @@ use super::{Podman, PodmanError};
 
 /// How long a `_ping` may take before Podman counts as unreachable.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the first `_ping` may take: a socket-activated Podman
+/// (`podman.socket`) accepts at once and answers once it has started, which
+/// can take longer than a liveness ping allows. A socket nobody listens on
+/// is refused at once, whatever this says.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a private service may take to answer its first `_ping`.
 const SERVICE_STARTUP: Duration = Duration::from_secs(10);
 
@@ -23,7 +28,7 @@ impl Podman {
         let given = explicit.map(str::to_owned).or(host);
         let url = given.clone().unwrap_or_else(default_url);
         let (api, service) = (client(&url)?, None);
-        let Err(reason) = ping(&api).await else {
+        let Err(reason) = ping_within(&api, CONNECT_TIMEOUT).await else {
             return Ok(Podman {
                 api,
                 url,
@@ -31,6 +36,14 @@ impl Podman {
             });
         };
         if given.is_some() {
+            return Err(PodmanError::Unreachable { url, reason });
+        }
+        if let Some(path) = url.strip_prefix("unix://")
+            && std::fs::symlink_metadata(path).is_ok()
+        {
+            // The system's (or the user's) socket exists: a second Podman
+            // beside it would hide its containers. Say what is wrong with it.
+            let reason = format!("{reason} (the socket exists: is its Podman service healthy?)");
             return Err(PodmanError::Unreachable { url, reason });
         }
         if std::env::var_os("INVOCATION_ID").is_some() {
@@ -93,10 +106,14 @@ fn client(url: &str) -> Result<podman_api::Podman, PodmanError> {
 }
 
 async fn ping(api: &podman_api::Podman) -> Result<(), String> {
-    match tokio::time::timeout(PING_TIMEOUT, api.ping()).await {
+    ping_within(api, PING_TIMEOUT).await
+}
+
+async fn ping_within(api: &podman_api::Podman, limit: Duration) -> Result<(), String> {
+    match tokio::time::timeout(limit, api.ping()).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer to _ping within {PING_TIMEOUT:?}")),
+        Err(_) => Err(format!("no answer to _ping within {limit:?}")),
     }
 }
 
@@ -171,5 +188,37 @@ impl Drop for PrivateService {
         // SIGKILL, then reap; errors mean it is already gone. TempDir removes the socket.
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket-activated Podman: accepts at once, answers `_ping` after `delay`.
+    async fn slow_podman(delay: Duration) -> (tempfile::TempDir, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("podman.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            tokio::time::sleep(delay).await;
+            let answer = "HTTP/1.1 200 OK\r\nAPI-Version: 1.41\r\nLibpod-API-Version: 4.3.1\r\n\
+                          Docker-Experimental: true\r\nCache-Control: no-cache\r\nPragma: no-cache\r\n\
+                          Libpod-Buildah-Version: 1.28.0\r\nContent-Length: 2\r\n\r\nOK";
+            conn.write_all(answer.as_bytes()).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        (dir, format!("unix://{}", socket.display()))
+    }
+
+    #[tokio::test]
+    async fn a_podman_that_takes_seconds_to_start_is_waited_for() {
+        let (_dir, url) = slow_podman(Duration::from_secs(3)).await;
+        let connected = Podman::connect(Some(&url)).await;
+        assert!(connected.is_ok(), "{:?}", connected.err());
     }
 }

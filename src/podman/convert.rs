@@ -52,6 +52,7 @@ pub(super) fn observed(c: ListContainer) -> Observed {
         labels: c.labels.unwrap_or_default().into_iter().collect(),
         ever_started: ever_started(c.started_at),
         exit_code: (state == State::Exited).then(|| c.exit_code.unwrap_or(0).into()),
+        exited_at: c.exited_at.filter(|t| *t > 0 && state == State::Exited),
         state,
         ports,
     }
@@ -155,6 +156,7 @@ mod tests {
             state: State::Running,
             ever_started: true,
             exit_code: None,
+            exited_at: None,
             ports: vec![],
         };
         let ours = c(&[(INSTANCE_LABEL, "me"), (LANE_LABEL, "a")]);
@@ -181,10 +183,11 @@ mod tests {
     }
 
     #[test]
-    fn states_map_to_our_four() {
+    fn states_map_to_our_five() {
         assert_eq!(State::parse("created"), State::Created);
         assert_eq!(State::parse("running"), State::Running);
         assert_eq!(State::parse("stopped"), State::Exited);
-        assert_eq!(State::parse("paused"), State::Other("paused".into()));
+        assert_eq!(State::parse("paused"), State::Paused);
+        assert_eq!(State::parse("stopping"), State::Other("stopping".into()));
     }
 }

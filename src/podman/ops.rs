@@ -188,6 +188,14 @@ impl Podman {
         })
     }
 
+    /// Thaws a paused container.
+    pub async fn unpause(&self, id: &str) -> Result<(), PodmanError> {
+        let answer = bounded(CALL_TIMEOUT, self.api.containers().get(id).unpause()).await;
+        settle(answer, Err(not_found(id)), || {
+            format!("unpause container {}", short(id))
+        })
+    }
+
     /// Stops a container within its own stop timeout; one already stopped is fine.
     pub async fn stop(&self, id: &str) -> Result<(), PodmanError> {
         let opts = ContainerStopOpts::default();

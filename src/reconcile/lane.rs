@@ -181,7 +181,7 @@ async fn converge(
     // Restarts: counted per container; a crashed one may have to wait.
     facts.restarts = restarts_of(&plan, previous.as_ref());
     if let Step::Start(c) = &plan.step
-        && crashed(c, previous.as_ref())
+        && crashed(c, previous.as_ref(), booted_at())
     {
         if let Some(book) = hooks.restarts
             && let Err(at) = book.gate(lane)
@@ -321,12 +321,26 @@ fn restarts_of(plan: &Plan, previous: Option<&Status>) -> u32 {
 }
 
 /// A container that ran and exited without lanectl stopping it: starting it
-/// again is a restart.
-fn crashed(c: &Observed, previous: Option<&Status>) -> bool {
+/// again is a restart. One that exited before this boot went down with the
+/// host (a shutdown, a power cut): starting it at boot is no restart, and
+/// waits for no back-off.
+fn crashed(c: &Observed, previous: Option<&Status>, booted_at: Option<i64>) -> bool {
     let lanectl_stopped = previous.is_some_and(|p| {
         p.container_id.as_deref() == Some(c.id.as_str()) && p.phase == Phase::Stopped
     });
-    c.ever_started && !lanectl_stopped
+    let with_the_host =
+        matches!((c.exited_at, booted_at), (Some(exited), Some(boot)) if exited < boot);
+    c.ever_started && !lanectl_stopped && !with_the_host
+}
+
+/// When this host booted (unix seconds), from `/proc/stat`'s `btime`.
+fn booted_at() -> Option<i64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A crashed container whose restart must wait: `failed` with the exit code
@@ -433,5 +447,45 @@ pub fn write_status(ctx: &Ctx, st: Status) -> Option<String> {
             warn!(lane = %lane, error = %e, "could not write status");
             Some(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container::State;
+
+    fn exited_at(at: i64) -> Observed {
+        Observed {
+            id: "c1".into(),
+            name: "lane-a".into(),
+            labels: Default::default(),
+            state: State::Exited,
+            ever_started: true,
+            exit_code: Some(137),
+            exited_at: Some(at),
+            ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_container_that_went_down_with_the_host_did_not_crash() {
+        let boot = 1_000_000;
+        assert!(
+            !crashed(&exited_at(boot - 60), None, Some(boot)),
+            "exited before this boot"
+        );
+        assert!(
+            crashed(&exited_at(boot + 60), None, Some(boot)),
+            "exited since: a crash"
+        );
+        assert!(
+            crashed(&exited_at(boot - 60), None, None),
+            "boot time unknown: a crash"
+        );
+        assert!(
+            booted_at().is_some_and(|b| b > 0),
+            "this host's boot time is read"
+        );
     }
 }

@@ -434,3 +434,24 @@ fn a_renamed_manifest_moves_its_container_name_in_one_apply() {
     assert!(lanes.status("b").is_none());
     assert_eq!(lanes.containers().len(), 2);
 }
+
+#[test]
+fn a_paused_container_is_unpaused_under_running_and_stopped_under_stopped() {
+    let lanes = Lanes::new("paused");
+    lanes.write("a", &lanes.worker_lane(""));
+    lanes.apply_ok();
+    let id = lanes.container_id("a");
+    podman(&["pause", &id]);
+    let plan = lanes.lanectl(&["plan"]);
+    assert_eq!(plan.stdout.trim(), "a  unpause", "{plan:?}");
+    lanes.apply_ok();
+    assert_eq!(inspect(&id)["State"]["Status"], "running");
+    assert_eq!(lanes.ready_id("a"), Some(id.clone()), "the same container");
+    assert_eq!(lanes.status("a").unwrap()["restarts"], 0, "not a restart");
+
+    podman(&["pause", &id]);
+    lanes.write("a", &lanes.worker_lane("state: stopped\n"));
+    lanes.apply_ok();
+    assert_eq!(inspect(&id)["State"]["Status"], "exited");
+    assert_eq!(lanes.status("a").unwrap()["phase"], "stopped");
+}
