@@ -103,27 +103,9 @@ fn lane_name(name: &str) -> Result<String, String> {
     crate::lane::check_name(name).map(|()| name.to_string())
 }
 
-/// An instance id goes into a Podman label filter (`label=KEY=VALUE`, and
-/// filters are joined with `,` in places): an empty value would match every
-/// instance, and `=`, `,`, whitespace or other punctuation could be read as
-/// filter syntax. Only `[A-Za-z0-9_.-]`, 1 to 63 characters, is accepted.
+/// `--instance`: see [`labels::instance_id`](crate::labels::instance_id).
 pub fn instance_id(id: &str) -> Result<String, String> {
-    const RULE: &str = "letters, digits, '_', '.' and '-' only, 1 to 63 characters";
-    if id.is_empty() {
-        return Err(format!(
-            "must not be empty (an empty instance would match every lanes directory's containers; {RULE})"
-        ));
-    }
-    if id.len() > 63 {
-        return Err(format!("is {} characters long ({RULE})", id.len()));
-    }
-    if let Some(bad) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-    {
-        return Err(format!("contains {bad:?} ({RULE})"));
-    }
-    Ok(id.to_string())
+    crate::labels::instance_id(id)
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

@@ -195,6 +195,43 @@ fn load(dir: &Path, policy: Policy) -> Result<DirState, ListError> {
     Ok(DirState { lanes, listing })
 }
 
+/// The instance id `_defaults.yaml` declares (`instance: myapp`), which
+/// travels with the directory through moves and symlink swaps; `None` when
+/// it declares none (or there are no defaults). An unusable one is an error
+/// with its position: guessing would mean acting as another instance.
+pub fn declared_instance(dir: &Path) -> Result<Option<String>, String> {
+    let Ok(listing) = lane::list_dir(dir) else {
+        return Ok(None); // the pass itself says what is wrong with the directory
+    };
+    let Some(path) = listing.defaults else {
+        return Ok(None);
+    };
+    if let Some(why) = listing.defaults_problem {
+        return Err(why);
+    }
+    let source = manifest::read_source(&path).map_err(|problems| {
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        shown.join("; ")
+    })?;
+    let Some(node) = source.tree.as_ref().and_then(|t| t.get("instance")) else {
+        return Ok(None);
+    };
+    let at = |message: String| {
+        Problem {
+            pos: Some(node.pos.clone()),
+            file: path.clone(),
+            message,
+        }
+        .to_string()
+    };
+    let id = node
+        .as_str()
+        .ok_or_else(|| at("instance must be a string".into()))?;
+    crate::labels::instance_id(id)
+        .map(Some)
+        .map_err(|why| at(format!("instance {id:?} {why}")))
+}
+
 /// A file that only root (or the user lanectl runs as) can write.
 fn check_file(path: &Path, policy: Policy) -> Result<(), Problem> {
     let meta =

@@ -18,6 +18,30 @@ pub const CONFIG_HASH: &str = "io.lanectl.config-hash";
 pub const IMAGE_ID: &str = "io.lanectl.image-id";
 pub const TRACKED_HASH: &str = "io.lanectl.tracked-hash";
 
+/// An instance id goes into a Podman label filter (`label=KEY=VALUE`, and
+/// filters are joined with `,` in places): an empty value would match every
+/// instance, and `=`, `,`, whitespace or other punctuation could be read as
+/// filter syntax. Only `[A-Za-z0-9_.-]`, 1 to 63 characters, is accepted
+/// (from `--instance` and from `_defaults.yaml`'s `instance:` alike).
+pub fn instance_id(id: &str) -> Result<String, String> {
+    const RULE: &str = "letters, digits, '_', '.' and '-' only, 1 to 63 characters";
+    if id.is_empty() {
+        return Err(format!(
+            "must not be empty (an empty instance would match every lanes directory's containers; {RULE})"
+        ));
+    }
+    if id.len() > 63 {
+        return Err(format!("is {} characters long ({RULE})", id.len()));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(format!("contains {bad:?} ({RULE})"));
+    }
+    Ok(id.to_string())
+}
+
 /// The default instance id: the first 12 hex of sha256 of the directory's
 /// canonical absolute path.
 pub fn default_instance(dir: &Path) -> std::io::Result<String> {

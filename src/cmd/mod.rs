@@ -82,12 +82,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// The instance id: `--instance`, else derived from the directory's path.
+/// The instance id: `--instance`, else `_defaults.yaml`'s `instance:`, else
+/// derived from the directory's canonical path.
 fn instance(global: &Global) -> anyhow::Result<String> {
     match &global.instance {
         Some(id) => Ok(id.clone()),
-        None => crate::labels::default_instance(&global.dir)
-            .with_context(|| format!("cannot resolve lanes directory {}", global.dir.display())),
+        None => match crate::desired::declared_instance(&global.dir) {
+            Ok(Some(id)) => Ok(id),
+            Ok(None) => crate::labels::default_instance(&global.dir).with_context(|| {
+                format!("cannot resolve lanes directory {}", global.dir.display())
+            }),
+            Err(problem) => Err(anyhow::anyhow!("{problem}")),
+        },
     }
 }
 

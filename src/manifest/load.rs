@@ -221,6 +221,15 @@ impl Loaded {
 /// top-level key's problem.
 pub fn load(lane: Source, defaults: Option<&Source>) -> Result<Loaded, Vec<Problem>> {
     let mut problems = Vec::new();
+    // `instance` names the whole directory: it belongs in the defaults.
+    if let Some(key) = lane.tree.as_ref().and_then(instance_key) {
+        problems.push(Problem {
+            pos: Some(key.pos.clone()),
+            file: lane.path.clone(),
+            message: "`instance` names the whole lanes directory: it belongs in _defaults.yaml"
+                .into(),
+        });
+    }
     let mut as_maps = |mut tree: Node| {
         problems.extend(lists_to_maps(&mut tree, &lane.path));
         tree
@@ -249,6 +258,17 @@ pub fn load(lane: Source, defaults: Option<&Source>) -> Result<Loaded, Vec<Probl
         path: lane.path,
         sha256: lane.sha256,
     })
+}
+
+/// The `instance` key of a manifest's top-level mapping, if it has one.
+fn instance_key(tree: &Node) -> Option<&Node> {
+    match &tree.value {
+        Value::Map(entries) => entries
+            .iter()
+            .map(|(k, _)| k)
+            .find(|k| k.as_str() == Some("instance")),
+        _ => None,
+    }
 }
 
 /// Types each top-level entry on its own (so that all problems are found),
@@ -327,6 +347,17 @@ mod tests {
             (env["D"].as_str(), env["E"].as_str(), env["F"].as_str()),
             ("", "null", "1.50")
         );
+    }
+
+    #[test]
+    fn an_instance_in_a_lane_file_is_refused_and_in_the_defaults_taken() {
+        let s = source("a.yaml", "image: x\ninstance: mine\n");
+        let problems = load(s, None).unwrap_err();
+        assert_eq!(problems[0].pos.as_ref().unwrap().line, 2, "{problems:?}");
+        assert!(problems[0].message.contains("belongs in _defaults.yaml"));
+        let d = source("_defaults.yaml", "image: base\ninstance: mine\n");
+        let l = source("a.yaml", "env: {}\n");
+        assert!(load(l, Some(&d)).is_ok());
     }
 
     #[test]

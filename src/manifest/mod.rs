@@ -78,6 +78,11 @@ pub struct RawManifest {
     pub stop_timeout: Option<DurationText>,
     /// Whether the lane should run (default `running`).
     pub state: Option<DesiredState>,
+    /// Only in `_defaults.yaml`: the instance id of the whole lanes directory
+    /// (what `--instance` sets; letters, digits, `_ . -`). It travels with
+    /// the directory, so that a move or a symlink-swap deploy
+    /// (`lanes.d -> releases/N/lanes.d`) keeps owning the same containers.
+    pub instance: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

@@ -502,3 +502,55 @@ fn a_tracked_file_changed_under_the_daemon_recreates_its_lane() {
     assert_eq!(lanes.ready_id("b"), Some(b), "b untouched");
     assert_eq!(lanes.containers().len(), 2);
 }
+
+#[test]
+fn a_symlink_swap_deploy_keeps_its_containers_when_the_defaults_name_the_instance() {
+    let lanes = Lanes::new("swap");
+    let release = |n: u32| lanes.path(&format!("releases/{n}"));
+    for n in [1, 2] {
+        let dir = release(n).join("lanes.d");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("_defaults.yaml"),
+            format!("instance: {}\n", lanes.instance),
+        )
+        .unwrap();
+        let lane = format!(
+            "{}container_name: {}-a\n",
+            lanes.worker_lane(""),
+            lanes.instance
+        );
+        std::fs::write(dir.join("a.yaml"), lane).unwrap();
+    }
+    let current = lanes.path("current");
+    let point_current_at = |n: u32| {
+        // As deploy tools swap: a new link renamed over the old one.
+        let next = lanes.path("current.next");
+        std::os::unix::fs::symlink(release(n), &next).unwrap();
+        std::fs::rename(&next, &current).unwrap();
+    };
+    // No --instance: what a deploy hook runs.
+    let apply = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lanectl"))
+            .arg("--dir")
+            .arg(current.join("lanes.d"))
+            .arg("apply")
+            .env("CONTAINER_HOST", host())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    point_current_at(1);
+    let (code, out) = apply();
+    assert_eq!(code, Some(0), "{out}");
+    let id = lanes.containers();
+    assert_eq!(id.len(), 1, "{out}");
+
+    point_current_at(2);
+    let (code, out) = apply();
+    assert_eq!(code, Some(0), "after the swap: {out}");
+    assert!(out.contains("a  ready"), "{out}");
+    assert_eq!(lanes.containers(), id, "the same container, still owned");
+}
