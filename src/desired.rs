@@ -14,7 +14,7 @@ use std::path::Path;
 
 use crate::content::{self, Policy, Shape};
 use crate::lane::{self, DirListing, ListError};
-use crate::manifest::{self, Loaded, Problem, Source};
+use crate::manifest::{self, Problem, Seg, Source};
 use crate::spec::{self, LaneSpec};
 
 /// What one lane wants, or why it cannot be known.
@@ -87,8 +87,21 @@ fn load(dir: &Path, policy: Policy) -> Result<DirState, ListError> {
         }
     });
 
+    // Relative sources resolve against the directory's canonical path, so
+    // that the hash does not depend on how `--dir` was spelled (a daemon
+    // started through a symlink and a git hook given the physical path must
+    // agree). Problems keep naming the files as the user spelled them.
+    let base = std::fs::canonicalize(dir)
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_path_buf());
+
+    // Each lane is loaded (its tree holds the defaults merged in) and
+    // resolved at once, and its tree dropped: only one tree of the size of
+    // the defaults lives at a time, whatever the number of lanes. What the
+    // cross-lane rule needs is kept: the container name and where it stands.
     let mut lanes = BTreeMap::new();
-    let mut loaded: BTreeMap<String, Loaded> = BTreeMap::new();
+    let mut resolved: BTreeMap<String, (Result<LaneSpec, Vec<Problem>>, String)> = BTreeMap::new();
+    let mut names: BTreeMap<String, (String, Problem)> = BTreeMap::new();
     for (name, file) in &listing.lanes {
         let mut problems = Vec::new();
         if let Some(p) = &file.problem {
@@ -124,7 +137,13 @@ fn load(dir: &Path, policy: Policy) -> Result<DirState, ListError> {
         let defaults_source: Option<&Source> = defaults.as_ref().and_then(|d| d.as_ref().ok());
         match manifest::load(source, defaults_source) {
             Ok(l) => {
-                loaded.insert(name.clone(), l);
+                // The cross-lane rule looks at every manifest that loaded,
+                // valid or not: two lanes declaring one container name are
+                // both invalid, whatever else is wrong with either.
+                let container = spec::container_name(name, l.raw.container_name.as_deref());
+                let at = l.problem(&[Seg::Key("container_name")], "");
+                names.insert(name.clone(), (container, at));
+                resolved.insert(name.clone(), (spec::resolve(name, &l, &base), l.sha256));
             }
             Err(p) => {
                 lanes.insert(name.clone(), invalid(p));
@@ -132,50 +151,21 @@ fn load(dir: &Path, policy: Policy) -> Result<DirState, ListError> {
         }
     }
 
-    // Relative sources resolve against the directory's canonical path, so
-    // that the hash does not depend on how `--dir` was spelled (a daemon
-    // started through a symlink and a git hook given the physical path must
-    // agree). Problems keep naming the files as the user spelled them.
-    let base = std::fs::canonicalize(dir)
-        .or_else(|_| std::path::absolute(dir))
-        .unwrap_or_else(|_| dir.to_path_buf());
-    // The cross-lane rule looks at every manifest that loaded, valid or
-    // not: two lanes declaring one container name are both invalid,
-    // whatever else is wrong with either.
-    let names: BTreeMap<String, (String, &Loaded)> = loaded
-        .iter()
-        .map(|(name, l)| {
-            let container = spec::container_name(name, l.raw.container_name.as_deref());
-            (name.clone(), (container, l))
-        })
-        .collect();
     let across = spec::check_across(&names);
-    let mut specs: BTreeMap<String, (LaneSpec, &Loaded)> = BTreeMap::new();
-    for (name, l) in &loaded {
-        match spec::resolve(name, l, &base) {
-            Ok(s) => {
-                specs.insert(name.clone(), (s, l));
+    for (name, (spec, manifest_sha256)) in resolved {
+        let desired = match (spec, across.get(&name)) {
+            (Err(mut problems), clash) => {
+                problems.extend(clash.cloned());
+                Desired::Invalid {
+                    problems,
+                    manifest_sha256: Some(manifest_sha256),
+                }
             }
-            Err(mut problems) => {
-                problems.extend(across.get(name).cloned());
-                lanes.insert(
-                    name.clone(),
-                    Desired::Invalid {
-                        problems,
-                        manifest_sha256: Some(l.sha256.clone()),
-                    },
-                );
-            }
-        }
-    }
-    for (name, (spec, l)) in specs {
-        let manifest_sha256 = l.sha256.clone();
-        let desired = match across.get(&name) {
-            Some(problem) => Desired::Invalid {
+            (Ok(_), Some(problem)) => Desired::Invalid {
                 problems: vec![problem.clone()],
                 manifest_sha256: Some(manifest_sha256),
             },
-            None => {
+            (Ok(spec), None) => {
                 let problems = check_sources(&spec, policy);
                 if problems.is_empty() {
                     Desired::Valid {

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::manifest::{Loaded, Problem, Seg};
+use crate::manifest::Problem;
 
 mod paths;
 mod resolve;
@@ -18,9 +18,9 @@ pub use resolve::{container_name, resolve};
 pub use types::{Codex, DEFAULT_STOP_TIMEOUT, LaneSpec, Mount, Port, Probe, Resources};
 
 /// Cross-lane rules: two lanes with one container name are both invalid.
-/// `names`: lane -> (its container name, its manifest), for every lane whose
-/// manifest loaded, valid or not.
-pub fn check_across(names: &BTreeMap<String, (String, &Loaded)>) -> HashMap<String, Problem> {
+/// `names`: lane -> (its container name, a problem placed where the name
+/// stands), for every lane whose manifest loaded, valid or not.
+pub fn check_across(names: &BTreeMap<String, (String, Problem)>) -> HashMap<String, Problem> {
     let mut by_name: HashMap<&str, Vec<&str>> = HashMap::new();
     for (lane, (container, _)) in names {
         by_name.entry(container).or_default().push(lane);
@@ -29,17 +29,12 @@ pub fn check_across(names: &BTreeMap<String, (String, &Loaded)>) -> HashMap<Stri
     for (name, lanes) in by_name.into_iter().filter(|(_, l)| l.len() > 1) {
         for lane in &lanes {
             let others: Vec<&str> = lanes.iter().copied().filter(|l| l != lane).collect();
-            let loaded = names[*lane].1;
-            out.insert(
-                lane.to_string(),
-                loaded.problem(
-                    &[Seg::Key("container_name")],
-                    format!(
-                        "container name {name} is also used by lane {}",
-                        others.join(", ")
-                    ),
-                ),
+            let mut problem = names[*lane].1.clone();
+            problem.message = format!(
+                "container name {name} is also used by lane {}",
+                others.join(", ")
             );
+            out.insert(lane.to_string(), problem);
         }
     }
     out
