@@ -197,22 +197,10 @@ mod tests {
 
     /// A socket-activated Podman: accepts at once, answers `_ping` after `delay`.
     async fn slow_podman(delay: Duration) -> (tempfile::TempDir, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("podman.sock");
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        tokio::spawn(async move {
-            let (mut conn, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf).await;
-            tokio::time::sleep(delay).await;
-            let answer = "HTTP/1.1 200 OK\r\nAPI-Version: 1.41\r\nLibpod-API-Version: 4.3.1\r\n\
-                          Docker-Experimental: true\r\nCache-Control: no-cache\r\nPragma: no-cache\r\n\
-                          Libpod-Buildah-Version: 1.28.0\r\nContent-Length: 2\r\n\r\nOK";
-            conn.write_all(answer.as_bytes()).await.unwrap();
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        });
-        (dir, format!("unix://{}", socket.display()))
+        let answer = "HTTP/1.1 200 OK\r\nAPI-Version: 1.41\r\nLibpod-API-Version: 4.3.1\r\n\
+                      Docker-Experimental: true\r\nCache-Control: no-cache\r\nPragma: no-cache\r\n\
+                      Libpod-Buildah-Version: 1.28.0\r\nContent-Length: 2\r\n\r\nOK";
+        super::super::fake::podman(Some(answer.to_string()), delay).await
     }
 
     #[tokio::test]

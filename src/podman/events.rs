@@ -198,23 +198,8 @@ mod tests {
         assert_eq!(percent_encode("a-Z_0.~"), "a-Z_0.~");
     }
 
-    /// A fake Podman on a unix socket: reads a request, then plays `answer`.
     async fn fake_events(answer: Option<String>) -> (tempfile::TempDir, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("podman.sock");
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        tokio::spawn(async move {
-            let (mut conn, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf).await;
-            if let Some(answer) = answer {
-                conn.write_all(answer.as_bytes()).await.unwrap();
-            }
-            // Keep the connection open, as a quiet stream does.
-            tokio::time::sleep(Duration::from_secs(30)).await;
-        });
-        (dir, format!("unix://{}", socket.display()))
+        super::super::fake::podman(answer, Duration::ZERO).await
     }
 
     #[tokio::test]

@@ -22,6 +22,9 @@ mod events;
 mod fault;
 mod ops;
 
+#[cfg(test)]
+mod fake;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
