@@ -160,7 +160,17 @@ pub fn read(dir: &Path, lane: &str) -> Option<Status> {
 
 /// Writes `new` unless the file already says the same apart from `since`;
 /// keeps the old `since` when the phase did not change. Returns whether it wrote.
-pub fn write_if_changed(dir: &Path, mut new: Status) -> Result<bool, StatusError> {
+pub fn write_if_changed(dir: &Path, new: Status) -> Result<bool, StatusError> {
+    write_noting_phase(dir, new).map(|was| was.is_some())
+}
+
+/// [`write_if_changed`], returning the phase the file said before when it
+/// wrote (`Some(None)`: there was no readable status), `None` when it did
+/// not need to.
+pub fn write_noting_phase(
+    dir: &Path,
+    mut new: Status,
+) -> Result<Option<Option<Phase>>, StatusError> {
     bound_message(&mut new.message);
     let old = read(dir, &new.lane);
     if let Some(old) = &old {
@@ -168,11 +178,11 @@ pub fn write_if_changed(dir: &Path, mut new: Status) -> Result<bool, StatusError
             new.since.clone_from(&old.since);
         }
         if !new.differs_from(old) {
-            return Ok(false);
+            return Ok(None);
         }
     }
     write(dir, &new)?;
-    Ok(true)
+    Ok(Some(old.map(|o| o.phase)))
 }
 
 /// Writes atomically: temp file in the same directory, fsync, rename.

@@ -59,7 +59,8 @@ pub async fn run(
     let ctx = Ctx::new(podman, super::dir_of(&global.dir), instance)
         .with_jobs(usize::from(global.jobs))
         .with_policy(Policy::of_process(global.allow_insecure_permissions))
-        .with_change_lock(global.lock_wait);
+        .with_change_lock(global.lock_wait)
+        .logging_transitions();
     let opts = Options {
         resync,
         allow_prune_all,

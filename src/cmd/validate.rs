@@ -14,22 +14,31 @@ pub fn run(global: &Global, paths: &[PathBuf]) -> anyhow::Result<super::Exit> {
     let opts = LoadOptions {
         allow_insecure_permissions: global.allow_insecure_permissions,
     };
-    let targets: Vec<(PathBuf, Option<String>)> = if paths.is_empty() {
-        vec![(global.dir.clone(), None)]
+    let targets: Vec<(PathBuf, Option<String>, PathBuf)> = if paths.is_empty() {
+        vec![(global.dir.clone(), None, global.dir.clone())]
     } else {
-        paths.iter().map(|p| split(p)).collect()
+        paths
+            .iter()
+            .map(|p| {
+                let (dir, only) = split(p);
+                (dir, only, p.clone())
+            })
+            .collect()
     };
     let mut seen = HashSet::new();
     let mut count = 0usize;
     let mut lanes = 0usize;
-    for (dir, only) in targets {
+    for (dir, only, given) in targets {
+        if only.is_some() && std::fs::symlink_metadata(&given).is_err() {
+            anyhow::bail!("{}: no such file", given.display());
+        }
         let state = desired::load_dir(&dir, opts)?;
         if let Some(name) = &only
             && !state.lanes.contains_key(name)
         {
             anyhow::bail!(
                 "{}: not a lane manifest (lanes are <name>.yaml or .yml)",
-                dir.join(name).display()
+                given.display()
             );
         }
         for (name, d) in &state.lanes {

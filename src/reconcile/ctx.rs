@@ -34,6 +34,9 @@ pub struct Ctx {
     /// One lanectl at a time changes this directory's containers (`apply`,
     /// `down`, `run`); `None` for what changes nothing (`plan`).
     pub changes: Option<Arc<ChangeLock>>,
+    /// Log a lane's fall into `invalid`/`failed` (WARN) and its recovery
+    /// (INFO): the daemon's journal. A one-shot command prints its lanes.
+    pub log_transitions: bool,
 }
 
 /// How many lanes are hashed at once.
@@ -50,6 +53,7 @@ impl Ctx {
             acting: Semaphore::new(Semaphore::MAX_PERMITS),
             checks: Semaphore::new(CHECKS_AT_ONCE),
             changes: None,
+            log_transitions: false,
         }
     }
 
@@ -63,6 +67,12 @@ impl Ctx {
     /// at most `wait`.
     pub fn with_change_lock(mut self, wait: std::time::Duration) -> Self {
         self.changes = Some(ChangeLock::new(&self.dir, wait));
+        self
+    }
+
+    /// Log each lane's fall into trouble and its recovery (`run`).
+    pub fn logging_transitions(mut self) -> Self {
+        self.log_transitions = true;
         self
     }
 

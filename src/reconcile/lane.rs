@@ -435,18 +435,36 @@ fn finish(
 /// Writes a status if it changed; returns why it could not be written (the
 /// lane then counts as not converged: `apply` fails, the daemon retries).
 pub fn write_status(ctx: &Ctx, st: Status) -> Option<String> {
-    let lane = st.lane.clone();
-    match status::write_if_changed(&ctx.dir, st) {
-        Ok(true) => {
+    let (lane, phase, message) = (st.lane.clone(), st.phase, st.message.clone());
+    match status::write_noting_phase(&ctx.dir, st) {
+        Ok(Some(was)) => {
             debug!(lane = %lane, "status written");
+            if ctx.log_transitions {
+                log_transition(&lane, was, phase, &message);
+            }
             None
         }
-        Ok(false) => None,
+        Ok(None) => None,
         Err(e) => {
             let e = error::chain(&e);
             warn!(lane = %lane, error = %e, "could not write status");
             Some(e)
         }
+    }
+}
+
+/// A lane that falls into trouble is said once at WARN, with the reason, and
+/// its recovery at INFO: at the default level a journal shows both.
+fn log_transition(lane: &str, was: Option<Phase>, now: Phase, message: &str) {
+    let trouble = |p: Phase| matches!(p, Phase::Invalid | Phase::Failed);
+    match (was, now) {
+        (was, now) if trouble(now) && was != Some(now) => {
+            warn!(lane, phase = %now, reason = message, "lane is {now}");
+        }
+        (Some(was), Phase::Ready) if trouble(was) => {
+            info!(lane, "lane is ready again");
+        }
+        _ => {}
     }
 }
 

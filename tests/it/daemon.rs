@@ -308,3 +308,31 @@ fn failing_probes_never_hold_up_another_lanes_edit() {
     });
     println!("edit → ready with {JOBS} lanes failing their probes: {took:?}");
 }
+
+#[test]
+fn a_lane_falling_into_trouble_is_logged_at_warn_and_its_recovery_at_info() {
+    let lanes = Lanes::new("daemon-transitions");
+    lanes.write("a", &lanes.worker_lane(""));
+    let daemon = Daemon::start(&lanes, &[]);
+    wait_ready(&lanes, &daemon, "a");
+    daemon.wait_watching(&lanes.dir(), LIMIT);
+    let from = daemon.log().len();
+    lanes.write("a", &lanes.worker_lane("imgae: typo\n"));
+    let line = |words: &str| {
+        daemon
+            .log_since(from)
+            .lines()
+            .find(|l| l.contains(words))
+            .map(str::to_string)
+    };
+    let warned = wait_for(LIMIT, || line("lane is invalid"))
+        .unwrap_or_else(|| panic!("no transition logged\n{}", daemon.log()));
+    assert!(
+        warned.contains("WARN") && warned.contains("imgae"),
+        "{warned}"
+    );
+    lanes.write("a", &lanes.worker_lane(""));
+    let back = wait_for(LIMIT, || line("lane is ready again"))
+        .unwrap_or_else(|| panic!("no recovery logged\n{}", daemon.log()));
+    assert!(back.contains("INFO"), "{back}");
+}

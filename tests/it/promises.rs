@@ -554,3 +554,16 @@ fn a_symlink_swap_deploy_keeps_its_containers_when_the_defaults_name_the_instanc
     assert!(out.contains("a  ready"), "{out}");
     assert_eq!(lanes.containers(), id, "the same container, still owned");
 }
+
+#[test]
+fn down_with_a_mistyped_dir_removes_nothing() {
+    let lanes = Lanes::new("down-typo");
+    lanes.write("a", &lanes.worker_lane(""));
+    lanes.apply_ok();
+    let ids = lanes.containers();
+    let typo = lanes.path("lanes.dd");
+    let run = lanes.lanectl_in(&typo, &lanes.instance, &["down"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("does not exist"), "{run:?}");
+    assert_eq!(lanes.containers(), ids, "the instance's containers stay");
+}

@@ -273,3 +273,22 @@ fn two_defaults_files_make_every_lane_invalid_and_leave_its_container_alone() {
         "the running container is kept"
     );
 }
+
+#[test]
+fn validate_of_a_file_that_does_not_exist_says_so() {
+    let lanes = Lanes::new("validate-missing");
+    lanes.write("a", &lanes.worker_lane(""));
+    let missing = lanes.dir().join("nonexist.yaml");
+    let run = lanes.lanectl_offline(&["validate", missing.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("nonexist.yaml: no such file"),
+        "{run:?}"
+    );
+    let other = lanes.file("lanes.d/notes.txt", "x");
+    let run = lanes.lanectl_offline(&["validate", other.to_str().unwrap()]);
+    assert!(
+        run.stderr.contains("notes.txt: not a lane manifest"),
+        "{run:?}"
+    );
+}
