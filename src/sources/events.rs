@@ -230,14 +230,27 @@ fn handle(api: &impl Api, index: &SharedIndex, queue: &Queue, e: ContainerEvent)
         // The container being probed is gone or going: no use finishing the
         // probe. (Events about the container a recreate just replaced do not
         // count.)
-        (Some(lane), "died" | "remove" | "stop" | "kill") if api.is_probing(&lane, &e.id) => {
-            queue.interrupt(&lane, "container exited")
+        (Some(lane), action @ ("died" | "remove" | "stop" | "kill"))
+            if api.is_probing(&lane, &e.id) =>
+        {
+            queue.interrupt(&lane, gone_cause(action))
         }
-        (Some(lane), "died" | "remove" | "stop" | "kill") => {
-            queue.trigger(&lane, "container exited")
+        (Some(lane), action @ ("died" | "remove" | "stop" | "kill")) => {
+            queue.trigger(&lane, gone_cause(action))
         }
         (Some(lane), action) if concerns_lane(action) => queue.trigger(&lane, "podman event"),
         _ => {}
+    }
+}
+
+/// What the log says a lane's run was for, after its container went: a
+/// `podman rm -f` or a `down` is a removal, not an exit.
+fn gone_cause(action: &str) -> &'static str {
+    match action {
+        "remove" => "container removed",
+        "stop" => "container stopped",
+        "kill" => "container killed",
+        _ => "container exited",
     }
 }
 
@@ -341,6 +354,24 @@ mod tests {
             id: "c1".into(),
             time,
         })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_container_is_logged_as_removed_not_exited() {
+        let s = start().await;
+        s.fake.send(0, StreamItem::Connected).await;
+        let removed = StreamItem::Event(ContainerEvent {
+            lane: Some("a".into()),
+            action: "remove".into(),
+            id: "c1".into(),
+            time: SystemTime::now(),
+        });
+        s.fake.send(0, removed).await;
+        let next = tokio::time::timeout(Duration::from_millis(1), s.queue.next()).await;
+        assert!(
+            matches!(next, Ok(Some((ref lane, "container removed", _))) if lane == "a"),
+            "{next:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -2,7 +2,8 @@
 //! source can pass: the harness runs the daemon with a resync of an hour, so
 //! a change made through Podman (`rm -f`, `stop`, `kill`, a crash) is seen
 //! through its event or not at all. The tests also find the event's cause
-//! (`cause="container exited"`, given only by the events source) or its
+//! (`cause="container exited"`, `removed`, `stopped` or `killed`, given only
+//! by the events source) or its
 //! effect (`probe interrupted`) in the daemon's log. A Podman restart under
 //! the daemon is in hardening.rs.
 //!
@@ -19,9 +20,10 @@ use crate::common::{Daemon, Lanes, inspect, podman, wait_for};
 /// tells nothing about speed, only about which source acted.
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// The log's mark of a reconcile that a Podman event of lane `lane` caused.
+/// The log's mark of a reconcile that a Podman event of lane `lane` caused
+/// (its container exited, was removed, stopped or killed).
 fn caused_by_event(lane: &str) -> String {
-    format!("reconcile{{lane={lane} cause=\"container exited\"}}")
+    format!("reconcile{{lane={lane} cause=\"container ")
 }
 
 /// One worker lane `a`, the daemon on it, and `a`'s ready container.
