@@ -41,6 +41,15 @@ pub async fn run(
         }
     });
 
+    // As every command: a lanes directory that is not there at start is a
+    // mistake to report (exit 1), not one to wait out. (One that goes away
+    // later is waited for: the daemon never prunes for it.)
+    if !global.dir.is_dir() {
+        anyhow::bail!(
+            "lanes directory {} does not exist or is not a directory",
+            global.dir.display()
+        );
+    }
     let instance = super::instance(global)?;
     // Podman may come later than lanectl (boot order): wait for it.
     let mut waits = Backoff::new(Duration::from_secs(1), Duration::from_secs(30)).iter();

@@ -567,3 +567,25 @@ fn down_with_a_mistyped_dir_removes_nothing() {
     assert!(run.stderr.contains("does not exist"), "{run:?}");
     assert_eq!(lanes.containers(), ids, "the instance's containers stay");
 }
+
+#[test]
+fn run_exits_1_when_the_lanes_directory_does_not_exist_at_start() {
+    let lanes = Lanes::new("run-missing-dir");
+    let missing = lanes.path("nope.d");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lanectl"))
+        .arg("--dir")
+        .arg(&missing)
+        .args(["--instance", &lanes.instance, "run"])
+        .env("CONTAINER_HOST", host())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_for(Duration::from_secs(20), || child.try_wait().ok().flatten());
+    if exited.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(exited.and_then(|s| s.code()), Some(1), "{stderr}");
+    assert!(stderr.contains("does not exist"), "{stderr}");
+}
