@@ -41,7 +41,8 @@ pub async fn reconcile(ctx: &Ctx, mut view: LaneView, mode: Mode, hooks: Hooks<'
             let facts = Facts {
                 lane: &view.lane,
                 manifest_sha256,
-                restarts: previous.map_or(0, |p| p.restarts),
+                restarts: previous.as_ref().map_or(0, |p| p.restarts),
+                last_endpoint: previous.as_ref().and_then(last_endpoint),
             };
             let ended = Ended::Halted {
                 phase: Phase::Invalid,
@@ -119,6 +120,7 @@ async fn converge(
         lane,
         manifest_sha256: Some(manifest_sha256),
         restarts: previous.as_ref().map_or(0, |p| p.restarts),
+        last_endpoint: previous.as_ref().and_then(last_endpoint),
     };
 
     // Hash, then decide. Stopping needs no hash (rule 5: whatever its hash).
@@ -253,6 +255,11 @@ async fn converge(
         book.note_ready(lane, outcome.phase == Phase::Ready);
     }
     outcome
+}
+
+/// The endpoint a status named and the container it named it for.
+fn last_endpoint(st: &Status) -> Option<(String, String)> {
+    Some((st.container_id.clone()?, st.endpoint.clone()?))
 }
 
 /// Image ID, codex fingerprint and tracked content -> the lane hash; or the

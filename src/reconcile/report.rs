@@ -19,6 +19,10 @@ pub struct Facts<'a> {
     pub lane: &'a str,
     pub manifest_sha256: Option<String>,
     pub restarts: u32,
+    /// The endpoint the last status named, with its container's id: a lane
+    /// halted (a typo, a missing image) while that container still runs
+    /// keeps it, so that clients reading the status do not lose it.
+    pub last_endpoint: Option<(String, String)>,
 }
 
 /// What the probe said of a running container.
@@ -75,6 +79,14 @@ pub fn compose(facts: &Facts<'_>, ended: Ended<'_>) -> Status {
             message,
         } => {
             name(&mut st, container.as_ref());
+            if let Some(c) = container.as_ref().filter(|c| c.running) {
+                st.endpoints = endpoints(&c.ports);
+                st.endpoint = facts
+                    .last_endpoint
+                    .as_ref()
+                    .filter(|(id, _)| *id == c.id)
+                    .map(|(_, endpoint)| endpoint.clone());
+            }
             st.phase = phase;
             st.message = message;
         }
@@ -306,6 +318,7 @@ mod tests {
     fn a_running_lane_that_answers_is_ready_at_its_endpoint() {
         let spec = crate::spec::tests::golden_spec();
         let facts = Facts {
+            last_endpoint: None,
             lane: "a",
             manifest_sha256: Some("m".into()),
             restarts: 2,

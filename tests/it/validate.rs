@@ -292,3 +292,19 @@ fn validate_of_a_file_that_does_not_exist_says_so() {
         "{run:?}"
     );
 }
+
+#[test]
+fn an_invalid_lane_whose_container_runs_keeps_its_endpoint() {
+    let lanes = Lanes::new("invalid-endpoint");
+    lanes.write("a", &lanes.worker_lane(""));
+    lanes.apply_ok();
+    let before = lanes.status("a").expect("a status");
+    lanes.write("a", &lanes.worker_lane("imgae: typo\n"));
+    let run = lanes.lanectl(&["apply"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let after = lanes.status("a").expect("a status");
+    assert_eq!(after["phase"], "invalid", "{after}");
+    assert_eq!(after["endpoint"], before["endpoint"], "{after}");
+    assert_eq!(after["endpoints"], before["endpoints"], "{after}");
+    assert_eq!(after["container_id"], before["container_id"], "{after}");
+}
