@@ -223,6 +223,24 @@ impl Exec<'_> {
         }
     }
 
+    /// What making `lane`'s container named `name` would run into, as `plan`
+    /// shows it: a name held by a container that the step does not free
+    /// (`freed`: the ids it removes first) and that `make` would not free
+    /// either (this lane's never-started one is). `None`: the name is free,
+    /// or could not be looked up (then `apply` finds out).
+    pub async fn name_clash(&self, name: &str, lane: &str, freed: &[&str]) -> Option<ExecError> {
+        let held = self.podman.find_by_name(name).await.ok()??;
+        let ours = held.labels.get(labels::INSTANCE).map(String::as_str) == Some(self.instance)
+            && held.labels.get(labels::LANE).map(String::as_str) == Some(lane);
+        if freed.contains(&held.id.as_str()) || (ours && !held.ever_started) {
+            return None;
+        }
+        let in_use = ExecError::Podman(PodmanError::NameInUse {
+            name: name.to_string(),
+        });
+        Some(self.explain_name_conflict(in_use, lane).await)
+    }
+
     /// A name held by another container: say whose (its instance label),
     /// never touch it.
     async fn explain_name_conflict(&self, e: ExecError, lane: &str) -> ExecError {

@@ -149,6 +149,22 @@ async fn converge(
     };
     debug!(action = %plan.action, extras = plan.extras.len(), "decided");
     if mode == Mode::Plan {
+        // What apply would meet, plan shows: a name another container holds.
+        if let Step::Make { replacing, .. } = &plan.step {
+            let freed: Vec<&str> = replacing
+                .iter()
+                .chain(&plan.extras)
+                .map(|c| c.id.as_str())
+                .collect();
+            let clash = ctx
+                .exec()
+                .name_clash(&spec.container_name, lane, &freed)
+                .await;
+            if let Some(clash) = clash {
+                let message = format!("{} would fail: {}", plan.action, error::chain(&clash));
+                return Outcome::new(lane, None, Phase::Failed, message);
+            }
+        }
         let mut outcome = Outcome::new(lane, Some(plan.action.clone()), Phase::Pending, "");
         outcome.extras = plan.extras.len();
         return outcome;

@@ -160,3 +160,28 @@ impl Drop for RemoveOnDrop {
         let _ = crate::common::podman_quietly(&["rm", "--force", &self.0]);
     }
 }
+
+#[test]
+fn plan_shows_the_name_clash_apply_would_meet() {
+    let lanes = Lanes::new("plan-clash");
+    let foreign_name = format!("{}-foreign", lanes.instance);
+    let foreign = podman(&["create", "--name", &foreign_name, &image(), "/bin/sh"]);
+    let _cleanup = RemoveOnDrop(foreign.trim().to_string());
+    lanes.write("ok", &lanes.worker_lane(""));
+    lanes.write(
+        "taken",
+        &lanes.worker_lane(&format!("container_name: {foreign_name}\n")),
+    );
+    let run = lanes.lanectl(&["plan", "--detailed-exitcode"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let taken = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("taken"))
+        .unwrap_or_default();
+    assert!(
+        taken.contains("create would fail") && taken.contains("without a lanectl instance label"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("ok     create"), "{run:?}");
+}
