@@ -26,6 +26,11 @@ fn plan_changes_nothing_and_its_exit_code_tells_changes_from_errors() {
     let run = lanes.lanectl(&["plan", "--detailed-exitcode"]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stdout.contains("b  invalid: "), "{run:?}");
+    assert_eq!(
+        lanes.lanectl(&["plan"]).code,
+        1,
+        "an invalid lane fails plain plan too (README's table)"
+    );
 }
 
 #[test]
