@@ -224,3 +224,38 @@ fn a_probe_is_interrupted_by_podman_rm() {
     let log = daemon.log_since(mark);
     assert!(log.contains("probe interrupted"), "{log}");
 }
+
+#[test]
+fn a_lane_that_dies_before_its_probe_answers_counts_its_restarts() {
+    let lanes = Lanes::new("ev-dies-early");
+    // A published port and a probe, but the container exits before it
+    // ever answers: each start after that exit is a restart.
+    lanes.write(
+        "a",
+        &format!(
+            "image: {image}\n\
+             entrypoint: [/bin/sh]\n\
+             command: ['-c', 'sleep 1; exit 3']\n\
+             ports: [{{container: 31417}}]\n\
+             probe: {{path: /healthz, timeout: 30s, interval: 50ms}}\n\
+             stop_timeout: 1s\n\
+             container_name: {instance}-a\n",
+            image = crate::common::image(),
+            instance = lanes.instance,
+        ),
+    );
+    let daemon = Daemon::start(&lanes, &[]);
+    let mut seen = Vec::new();
+    wait_for(Duration::from_secs(90), || {
+        let status = lanes.status("a")?;
+        let message = status["message"].as_str()?;
+        let (_, rest) = message.split_once("; restart ")?;
+        let n: u64 = rest.split_once(" at ")?.0.parse().ok()?;
+        if !seen.contains(&n) {
+            assert_eq!(status["restarts"], n - 1, "restarts so far: {status:?}");
+            seen.push(n);
+        }
+        (n >= 3).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no restart 3 announced: {seen:?}\n{}", daemon.log()));
+}
