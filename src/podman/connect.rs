@@ -59,7 +59,10 @@ impl Podman {
         let url = format!("unix://{}", spawned.socket.display());
         let api = client(&url)?;
         spawned.wait_ready(&api, &url).await?;
-        tracing::info!(url = %url, "started a private podman service");
+        // Said at the default level of every command: this Podman has its
+        // own storage, so the lanes' images and containers of the usual one
+        // are not there (a git hook run from a shell without CONTAINER_HOST).
+        tracing::warn!(url = %url, reason = %reason, "nothing answered at the default socket: started a private podman service (set CONTAINER_HOST or --podman to use another)");
         let service = Some(spawned);
         Ok(Podman {
             api,

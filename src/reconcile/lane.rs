@@ -298,8 +298,9 @@ async fn hash_lane(
         Ok(Some(id)) => id,
         Ok(None) => {
             return Err(failed(format!(
-                "image {} is not present locally (lanectl never pulls: build or load it)",
-                spec.image
+                "image {} is not present in the Podman at {} (lanectl never pulls: build or load it)",
+                spec.image,
+                ctx.podman.url()
             )));
         }
         Err(e) => return Err(failed(e)),

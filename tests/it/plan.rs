@@ -130,8 +130,17 @@ fn without_a_podman_url_lanectl_starts_a_private_service_and_stops_it() {
         stderr.contains("started a private podman service"),
         "a Podman answered at the default socket, or none could be started:\n{stderr}"
     );
-    // Its storage is empty: the image is missing there, which plan reports.
+    // Said at every command's default level (WARN), not only with -v.
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("started a private podman service")),
+        "{stderr}"
+    );
+    // Its storage is empty: the image is missing there, which plan reports,
+    // naming the Podman it asked.
     assert!(stdout.contains("a  failed: image"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("in the Podman at unix://"), "{stdout}");
     // This run's own service, by its socket (other tests run lanectl in
     // parallel, and may have private services of their own right now).
     let socket = stderr
