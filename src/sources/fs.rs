@@ -143,6 +143,15 @@ where
             }
         }
         trace!(count = paths.len(), "file-system batch");
+        if !open.is_empty() {
+            // Read as they stand: the next close reads them again.
+            let files: Vec<String> = open.iter().map(|p| p.display().to_string()).collect();
+            warn!(
+                files = %files.join(", "),
+                "still open for writing after {MAX_BATCH:?}: read as they stand, and again once closed \
+                 (write elsewhere and rename into place to be read once, whole)"
+            );
+        }
         // Events were lost (the kernel's queue overflowed, or ours was
         // full): anything may have changed, and the recursive watches of
         // directories made meanwhile may be missing: set every watch anew.

@@ -336,3 +336,32 @@ fn a_lane_falling_into_trouble_is_logged_at_warn_and_its_recovery_at_info() {
         .unwrap_or_else(|| panic!("no recovery logged\n{}", daemon.log()));
     assert!(back.contains("INFO"), "{back}");
 }
+
+#[test]
+fn a_manifest_held_open_past_the_wait_is_named_in_a_warning() {
+    use std::io::Write;
+    let lanes = Lanes::new("daemon-slow-writer");
+    lanes.write("a", &lanes.worker_lane(""));
+    let daemon = Daemon::start(&lanes, &[]);
+    wait_ready(&lanes, &daemon, "a");
+    daemon.wait_watching(&lanes.dir(), LIMIT);
+    let from = daemon.log().len();
+    let path = lanes.dir().join("slow.yaml");
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(b"image: ").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    file.write_all(crate::common::image().as_bytes()).unwrap();
+    drop(file);
+    let warned = wait_for(LIMIT, || {
+        daemon
+            .log_since(from)
+            .lines()
+            .find(|l| l.contains("still open for writing"))
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| panic!("no warning\n{}", daemon.log()));
+    assert!(
+        warned.contains("WARN") && warned.contains("slow.yaml"),
+        "{warned}"
+    );
+}
