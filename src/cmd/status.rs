@@ -4,7 +4,10 @@ use comfy_table::{Table, presets};
 
 use crate::cli::Global;
 use crate::lane;
-use crate::status::{self, Status};
+use crate::status::{self, Phase, Status};
+
+/// The message of a lane that has no (readable) status file.
+const NO_STATUS: &str = "no status file yet: run lanectl apply (or lanectl run)";
 
 pub fn run(global: &Global, json: bool) -> anyhow::Result<super::Exit> {
     let listing = lane::list_dir(&global.dir)?;
@@ -12,9 +15,18 @@ pub fn run(global: &Global, json: bool) -> anyhow::Result<super::Exit> {
     names.extend(listing.status_files);
     names.sort();
     names.dedup();
+    // A lane without a readable status file is shown, in both forms, as
+    // `pending` (not converged yet) with a message saying so: one of the
+    // SPEC's phases, never a phase of our own, and no `since` it never had.
     let statuses: Vec<Status> = names
         .iter()
-        .filter_map(|name| status::read(&global.dir, name))
+        .map(|name| {
+            status::read(&global.dir, name).unwrap_or_else(|| Status {
+                message: NO_STATUS.into(),
+                since: String::new(),
+                ..Status::new(name, Phase::Pending)
+            })
+        })
         .collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&statuses)?);
@@ -40,20 +52,6 @@ pub fn run(global: &Global, json: bool) -> anyhow::Result<super::Exit> {
             s.restarts.to_string(),
             s.since.clone(),
             s.message.clone(),
-        ]);
-    }
-    for name in names
-        .iter()
-        .filter(|n| !statuses.iter().any(|s| &s.lane == *n))
-    {
-        table.add_row([
-            name.clone(),
-            "unknown".into(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            "no status yet: run lanectl apply".into(),
         ]);
     }
     println!("{table}");

@@ -136,6 +136,33 @@ fn status_json_is_an_array_even_for_no_lanes() {
 }
 
 #[test]
+fn a_lane_without_a_status_file_is_pending_in_the_table_and_the_json_alike() {
+    let lanes = Lanes::new("status-none");
+    lanes.write("alpha", "image: x\n");
+    let json = lanes.lanectl_offline(&["status", "--json"]);
+    assert_eq!(json.code, 0, "{json:?}");
+    let all: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(all[0]["lane"], "alpha", "{all}");
+    assert_eq!(all[0]["phase"], "pending", "{all}");
+    assert!(
+        all[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no status file yet")
+    );
+    let table = lanes.lanectl_offline(&["status"]);
+    let row = table
+        .stdout
+        .lines()
+        .find(|l| l.contains("alpha"))
+        .unwrap_or_default();
+    assert!(
+        row.contains("pending") && row.contains("no status file yet"),
+        "{table:?}"
+    );
+}
+
+#[test]
 fn an_instance_that_a_podman_label_filter_could_misread_is_a_usage_error() {
     // `label=io.lanectl.instance=` matches every instance: a daemon started
     // with an unset ${VAR} must not get to list (and prune) other
