@@ -46,6 +46,43 @@ fn found(unexp: de::Unexpected<'_>) -> &'static str {
 }
 
 /// serde's "`a`", "`a` or `b`", "one of `a`, `b`, `c`".
+/// The known name a typo most likely meant: at most 2 edits away (and
+/// fewer than half its letters), the closest first. Only our own names are
+/// ever suggested, never anything of the file's.
+fn nearest<'a>(typed: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (edits(typed, k), *k))
+        .filter(|(d, k)| *d <= 2 && *d * 2 < k.len())
+        .min()
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance, counting a swap of neighbours as one edit.
+fn edits(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
 fn one_of(names: &[&str]) -> String {
     let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
     match quoted.as_slice() {
@@ -80,14 +117,18 @@ impl de::Error for Error {
     }
 
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
-        Error::new(
-            format!(
+        let message = match nearest(field, expected) {
+            Some(known) => format!(
+                "unknown field `{}`: did you mean `{known}`?",
+                shown_key(field)
+            ),
+            None => format!(
                 "unknown field `{}`, expected {}",
                 shown_key(field),
                 one_of(expected)
             ),
-            None,
-        )
+        };
+        Error::new(message, None)
     }
 
     // The written word is quoted: only enum fields (`state`, `relabel`,
@@ -308,6 +349,21 @@ mod tests {
         let err = from_str::<S>("a: 1\nbogus: 2\n", &file()).unwrap_err();
         assert_eq!(err.pos.as_ref().map(|p| (p.line, p.column)), Some((2, 1)));
         assert!(err.message.contains("unknown field `bogus`"), "{err}");
+    }
+
+    #[test]
+    fn a_typo_of_a_known_field_is_answered_with_the_field() {
+        assert_eq!(nearest("imgae", &["image", "user"]), Some("image"));
+        assert_eq!(
+            nearest("contianer_name", &["container_name"]),
+            Some("container_name")
+        );
+        assert_eq!(nearest("bogus", &["image", "user"]), None);
+        assert_eq!(
+            nearest("x", &["y"]),
+            None,
+            "one letter is no typo of another"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ fn validate_reports_an_unknown_key_with_file_line_and_column() {
     let run = lanes.lanectl(&["validate"]);
     assert_eq!(run.code, 1, "{run:?}");
     let expected = format!(
-        "{}:2:1: unknown field `imgae`",
+        "{}:2:1: unknown field `imgae`: did you mean `image`?",
         lanes.dir().join("alpha.yaml").display()
     );
     assert!(run.stdout.contains(&expected), "{run:?}");
