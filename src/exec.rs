@@ -296,6 +296,7 @@ async fn create_and_start(
     let mut attempt = 0;
     loop {
         attempt += 1;
+        let request = with_free_ports(&request);
         let clock = std::time::Instant::now();
         let ms = |from: std::time::Instant| {
             u64::try_from(from.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -332,6 +333,60 @@ async fn create_and_start(
             }
         }
     }
+}
+
+/// Host ports handed out by this process lately, with when: a port is not
+/// handed out twice while Podman may still be binding it.
+static HANDED_OUT: std::sync::Mutex<Vec<(std::time::Instant, u16)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// How long a handed-out port is kept from other lanes of this process.
+const HANDED_OUT_FOR: Duration = Duration::from_secs(60);
+
+/// `request` with each "any free port" (`host_port: 0`) made a port that is
+/// free now. Podman 4.3 can hand one random port to two containers started
+/// at once: the second start fails, and removing its container takes the
+/// first one's forwarding with it (its probe then never answers). A port
+/// picked here (bound and released, never twice within a minute by this
+/// process) avoids that; one taken meanwhile by someone else fails the start
+/// and is retried with a fresh pick.
+fn with_free_ports(request: &CreateRequest) -> CreateRequest {
+    let mut request = request.clone();
+    let mut handed = crate::lock::lock(&HANDED_OUT);
+    let now = std::time::Instant::now();
+    handed.retain(|(at, _)| now.duration_since(*at) < HANDED_OUT_FOR);
+    for port in request.ports.iter_mut().filter(|p| p.host_port == 0) {
+        for _ in 0..16 {
+            let Some(free) = free_port(&port.host_ip, &port.protocol) else {
+                break; // left to Podman
+            };
+            if !handed.iter().any(|(_, p)| *p == free) {
+                handed.push((now, free));
+                port.host_port = free;
+                break;
+            }
+        }
+    }
+    request
+}
+
+/// A port the kernel calls free on `ip` now (bound, then released).
+fn free_port(ip: &str, protocol: &str) -> Option<u16> {
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    let addr = std::net::SocketAddr::new(ip, 0);
+    let port = match protocol {
+        "udp" => std::net::UdpSocket::bind(addr)
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port(),
+        _ => std::net::TcpListener::bind(addr)
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port(),
+    };
+    Some(port)
 }
 
 /// Builds the codex tar in one pass with its fingerprint and copies it in;
@@ -482,6 +537,37 @@ mod tests {
         assert_eq!(req.labels["team"], "infra");
         assert_eq!(req.stop_timeout_secs, 10);
         assert_eq!(req.nano_cpus, Some(1_500_000_000));
+    }
+
+    #[test]
+    fn any_free_port_is_made_a_port_no_other_lane_of_this_process_was_given() {
+        let spec = crate::spec::tests::golden_spec();
+        let h = crate::hash::lane_hash(&spec, "img", None, &[]);
+        let mut req = create_request(&spec, &h, "inst");
+        req.ports = vec![PortRequest {
+            container_port: 80,
+            host_ip: "127.0.0.1".into(),
+            host_port: 0,
+            protocol: "tcp".into(),
+        }];
+        let ports: Vec<u16> = (0..20)
+            .map(|_| with_free_ports(&req).ports[0].host_port)
+            .collect();
+        assert!(ports.iter().all(|p| *p != 0), "{ports:?}");
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            ports.len(),
+            "a port handed out twice: {ports:?}"
+        );
+        req.ports[0].host_port = 8080;
+        assert_eq!(
+            with_free_ports(&req).ports[0].host_port,
+            8080,
+            "a fixed port is kept"
+        );
     }
 
     #[test]
