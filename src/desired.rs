@@ -14,8 +14,8 @@ use std::path::Path;
 
 use crate::content::{self, Policy, Shape};
 use crate::lane::{self, DirListing, ListError};
+use crate::lanespec::{self, LaneSpec};
 use crate::manifest::{self, Problem, Seg, Source};
-use crate::spec::{self, LaneSpec};
 
 /// What one lane wants, or why it cannot be known.
 #[derive(Debug, Clone)]
@@ -140,10 +140,10 @@ fn load(dir: &Path, policy: Policy) -> Result<DirState, ListError> {
                 // The cross-lane rule looks at every manifest that loaded,
                 // valid or not: two lanes declaring one container name are
                 // both invalid, whatever else is wrong with either.
-                let container = spec::container_name(name, l.raw.container_name.as_deref());
+                let container = lanespec::container_name(name, l.raw.container_name.as_deref());
                 let at = l.problem(&[Seg::Key("container_name")], "");
                 names.insert(name.clone(), (container, at));
-                resolved.insert(name.clone(), (spec::resolve(name, &l, &base), l.sha256));
+                resolved.insert(name.clone(), (lanespec::resolve(name, &l, &base), l.sha256));
             }
             Err(p) => {
                 lanes.insert(name.clone(), invalid(p));
@@ -151,7 +151,7 @@ fn load(dir: &Path, policy: Policy) -> Result<DirState, ListError> {
         }
     }
 
-    let across = spec::check_across(&names);
+    let across = lanespec::check_across(&names);
     for (name, (spec, manifest_sha256)) in resolved {
         let desired = match (spec, across.get(&name)) {
             (Err(mut problems), clash) => {

@@ -23,12 +23,12 @@ use crate::container::{Now, Observed, State, short};
 use crate::content::{self, ContentError};
 use crate::hash::LaneHash;
 use crate::labels;
+use crate::lanespec::LaneSpec;
 use crate::manifest;
 use crate::plan::Step;
 use crate::podman::{
     self, CreateRequest, Inspected, MountRequest, Podman, PodmanError, PortRequest,
 };
-use crate::spec::LaneSpec;
 
 /// Attempts at create+start when the random host port was taken.
 const PORT_RETRIES: usize = 3;
@@ -528,7 +528,7 @@ mod tests {
 
     #[test]
     fn the_create_request_carries_labels_and_the_fingerprint_env() {
-        let spec = crate::spec::tests::golden_spec();
+        let spec = crate::lanespec::tests::golden_spec();
         let h = crate::hash::lane_hash(&spec, "img", Some("fp"), &[]);
         let req = create_request(&spec, &h, "inst");
         assert_eq!(req.env["INBOX_RUNTIME_CODEX_SHA"], "fp");
@@ -541,7 +541,7 @@ mod tests {
 
     #[test]
     fn any_free_port_is_made_a_port_no_other_lane_of_this_process_was_given() {
-        let spec = crate::spec::tests::golden_spec();
+        let spec = crate::lanespec::tests::golden_spec();
         let h = crate::hash::lane_hash(&spec, "img", None, &[]);
         let mut req = create_request(&spec, &h, "inst");
         req.ports = vec![PortRequest {
@@ -574,7 +574,7 @@ mod tests {
     fn the_container_is_created_from_the_image_id_the_hash_names() {
         // A tag moved between the lookup and the create must not give a
         // container of another image under this hash's labels.
-        let spec = crate::spec::tests::golden_spec();
+        let spec = crate::lanespec::tests::golden_spec();
         let id = "4f0c".repeat(16);
         let h = crate::hash::lane_hash(&spec, &id, None, &[]);
         let req = create_request(&spec, &h, "inst");

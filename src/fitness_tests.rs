@@ -12,7 +12,7 @@ const CORE: &[&str] = &[
     "lane.rs",
     "yaml",
     "manifest",
-    "spec",
+    "lanespec",
     "desired.rs",
     "digest.rs",
     "hash.rs",
@@ -165,7 +165,7 @@ fn the_check_sees_an_import_of_an_edge() {
     assert_eq!(seen("use notify::Watcher;\n"), 1);
     assert_eq!(seen("let x = crate::reconcile::Ctx::new();\n"), 1);
     assert_eq!(
-        seen("use crate::spec::LaneSpec; // not crate::podman::X\n"),
+        seen("use crate::lanespec::LaneSpec; // not crate::podman::X\n"),
         0
     );
     assert_eq!(

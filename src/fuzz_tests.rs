@@ -18,7 +18,7 @@ mod property {
     use proptest::prelude::*;
     use proptest::test_runner::TestRunner;
 
-    use crate::{manifest, spec};
+    use crate::{lanespec, manifest};
 
     /// The seed manifests by file name.
     fn seeds() -> Vec<(String, String)> {
@@ -106,7 +106,7 @@ mod property {
             }
         };
         match manifest::load(source, Some(&defaults)) {
-            Ok(loaded) => match spec::resolve("alpha", &loaded, lanes) {
+            Ok(loaded) => match lanespec::resolve("alpha", &loaded, lanes) {
                 Ok(spec) => {
                     let _ = crate::hash::lane_hash(&spec, "img", None, &[]);
                     Outcome::Valid
@@ -328,7 +328,7 @@ mod property {
         let alpha = manifest::parse_source(&lanes.join("alpha.yaml"), seed("alpha.yaml").into())
             .expect("the alpha seed parses");
         let loaded = manifest::load(alpha, Some(&defaults(&lanes))).expect("alpha loads");
-        let spec = spec::resolve("alpha", &loaded, &lanes).expect("alpha resolves");
+        let spec = lanespec::resolve("alpha", &loaded, &lanes).expect("alpha resolves");
         assert_eq!(spec.image, "localhost/lane-worker:dev");
         assert_eq!(spec.workdir.as_deref(), Some("/workspace"));
     }

@@ -12,7 +12,7 @@ use crate::digest::sha256_hex;
 use crate::labels::{
     CODEX_FINGERPRINT, CONFIG_HASH, IMAGE_ID, INSTANCE, LANE, MANAGED_BY, SPEC_HASH, TRACKED_HASH,
 };
-use crate::spec::LaneSpec;
+use crate::lanespec::LaneSpec;
 
 /// The lane hash and the parts it is made of (the parts go on labels so that
 /// `plan` can name what changed).
@@ -126,7 +126,7 @@ mod tests {
     fn the_lane_hash_of_a_fixed_spec_and_image_never_changes() {
         // An accidental change here recreates every lane of every user on
         // upgrade: change CANONICAL_VERSION knowingly, never this value.
-        let spec = crate::spec::tests::golden_spec();
+        let spec = crate::lanespec::tests::golden_spec();
         let h = lane_hash(
             &spec,
             "0123abcd",

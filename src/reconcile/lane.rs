@@ -18,10 +18,10 @@ use crate::desired::Desired;
 use crate::error;
 use crate::exec;
 use crate::hash::{self, LaneHash};
+use crate::lanespec::LaneSpec;
 use crate::manifest::DesiredState;
 use crate::plan::{self, Action, Plan, Step};
 use crate::probe;
-use crate::spec::LaneSpec;
 use crate::status::{self, Phase, Status};
 
 /// Reconciles one lane: decide, and in `Apply` mode act, probe and write

@@ -9,8 +9,8 @@ use std::time::SystemTime;
 
 use crate::container::{Now, PublishedPort};
 use crate::desired::Desired;
+use crate::lanespec::LaneSpec;
 use crate::manifest::{DesiredState, Protocol};
-use crate::spec::LaneSpec;
 use crate::status::{self, Phase, Status};
 
 /// What every status of a lane says, however it ended.
@@ -316,7 +316,7 @@ mod tests {
 
     #[test]
     fn a_running_lane_that_answers_is_ready_at_its_endpoint() {
-        let spec = crate::spec::tests::golden_spec();
+        let spec = crate::lanespec::tests::golden_spec();
         let facts = Facts {
             last_endpoint: None,
             lane: "a",
