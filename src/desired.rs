@@ -9,7 +9,7 @@
 //! (every problem, with positions); a problem of one lane never stops another.
 //! Nothing here talks to Podman.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use crate::content::{self, Policy, Shape};
@@ -102,6 +102,7 @@ fn load(dir: &Path, policy: Policy) -> Result<DirState, ListError> {
     let mut lanes = BTreeMap::new();
     let mut resolved: BTreeMap<String, (Result<LaneSpec, Vec<Problem>>, String)> = BTreeMap::new();
     let mut names: BTreeMap<String, (String, Problem)> = BTreeMap::new();
+    let mut fixed = Vec::new();
     for (name, file) in &listing.lanes {
         let mut problems = Vec::new();
         if let Some(p) = &file.problem {
@@ -143,6 +144,17 @@ fn load(dir: &Path, policy: Policy) -> Result<DirState, ListError> {
                 let container = lanespec::container_name(name, l.raw.container_name.as_deref());
                 let at = l.problem(&[Seg::Key("container_name")], "");
                 names.insert(name.clone(), (container, at));
+                for (i, p) in l.raw.ports.iter().flatten().enumerate() {
+                    let Some(port) = p.host_port.filter(|port| *port != 0) else {
+                        continue;
+                    };
+                    let ip = p.host_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
+                    let at = l.problem(
+                        &[Seg::Key("ports"), Seg::Index(i), Seg::Key("host_port")],
+                        "",
+                    );
+                    fixed.push((name.clone(), (ip, port, p.protocol), at));
+                }
                 resolved.insert(name.clone(), (lanespec::resolve(name, &l, &base), l.sha256));
             }
             Err(p) => {
@@ -151,18 +163,24 @@ fn load(dir: &Path, policy: Policy) -> Result<DirState, ListError> {
         }
     }
 
-    let across = lanespec::check_across(&names);
+    let mut across: HashMap<String, Vec<Problem>> = HashMap::new();
+    for (lane, problem) in lanespec::check_across(&names) {
+        across.entry(lane).or_default().push(problem);
+    }
+    for (lane, problem) in lanespec::check_ports_across(&fixed) {
+        across.entry(lane).or_default().push(problem);
+    }
     for (name, (spec, manifest_sha256)) in resolved {
-        let desired = match (spec, across.get(&name)) {
+        let desired = match (spec, across.remove(&name)) {
             (Err(mut problems), clash) => {
-                problems.extend(clash.cloned());
+                problems.extend(clash.into_iter().flatten());
                 Desired::Invalid {
                     problems,
                     manifest_sha256: Some(manifest_sha256),
                 }
             }
-            (Ok(_), Some(problem)) => Desired::Invalid {
-                problems: vec![problem.clone()],
+            (Ok(_), Some(problems)) => Desired::Invalid {
+                problems,
                 manifest_sha256: Some(manifest_sha256),
             },
             (Ok(spec), None) => {
@@ -362,6 +380,39 @@ mod tests {
         problems
             .iter()
             .any(|p| p.starts_with(&head) && p.contains(what))
+    }
+
+    #[test]
+    fn two_lanes_publishing_one_fixed_host_port_are_both_invalid() {
+        let root = lane_with("image: i\nports: [{container: 80, host_port: 18080}]\n");
+        let write = |lane: &str, yaml: &str| {
+            let path = root.path().join(format!("lanes.d/{lane}.yaml"));
+            std::fs::write(&path, yaml).unwrap();
+            set_mode(&path, 0o644);
+        };
+        write(
+            "b",
+            "image: i\nports: [{container: 81, host_ip: 0.0.0.0, host_port: 18080}]\n",
+        );
+        write(
+            "c",
+            "image: i\nports: [{container: 80, host_port: 18080, protocol: udp}]\n",
+        );
+        let a = lane_problems(root.path(), "a", Policy::OFF);
+        let b = lane_problems(root.path(), "b", Policy::OFF);
+        assert!(
+            a.iter().any(|p| p.contains("also published by lane b")),
+            "{a:?}"
+        );
+        assert!(
+            b.iter().any(|p| p.contains("also published by lane a")),
+            "{b:?}"
+        );
+        assert!(
+            a.iter().all(|p| !p.contains("lane c")),
+            "udp is another port: {a:?}"
+        );
+        assert!(lane_problems(root.path(), "c", Policy::OFF).is_empty());
     }
 
     #[test]

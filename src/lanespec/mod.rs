@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::manifest::Problem;
+use crate::manifest::{Problem, Protocol};
 
 mod paths;
 mod resolve;
@@ -35,6 +35,37 @@ pub fn check_across(names: &BTreeMap<String, (String, Problem)>) -> HashMap<Stri
                 others.join(", ")
             );
             out.insert(lane.to_string(), problem);
+        }
+    }
+    out
+}
+
+/// A fixed host port one lane publishes: (lane, (host ip, port, protocol),
+/// a problem placed where the port stands).
+pub type FixedPort = (String, (String, u16, Protocol), Problem);
+
+/// Cross-lane rule: two lanes publishing one fixed host port (on the same
+/// address, or one of them on every address) are both invalid: only one of
+/// them could ever start.
+pub fn check_ports_across(fixed: &[FixedPort]) -> Vec<(String, Problem)> {
+    let every = |ip: &str| ip == "0.0.0.0" || ip == "::";
+    let overlap = |a: &str, b: &str| a == b || every(a) || every(b);
+    let mut out = Vec::new();
+    for (lane, (ip, port, protocol), at) in fixed {
+        let others: Vec<&str> = fixed
+            .iter()
+            .filter(|(other, (oip, oport, oprotocol), _)| {
+                other != lane && oport == port && oprotocol == protocol && overlap(ip, oip)
+            })
+            .map(|(other, _, _)| other.as_str())
+            .collect();
+        if !others.is_empty() {
+            let mut problem = at.clone();
+            problem.message = format!(
+                "host port {port}/{protocol} on {ip} is also published by lane {}",
+                others.join(", ")
+            );
+            out.push((lane.clone(), problem));
         }
     }
     out
