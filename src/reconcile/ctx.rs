@@ -37,6 +37,10 @@ pub struct Ctx {
     /// Log a lane's fall into `invalid`/`failed` (WARN) and its recovery
     /// (INFO): the daemon's journal. A one-shot command prints its lanes.
     pub log_transitions: bool,
+    /// The lanes last logged as `invalid` or `failed` (with
+    /// `log_transitions`): their recovery is logged once they are ready,
+    /// whatever `pending` came between.
+    pub troubled: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// How many lanes are hashed at once.
@@ -54,6 +58,7 @@ impl Ctx {
             checks: Semaphore::new(CHECKS_AT_ONCE),
             changes: None,
             log_transitions: false,
+            troubled: Default::default(),
         }
     }
 

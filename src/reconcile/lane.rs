@@ -464,7 +464,7 @@ pub fn write_status(ctx: &Ctx, st: Status) -> Option<String> {
         Ok(Some(was)) => {
             debug!(lane = %lane, "status written");
             if ctx.log_transitions {
-                log_transition(&lane, was, phase, &message);
+                log_transition(ctx, &lane, was, phase, &message);
             }
             None
         }
@@ -478,16 +478,16 @@ pub fn write_status(ctx: &Ctx, st: Status) -> Option<String> {
 }
 
 /// A lane that falls into trouble is said once at WARN, with the reason, and
-/// its recovery at INFO: at the default level a journal shows both.
-fn log_transition(lane: &str, was: Option<Phase>, now: Phase, message: &str) {
-    let trouble = |p: Phase| matches!(p, Phase::Invalid | Phase::Failed);
-    match (was, now) {
-        (was, now) if trouble(now) && was != Some(now) => {
+/// its recovery at INFO once it is ready again (whatever `pending` came
+/// between): at the default level a journal shows both.
+fn log_transition(ctx: &Ctx, lane: &str, was: Option<Phase>, now: Phase, message: &str) {
+    let mut troubled = crate::lock::lock(&ctx.troubled);
+    match now {
+        Phase::Invalid | Phase::Failed if was != Some(now) || !troubled.contains(lane) => {
             warn!(lane, phase = %now, reason = message, "lane is {now}");
+            troubled.insert(lane.to_string());
         }
-        (Some(was), Phase::Ready) if trouble(was) => {
-            info!(lane, "lane is ready again");
-        }
+        Phase::Ready if troubled.remove(lane) => info!(lane, "lane is ready again"),
         _ => {}
     }
 }
