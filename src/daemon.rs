@@ -22,14 +22,14 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backoff::Backoff;
-use crate::desired::{self, Desired, LoadOptions};
+use crate::desired::{self, LoadOptions};
 use crate::lock::lock;
 use crate::queue::Queue;
 use crate::reconcile::restarts::RestartBook;
 use crate::reconcile::world::{self, LaneView, Look, World, WorldError};
 use crate::reconcile::{Ctx, Hooks, Mode, Probing, Requeue, lane, report};
 use crate::sources::{self, Index, SharedIndex};
-use crate::status::{self, Phase, Status};
+use crate::status;
 
 /// Retry n of a failed lane waits min(2^(n-1) s, 5 min).
 const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
@@ -364,7 +364,7 @@ async fn reconcile_lane(shared: &Shared, lane: &str, cancel: &CancellationToken)
             Ok(containers) => (containers, Default::default()),
             Err(e) => {
                 let previous = status::read(&ctx.dir, lane);
-                let answers = still_answers(desired.as_ref(), previous.as_ref()).await;
+                let answers = lane::still_answers(desired.as_ref(), previous.as_ref()).await;
                 if let Some(st) =
                     report::unreachable(lane, previous, desired.as_ref(), e.to_string(), answers)
                 {
@@ -389,26 +389,6 @@ async fn reconcile_lane(shared: &Shared, lane: &str, cancel: &CancellationToken)
     lane::reconcile(ctx, view, Mode::Apply, hooks)
         .await
         .requeue()
-}
-
-/// While Podman cannot be reached: does a `ready` lane's endpoint still
-/// answer its probe? (The probe needs no Podman.) `None`: the lane has no
-/// probe, or was not ready.
-async fn still_answers(desired: Option<&Desired>, previous: Option<&Status>) -> Option<bool> {
-    let Some(Desired::Valid { spec, .. }) = desired else {
-        return None;
-    };
-    let previous = previous.filter(|p| p.phase == Phase::Ready)?;
-    let probe = spec.probe.as_ref()?;
-    let addr = previous
-        .endpoints
-        .get(&format!("{}/tcp", probe.port))
-        .and_then(|url| url.strip_prefix("http://"))
-        .and_then(|a| a.parse::<std::net::SocketAddr>().ok());
-    Some(match addr {
-        Some(addr) => crate::probe::once(addr, &probe.path).await,
-        None => false,
-    })
 }
 
 #[cfg(test)]

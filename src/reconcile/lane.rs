@@ -137,6 +137,22 @@ async fn converge(
             plan::decide(desired, view.containers)
         }
         Err(_) if spec.state == DesiredState::Stopped => plan::decide_stopped(view.containers),
+        // Podman went away during this run (the list answered, the image
+        // lookup did not): an outage of Podman, not of the lane.
+        Err((Phase::Failed, message)) if ctx.podman.ping().await.is_err() => {
+            let desired = Desired::Valid {
+                spec: Box::new(spec.clone()),
+                manifest_sha256: facts.manifest_sha256.clone().unwrap_or_default(),
+            };
+            let answers = still_answers(Some(&desired), previous.as_ref()).await;
+            let st = report::unreachable(lane, previous, Some(&desired), message, answers);
+            let mut outcome = Outcome::new(lane, None, Phase::Failed, "podman unreachable");
+            if let Some(st) = st {
+                outcome.message.clone_from(&st.message);
+                outcome.status_error = write_status(ctx, st);
+            }
+            return outcome;
+        }
         Err((phase, message)) => {
             let container = view.containers.first().map(Now::from);
             let ended = Ended::Halted {
@@ -271,6 +287,26 @@ async fn converge(
         book.note_ready(lane, outcome.phase == Phase::Ready);
     }
     outcome
+}
+
+/// While Podman cannot be reached: does a `ready` lane's endpoint still
+/// answer its probe? (The probe needs no Podman.) `None`: the lane has no
+/// probe, or was not ready.
+pub async fn still_answers(desired: Option<&Desired>, previous: Option<&Status>) -> Option<bool> {
+    let Some(Desired::Valid { spec, .. }) = desired else {
+        return None;
+    };
+    let previous = previous.filter(|p| p.phase == Phase::Ready)?;
+    let probe = spec.probe.as_ref()?;
+    let addr = previous
+        .endpoints
+        .get(&format!("{}/tcp", probe.port))
+        .and_then(|url| url.strip_prefix("http://"))
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok());
+    Some(match addr {
+        Some(addr) => crate::probe::once(addr, &probe.path).await,
+        None => false,
+    })
 }
 
 /// The endpoint a status named and the container it named it for.
