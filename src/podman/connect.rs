@@ -203,7 +203,9 @@ mod tests {
         let answer = "HTTP/1.1 200 OK\r\nAPI-Version: 1.41\r\nLibpod-API-Version: 4.3.1\r\n\
                       Docker-Experimental: true\r\nCache-Control: no-cache\r\nPragma: no-cache\r\n\
                       Libpod-Buildah-Version: 1.28.0\r\nContent-Length: 2\r\n\r\nOK";
-        super::super::fake::podman(Some(answer.to_string()), delay).await
+        super::super::fake::podman(Some(answer.to_string()), delay)
+            .await
+            .unwrap()
     }
 
     #[tokio::test]

@@ -199,7 +199,9 @@ mod tests {
     }
 
     async fn fake_events(answer: Option<String>) -> (tempfile::TempDir, String) {
-        super::super::fake::podman(answer, Duration::ZERO).await
+        super::super::fake::podman(answer, Duration::ZERO)
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
