@@ -235,10 +235,7 @@ impl Exec<'_> {
         if freed.contains(&held.id.as_str()) || (ours && !held.ever_started) {
             return None;
         }
-        let in_use = ExecError::Podman(PodmanError::NameInUse {
-            name: name.to_string(),
-        });
-        Some(self.explain_name_conflict(in_use, lane).await)
+        Some(self.name_held(name.to_string(), lane, Ok(Some(held))))
     }
 
     /// A name held by another container: say whose (its instance label),
@@ -248,7 +245,19 @@ impl Exec<'_> {
             return e;
         };
         let name = name.clone();
-        let holder = match self.podman.find_by_name(&name).await {
+        let found = self.podman.find_by_name(&name).await;
+        self.name_held(name, lane, found)
+    }
+
+    /// Whose container holds `name` (as looked up), as the error a create
+    /// meets: never touched, whoever it is.
+    fn name_held(
+        &self,
+        name: String,
+        lane: &str,
+        found: Result<Option<Observed>, PodmanError>,
+    ) -> ExecError {
+        let holder = match found {
             Ok(Some(c)) => match c.labels.get(labels::INSTANCE) {
                 Some(other)
                     if other == self.instance

@@ -84,6 +84,16 @@ impl Status {
         }
     }
 
+    /// The address this status says a container port answers at (from
+    /// `endpoints`, `<port>/tcp`).
+    pub fn endpoint_addr(&self, port: u16) -> Option<std::net::SocketAddr> {
+        self.endpoints
+            .get(&format!("{port}/tcp"))?
+            .strip_prefix("http://")?
+            .parse()
+            .ok()
+    }
+
     /// True when the two differ in anything but `since`.
     pub fn differs_from(&self, other: &Status) -> bool {
         let mut a = self.clone();
@@ -158,19 +168,17 @@ pub fn read(dir: &Path, lane: &str) -> Option<Status> {
     crate::yaml::from_str(&text, &std::sync::Arc::from(path.as_path())).ok()
 }
 
-/// Writes `new` unless the file already says the same apart from `since`;
-/// keeps the old `since` when the phase did not change. Returns whether it wrote.
-pub fn write_if_changed(dir: &Path, new: Status) -> Result<bool, StatusError> {
-    write_noting_phase(dir, new).map(|was| was.is_some())
+/// A status file rewritten, and the phase it said before (`None`: there was
+/// no readable status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewrote {
+    pub was: Option<Phase>,
 }
 
-/// [`write_if_changed`], returning the phase the file said before when it
-/// wrote (`Some(None)`: there was no readable status), `None` when it did
-/// not need to.
-pub fn write_noting_phase(
-    dir: &Path,
-    mut new: Status,
-) -> Result<Option<Option<Phase>>, StatusError> {
+/// Writes `new` unless the file already says the same apart from `since`;
+/// keeps the old `since` when the phase did not change. Returns what it
+/// rewrote, `None` when it did not need to write.
+pub fn write_if_changed(dir: &Path, mut new: Status) -> Result<Option<Rewrote>, StatusError> {
     bound_message(&mut new.message);
     let old = read(dir, &new.lane);
     if let Some(old) = &old {
@@ -182,7 +190,9 @@ pub fn write_noting_phase(
         }
     }
     write(dir, &new)?;
-    Ok(Some(old.map(|o| o.phase)))
+    Ok(Some(Rewrote {
+        was: old.map(|o| o.phase),
+    }))
 }
 
 /// Writes atomically: temp file in the same directory, fsync, rename.
@@ -329,13 +339,13 @@ mod tests {
     #[test]
     fn an_unchanged_status_is_not_rewritten() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(write_if_changed(dir.path(), sample()).unwrap());
+        assert!(write_if_changed(dir.path(), sample()).unwrap().is_some());
         let mut later = sample();
         later.since = "2030-01-01T00:00:00Z".into();
-        assert!(!write_if_changed(dir.path(), later).unwrap());
+        assert!(write_if_changed(dir.path(), later).unwrap().is_none());
         let mut changed = sample();
         changed.restarts = 1;
-        assert!(write_if_changed(dir.path(), changed).unwrap());
+        assert!(write_if_changed(dir.path(), changed).unwrap().is_some());
     }
 
     #[test]

@@ -100,7 +100,8 @@ pub struct MountRequest {
 pub struct PortRequest {
     pub container_port: u16,
     pub host_ip: String,
-    /// 0: Podman picks a free port at create time.
+    /// 0: Podman picks a free port at create time (exec picks one itself
+    /// before that: see `exec::with_free_ports`).
     pub host_port: u16,
     pub protocol: String,
 }

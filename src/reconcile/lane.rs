@@ -298,12 +298,7 @@ pub async fn still_answers(desired: Option<&Desired>, previous: Option<&Status>)
     };
     let previous = previous.filter(|p| p.phase == Phase::Ready)?;
     let probe = spec.probe.as_ref()?;
-    let addr = previous
-        .endpoints
-        .get(&format!("{}/tcp", probe.port))
-        .and_then(|url| url.strip_prefix("http://"))
-        .and_then(|a| a.parse::<std::net::SocketAddr>().ok());
-    Some(match addr {
+    Some(match previous.endpoint_addr(probe.port) {
         Some(addr) => crate::probe::once(addr, &probe.path).await,
         None => false,
     })
@@ -496,8 +491,8 @@ fn finish(
 /// lane then counts as not converged: `apply` fails, the daemon retries).
 pub fn write_status(ctx: &Ctx, st: Status) -> Option<String> {
     let (lane, phase, message) = (st.lane.clone(), st.phase, st.message.clone());
-    match status::write_noting_phase(&ctx.dir, st) {
-        Ok(Some(was)) => {
+    match status::write_if_changed(&ctx.dir, st) {
+        Ok(Some(status::Rewrote { was })) => {
             debug!(lane = %lane, "status written");
             if ctx.log_transitions {
                 log_transition(ctx, &lane, was, phase, &message);

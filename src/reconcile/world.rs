@@ -250,9 +250,8 @@ async fn probe_early(
         }
         let probe = spec.probe.as_ref()?;
         let last = status::read(&ctx.dir, lane)?;
+        let addr = last.endpoint_addr(probe.port)?;
         let id = last.container_id?;
-        let url = last.endpoints.get(&format!("{}/tcp", probe.port))?;
-        let addr: SocketAddr = url.strip_prefix("http://")?.parse().ok()?;
         Some(async move {
             tokio::select! {
                 ok = probe::once(addr, &probe.path) => ok.then(|| (lane.clone(), (id, addr))),
