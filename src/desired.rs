@@ -58,12 +58,26 @@ pub struct LoadOptions {
 
 /// Reads the whole directory. Only a directory that cannot be listed is an
 /// error; everything else is a lane's problem.
+/// With no Podman to ask, a contested name or port makes every lane that
+/// declares it invalid ([`Holders`]).
 pub fn load_dir(dir: &Path, opts: LoadOptions) -> Result<DirState, ListError> {
-    load(dir, Policy::of_process(opts.allow_insecure_permissions))
+    Ok(read_dir(dir, opts)?.settle(&Holders::default()))
 }
 
-/// [`load_dir`] under a given permission policy.
+/// Reads the whole directory up to the cross-lane rules, which
+/// [`Unsettled::settle`] applies once it is known who holds what.
+pub fn read_dir(dir: &Path, opts: LoadOptions) -> Result<Unsettled, ListError> {
+    read(dir, Policy::of_process(opts.allow_insecure_permissions))
+}
+
+/// [`load_dir`] under a given permission policy, for tests.
+#[cfg(test)]
 fn load(dir: &Path, policy: Policy) -> Result<DirState, ListError> {
+    Ok(read(dir, policy)?.settle(&Holders::default()))
+}
+
+/// [`read_dir`] under a given permission policy.
+fn read(dir: &Path, policy: Policy) -> Result<Unsettled, ListError> {
     let listing = lane::list_dir(dir)?;
     let check = policy.check;
     let dir_problem = if check {
@@ -155,7 +169,17 @@ fn load(dir: &Path, policy: Policy) -> Result<DirState, ListError> {
                     );
                     fixed.push((name.clone(), (ip, port, p.protocol), at));
                 }
-                resolved.insert(name.clone(), (lanespec::resolve(name, &l, &base), l.sha256));
+                // Sources are checked for every lane that resolved, even
+                // one about to clash: every problem of a lane at once.
+                let spec = lanespec::resolve(name, &l, &base).and_then(|spec| {
+                    let problems = check_sources(&spec, policy);
+                    if problems.is_empty() {
+                        Ok(spec)
+                    } else {
+                        Err(problems)
+                    }
+                });
+                resolved.insert(name.clone(), (spec, l.sha256));
             }
             Err(p) => {
                 lanes.insert(name.clone(), invalid(p));
@@ -163,44 +187,131 @@ fn load(dir: &Path, policy: Policy) -> Result<DirState, ListError> {
         }
     }
 
-    let mut across: HashMap<String, Vec<Problem>> = HashMap::new();
-    for (lane, problem) in lanespec::check_across(&names) {
-        across.entry(lane).or_default().push(problem);
-    }
-    for (lane, problem) in lanespec::check_ports_across(&fixed) {
-        across.entry(lane).or_default().push(problem);
-    }
-    for (name, (spec, manifest_sha256)) in resolved {
-        let desired = match (spec, across.remove(&name)) {
-            (Err(mut problems), clash) => {
-                problems.extend(clash.into_iter().flatten());
-                Desired::Invalid {
-                    problems,
-                    manifest_sha256: Some(manifest_sha256),
+    Ok(Unsettled {
+        lanes,
+        resolved,
+        names,
+        fixed,
+        listing,
+    })
+}
+
+/// A directory read and every lane resolved, before the cross-lane rules:
+/// who keeps a contested container name or host port depends on which
+/// lane's container holds it now ([`Holders`]), which only Podman knows.
+#[derive(Debug)]
+pub struct Unsettled {
+    /// Lanes already invalid on their own.
+    lanes: BTreeMap<String, Desired>,
+    /// Lanes that loaded: their spec (or every problem) and manifest digest.
+    resolved: BTreeMap<String, (Result<LaneSpec, Vec<Problem>>, String)>,
+    names: BTreeMap<String, (String, Problem)>,
+    fixed: Vec<lanespec::FixedPort>,
+    listing: DirListing,
+}
+
+/// What the lanes' containers hold now. SPEC.md: in a clash, the lane whose
+/// container already holds the name (any container of that name holds it,
+/// running or not) or the fixed host port (a running container publishing
+/// it) keeps it, and only the other lane is invalid; when none holds it,
+/// all are.
+#[derive(Debug, Default)]
+pub struct Holders {
+    /// Container name -> the lane whose container has it.
+    names: HashMap<String, String>,
+    /// (lane, host port, protocol) of every running container.
+    ports: BTreeSet<(String, u16, String)>,
+}
+
+impl Holders {
+    /// From this instance's containers by lane.
+    pub fn of(containers: &BTreeMap<String, Vec<crate::container::Observed>>) -> Holders {
+        let mut holders = Holders::default();
+        for (lane, observed) in containers {
+            for c in observed {
+                holders.names.insert(c.name.clone(), lane.clone());
+                if c.state != crate::container::State::Running {
+                    continue;
+                }
+                for p in &c.ports {
+                    holders
+                        .ports
+                        .insert((lane.clone(), p.host_port, p.protocol.clone()));
                 }
             }
-            (Ok(_), Some(problems)) => Desired::Invalid {
-                problems,
-                manifest_sha256: Some(manifest_sha256),
-            },
-            (Ok(spec), None) => {
-                let problems = check_sources(&spec, policy);
-                if problems.is_empty() {
-                    Desired::Valid {
-                        spec: Box::new(spec),
-                        manifest_sha256,
-                    }
-                } else {
+        }
+        holders
+    }
+}
+
+impl Unsettled {
+    /// The distinct images of the lanes that resolved.
+    pub fn images(&self) -> BTreeSet<&str> {
+        self.specs().map(|(_, spec)| spec.image.as_str()).collect()
+    }
+
+    /// Every lane that resolved, clashing or not.
+    pub fn specs(&self) -> impl Iterator<Item = (&String, &LaneSpec)> {
+        self.resolved
+            .iter()
+            .filter_map(|(lane, (spec, _))| Some((lane, spec.as_ref().ok()?)))
+    }
+
+    /// Whether two lanes contest a container name or a fixed host port (only
+    /// then does [`settle`](Self::settle) need to know who holds what).
+    pub fn contested(&self) -> bool {
+        let anyone = |_: &str, _: &str| false;
+        let any_port = |_: &str, _: u16, _: crate::manifest::Protocol| false;
+        !lanespec::check_across(&self.names, anyone).is_empty()
+            || !lanespec::check_ports_across(&self.fixed, any_port).is_empty()
+    }
+
+    /// Applies the cross-lane rules, `holders` deciding who keeps what is
+    /// contested.
+    pub fn settle(self, holders: &Holders) -> DirState {
+        let Unsettled {
+            mut lanes,
+            resolved,
+            names,
+            fixed,
+            listing,
+        } = self;
+        let holds_name =
+            |lane: &str, name: &str| holders.names.get(name).is_some_and(|l| l == lane);
+        let holds_port = |lane: &str, port: u16, protocol: crate::manifest::Protocol| {
+            holders
+                .ports
+                .contains(&(lane.to_string(), port, protocol.to_string()))
+        };
+        let mut across: HashMap<String, Vec<Problem>> = HashMap::new();
+        for (lane, problem) in lanespec::check_across(&names, holds_name) {
+            across.entry(lane).or_default().push(problem);
+        }
+        for (lane, problem) in lanespec::check_ports_across(&fixed, holds_port) {
+            across.entry(lane).or_default().push(problem);
+        }
+        for (name, (spec, manifest_sha256)) in resolved {
+            let desired = match (spec, across.remove(&name)) {
+                (Ok(spec), None) => Desired::Valid {
+                    spec: Box::new(spec),
+                    manifest_sha256,
+                },
+                (Ok(_), Some(problems)) => Desired::Invalid {
+                    problems,
+                    manifest_sha256: Some(manifest_sha256),
+                },
+                (Err(mut problems), clash) => {
+                    problems.extend(clash.into_iter().flatten());
                     Desired::Invalid {
                         problems,
                         manifest_sha256: Some(manifest_sha256),
                     }
                 }
-            }
-        };
-        lanes.insert(name, desired);
+            };
+            lanes.insert(name, desired);
+        }
+        DirState { lanes, listing }
     }
-    Ok(DirState { lanes, listing })
 }
 
 /// The instance id `_defaults.yaml` declares (`instance: myapp`), which
@@ -413,6 +524,81 @@ mod tests {
             "udp is another port: {a:?}"
         );
         assert!(lane_problems(root.path(), "c", Policy::OFF).is_empty());
+    }
+
+    /// Problems of each lane once `holders` settled the clashes.
+    fn settled(root: &Path, holders: &Holders) -> BTreeMap<String, Vec<String>> {
+        let state = read(&root.join("lanes.d"), Policy::OFF)
+            .unwrap()
+            .settle(holders);
+        state
+            .lanes
+            .into_iter()
+            .map(|(lane, d)| match d {
+                Desired::Invalid { problems, .. } => {
+                    (lane, problems.iter().map(|p| p.to_string()).collect())
+                }
+                Desired::Valid { .. } => (lane, Vec::new()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_lane_holding_a_contested_name_or_port_keeps_it_and_only_the_newcomer_is_invalid() {
+        let root = lane_with(
+            "image: i\ncontainer_name: shared\nports: [{container: 80, host_port: 18080}]\n",
+        );
+        let b = root.path().join("lanes.d/b.yaml");
+        std::fs::write(
+            &b,
+            "image: i\ncontainer_name: shared\nports: [{container: 80, host_port: 18080}]\n",
+        )
+        .unwrap();
+        set_mode(&b, 0o644);
+
+        let mut holders = Holders::default();
+        holders.names.insert("shared".into(), "a".into());
+        holders.ports.insert(("a".into(), 18080, "tcp".into()));
+        let lanes = settled(root.path(), &holders);
+        assert!(
+            lanes["a"].is_empty(),
+            "the holder keeps both: {:?}",
+            lanes["a"]
+        );
+        let b = &lanes["b"];
+        assert!(
+            b.iter()
+                .any(|p| p.contains("container name shared is held by lane a")),
+            "{b:?}"
+        );
+        assert!(
+            b.iter()
+                .any(|p| p.contains("host port 18080/tcp on 127.0.0.1 is held by lane a")),
+            "{b:?}"
+        );
+
+        // A container of another lane (say a renamed manifest's) holding
+        // the name decides nothing between these two: both are invalid.
+        let mut holders = Holders::default();
+        holders.names.insert("shared".into(), "gone".into());
+        let lanes = settled(root.path(), &holders);
+        assert!(
+            lanes["a"].iter().any(|p| p.contains("also used by lane b")),
+            "{:?}",
+            lanes["a"]
+        );
+        assert!(
+            lanes["b"].iter().any(|p| p.contains("also used by lane a")),
+            "{:?}",
+            lanes["b"]
+        );
+        assert!(
+            lanes["a"]
+                .iter()
+                .any(|p| p.contains("also published by lane b")),
+            "{:?}",
+            lanes["a"]
+        );
     }
 
     #[test]

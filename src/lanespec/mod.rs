@@ -17,27 +17,45 @@ pub use paths::absolute;
 pub use resolve::{container_name, resolve};
 pub use types::{Codex, DEFAULT_STOP_TIMEOUT, LaneSpec, Mount, Port, Probe, Resources};
 
-/// Cross-lane rules: two lanes with one container name are both invalid.
+/// Cross-lane rule: two lanes with one container name. The lane that
+/// `holds` it (its container has the name now) keeps it and only the others
+/// are invalid; when none holds it, all are.
 /// `names`: lane -> (its container name, a problem placed where the name
 /// stands), for every lane whose manifest loaded, valid or not.
-pub fn check_across(names: &BTreeMap<String, (String, Problem)>) -> HashMap<String, Problem> {
+pub fn check_across(
+    names: &BTreeMap<String, (String, Problem)>,
+    holds: impl Fn(&str, &str) -> bool,
+) -> HashMap<String, Problem> {
     let mut by_name: HashMap<&str, Vec<&str>> = HashMap::new();
     for (lane, (container, _)) in names {
         by_name.entry(container).or_default().push(lane);
     }
     let mut out = HashMap::new();
     for (name, lanes) in by_name.into_iter().filter(|(_, l)| l.len() > 1) {
+        let holder = lanes.iter().find(|lane| holds(lane, name));
         for lane in &lanes {
-            let others: Vec<&str> = lanes.iter().copied().filter(|l| l != lane).collect();
             let mut problem = names[*lane].1.clone();
-            problem.message = format!(
-                "container name {name} is also used by lane {}",
-                others.join(", ")
-            );
+            problem.message = match holder {
+                Some(holder) if holder == lane => continue,
+                Some(holder) => format!(
+                    "container name {name} is held by lane {holder}, whose container has it: \
+                     give this lane another container_name"
+                ),
+                None => format!(
+                    "container name {name} is also used by lane {}",
+                    others(&lanes, lane)
+                ),
+            };
             out.insert(lane.to_string(), problem);
         }
     }
     out
+}
+
+/// The lanes of a clash but `lane`, for a message.
+fn others(lanes: &[&str], lane: &str) -> String {
+    let others: Vec<&str> = lanes.iter().copied().filter(|l| *l != lane).collect();
+    others.join(", ")
 }
 
 /// A fixed host port one lane publishes: (lane, (host ip, port, protocol),
@@ -45,9 +63,13 @@ pub fn check_across(names: &BTreeMap<String, (String, Problem)>) -> HashMap<Stri
 pub type FixedPort = (String, (String, u16, Protocol), Problem);
 
 /// Cross-lane rule: two lanes publishing one fixed host port (on the same
-/// address, or one of them on every address) are both invalid: only one of
-/// them could ever start.
-pub fn check_ports_across(fixed: &[FixedPort]) -> Vec<(String, Problem)> {
+/// address, or one of them on every address): only one of them could ever
+/// start. The lane that `holds` it (its running container publishes it)
+/// keeps it and only the others are invalid; when none holds it, all are.
+pub fn check_ports_across(
+    fixed: &[FixedPort],
+    holds: impl Fn(&str, u16, Protocol) -> bool,
+) -> Vec<(String, Problem)> {
     let every = |ip: &str| ip == "0.0.0.0" || ip == "::";
     let overlap = |a: &str, b: &str| a == b || every(a) || every(b);
     let mut out = Vec::new();
@@ -59,14 +81,21 @@ pub fn check_ports_across(fixed: &[FixedPort]) -> Vec<(String, Problem)> {
             })
             .map(|(other, _, _)| other.as_str())
             .collect();
-        if !others.is_empty() {
-            let mut problem = at.clone();
-            problem.message = format!(
+        if others.is_empty() || holds(lane, *port, *protocol) {
+            continue;
+        }
+        let mut problem = at.clone();
+        problem.message = match others.iter().find(|o| holds(o, *port, *protocol)) {
+            Some(holder) => format!(
+                "host port {port}/{protocol} on {ip} is held by lane {holder}, whose running \
+                 container publishes it: give this lane another host_port"
+            ),
+            None => format!(
                 "host port {port}/{protocol} on {ip} is also published by lane {}",
                 others.join(", ")
-            );
-            out.push((lane.clone(), problem));
-        }
+            ),
+        };
+        out.push((lane.clone(), problem));
     }
     out
 }

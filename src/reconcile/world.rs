@@ -18,7 +18,7 @@ use tracing::{debug, info};
 
 use super::Ctx;
 use crate::container::Observed;
-use crate::desired::{self, Desired, DirState, LoadOptions};
+use crate::desired::{self, Desired, DirState, Holders, LoadOptions, Unsettled};
 use crate::lane::ListError;
 use crate::podman::PodmanError;
 use crate::probe;
@@ -96,7 +96,9 @@ impl World {
         let listed = CancellationToken::new();
         let (seen, containers) = tokio::join!(
             async {
-                let dir = Arc::new(read_dir(ctx, look.load).await?);
+                // Images and early probes look at every lane that resolved,
+                // before the cross-lane rules (they need the containers).
+                let dir = read_unsettled(ctx, look.load).await?;
                 let images = look_up_images(ctx, &dir).await;
                 let answered = match &look.probe_early {
                     Some(only) => probe_early(ctx, &dir, only, &listed).await,
@@ -113,6 +115,7 @@ impl World {
         let (dir, images, answered) = seen?;
         let mut containers = containers?;
         containers.remove(""); // instance label without lane label: not ours to judge
+        let dir = Arc::new(dir.settle(&Holders::of(&containers)));
         let stale = if look.tidy {
             status::remove_stale_temps(&ctx.dir)
         } else {
@@ -212,14 +215,26 @@ pub fn refuses_to_prune(dir: &DirState, allow_prune_all: bool) -> bool {
 /// Reads the lanes directory off the async threads: it parses every manifest
 /// and walks every codex and tracked tree (a large one takes a while), which
 /// must not stall the event sources and the probes.
-pub async fn read_dir(ctx: &Ctx, load: LoadOptions) -> Result<DirState, WorldError> {
+async fn read_unsettled(ctx: &Ctx, load: LoadOptions) -> Result<Unsettled, WorldError> {
     let dir = ctx.dir.clone();
-    Ok(tokio::task::spawn_blocking(move || desired::load_dir(&dir, load)).await??)
+    Ok(tokio::task::spawn_blocking(move || desired::read_dir(&dir, load)).await??)
+}
+
+/// Reads the lanes directory and applies the cross-lane rules. Only when
+/// two lanes contest a container name or host port are the containers
+/// listed, to learn which lane holds it (and keeps it).
+pub async fn read_dir(ctx: &Ctx, load: LoadOptions) -> Result<DirState, WorldError> {
+    let dir = read_unsettled(ctx, load).await?;
+    if !dir.contested() {
+        return Ok(dir.settle(&Holders::default()));
+    }
+    let containers = ctx.observe().await?;
+    Ok(dir.settle(&Holders::of(&containers)))
 }
 
 /// Each distinct image of the valid lanes, looked up once (a failed lookup
 /// is left out: that lane looks it up itself and says why it failed).
-async fn look_up_images(ctx: &Ctx, dir: &DirState) -> HashMap<String, Option<String>> {
+async fn look_up_images(ctx: &Ctx, dir: &Unsettled) -> HashMap<String, Option<String>> {
     let found = futures_util::future::join_all(
         dir.images()
             .into_iter()
@@ -236,15 +251,12 @@ async fn look_up_images(ctx: &Ctx, dir: &DirState) -> HashMap<String, Option<Str
 /// its status file names.
 async fn probe_early(
     ctx: &Ctx,
-    dir: &DirState,
+    dir: &Unsettled,
     only: &[String],
     listed: &CancellationToken,
 ) -> HashMap<String, (String, SocketAddr)> {
     let named = |lane: &String| only.is_empty() || only.contains(lane);
-    let probes = dir.lanes.iter().filter_map(|(lane, d)| {
-        let Desired::Valid { spec, .. } = d else {
-            return None;
-        };
+    let probes = dir.specs().filter_map(|(lane, spec)| {
         if !named(lane) {
             return None;
         }

@@ -8,7 +8,7 @@
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::PathBuf;
 
-use crate::common::{Lanes, image};
+use crate::common::{Lanes, image, wait_for};
 
 /// Writes five lanes, each with one kind of problem; every manifest starts
 /// with `image: <image>`. Returns each lane with the paths its problems name
@@ -307,4 +307,65 @@ fn an_invalid_lane_whose_container_runs_keeps_its_endpoint() {
     assert_eq!(after["endpoint"], before["endpoint"], "{after}");
     assert_eq!(after["endpoints"], before["endpoints"], "{after}");
     assert_eq!(after["container_id"], before["container_id"], "{after}");
+}
+
+/// A free host port on 127.0.0.1 (free when asked).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn a_new_manifest_copying_a_running_lanes_name_and_port_makes_only_itself_invalid() {
+    let lanes = Lanes::new("clash-holder");
+    let port = free_port();
+    let a = lanes
+        .worker_lane(&format!("container_name: {}-held\n", lanes.instance))
+        .replace(
+            "ports: [{container: 31417}]",
+            &format!("ports: [{{container: 31417, host_port: {port}}}]"),
+        );
+    lanes.write("a", &a);
+    lanes.apply_ok();
+    let before = lanes.status("a").expect("a status");
+
+    // The newcomer is a copy of a: same container name, same fixed port.
+    lanes.write("b", &a);
+    let run = lanes.lanectl(&["apply"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let after = lanes.status("a").expect("a status");
+    assert_eq!(
+        after["phase"], "ready",
+        "the holder keeps its name: {after}"
+    );
+    assert_eq!(after["container_id"], before["container_id"], "{after}");
+    let b = lanes.status("b").expect("b status");
+    assert_eq!(b["phase"], "invalid", "{b}");
+    let message = b["message"].as_str().unwrap();
+    assert!(
+        message.contains("is held by lane a") && message.contains(&format!("host port {port}")),
+        "{message}"
+    );
+    let plan = lanes.lanectl(&["plan"]);
+    assert!(plan.stdout.lines().any(|l| l == "a  nothing"), "{plan:?}");
+
+    // validate has no Podman to ask who holds it: both are named.
+    let check = lanes.lanectl_offline(&["validate"]);
+    assert_eq!(check.code, 1, "{check:?}");
+    assert!(check.stdout.contains("also used by lane b"), "{check:?}");
+
+    // Under the daemon too: a's status stays ready while b is invalid.
+    std::fs::remove_file(lanes.path("lanes.d/b.yaml")).unwrap();
+    lanes.apply_ok();
+    let mut daemon = crate::common::Daemon::start(&lanes, &[]);
+    lanes.write("b", &a);
+    let b = wait_for(std::time::Duration::from_secs(20), || {
+        lanes.status("b").filter(|s| s["phase"] == "invalid")
+    });
+    assert!(b.is_some(), "{}", daemon.log());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let after = lanes.status("a").expect("a status");
+    assert_eq!(after["phase"], "ready", "{after}\n{}", daemon.log());
+    assert_eq!(after["container_id"], before["container_id"], "{after}");
+    daemon.terminate(std::time::Duration::from_secs(10));
 }
