@@ -123,6 +123,19 @@ async fn converge(
         last_endpoint: previous.as_ref().and_then(last_endpoint),
     };
 
+    // The status names a container this Podman has no trace of, and that
+    // container still answers the lane's probe at its endpoint: the lanes
+    // run in another Podman (a git hook from a shell without
+    // CONTAINER_HOST asks a private one). Acting here would fail on a
+    // missing image, or start a second copy of the lane; the status file
+    // still describes the lane truly, so it is left as it is.
+    if view.containers.is_empty()
+        && let Some(message) = elsewhere(ctx, spec, previous.as_ref()).await
+    {
+        warn!(lane, "{message}");
+        return Outcome::new(lane, None, Phase::Failed, message);
+    }
+
     // Hash, then decide. Stopping needs no hash (rule 5: whatever its hash).
     let hashed = {
         let _checking = ctx.checks.acquire().await.ok();
@@ -302,6 +315,28 @@ pub async fn still_answers(desired: Option<&Desired>, previous: Option<&Status>)
         Some(addr) => crate::probe::once(addr, &probe.path).await,
         None => false,
     })
+}
+
+/// Why the lane's container seems to run in another Podman: its status
+/// names a container that still answers the lane's probe at its endpoint
+/// (asked only when this Podman has no container of the lane). `None`: it
+/// does not answer (it is gone, and the lane is made anew), or the lane
+/// has no probe to tell.
+async fn elsewhere(ctx: &Ctx, spec: &LaneSpec, previous: Option<&Status>) -> Option<String> {
+    let previous = previous?;
+    let id = previous.container_id.as_deref()?;
+    let probe = spec.probe.as_ref()?;
+    let addr = previous.endpoint_addr(probe.port)?;
+    if !crate::probe::once(addr, &probe.path).await {
+        return None;
+    }
+    Some(format!(
+        "its status names container {} that answers at {addr}, but the Podman at {} has no \
+         container of this lane: the lanes run in another Podman (set CONTAINER_HOST or \
+         --podman to it); nothing done, status file left as it is",
+        crate::container::short(id),
+        ctx.podman.url()
+    ))
 }
 
 /// The endpoint a status named and the container it named it for.

@@ -185,3 +185,43 @@ fn plan_shows_the_name_clash_apply_would_meet() {
     );
     assert!(run.stdout.contains("ok     create"), "{run:?}");
 }
+
+#[test]
+fn a_lane_running_in_another_podman_keeps_its_status_and_gets_no_second_copy() {
+    let lanes = Lanes::new("other-podman");
+    lanes.write("a", &lanes.worker_lane(""));
+    lanes.apply_ok();
+    let path = lanes.path("lanes.d/a.status.yaml");
+    let before = std::fs::read(&path).unwrap();
+
+    // A hook from a shell without CONTAINER_HOST asks a Podman of its own,
+    // which has neither the lanes' containers nor their image.
+    let own = crate::common::OwnPodman::new(&lanes);
+    for args in [&["plan"][..], &["apply"][..]] {
+        let run = lanes.lanectl_without_podman(Some(&own.url()), args);
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        assert!(
+            run.stdout.contains("the lanes run in another Podman"),
+            "{args:?}: {run:?}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "{args:?}: the ready status is left as it is"
+        );
+    }
+    // Even where the image is at hand, no second copy of the lane starts.
+    own.load_test_image(&lanes);
+    let run = lanes.lanectl_without_podman(Some(&own.url()), &["apply"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(own.containers_of(&lanes.instance).is_empty(), "{run:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+
+    // The lane's own Podman still converges it; and once its container is
+    // really gone (its endpoint silent), the other Podman may make it.
+    assert_eq!(lanes.lanectl(&["apply"]).code, 0);
+    podman(&["rm", "-f", "-t", "0", &lanes.container_id("a")]);
+    let run = lanes.lanectl_without_podman(Some(&own.url()), &["apply"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(own.containers_of(&lanes.instance).len(), 1, "{run:?}");
+}
