@@ -609,7 +609,10 @@ mod tests {
         set_mode(&b, 0o644);
         let a = lane_problems(root.path(), "a", Policy::OFF);
         let b = lane_problems(root.path(), "b", Policy::OFF);
-        assert!(a.iter().any(|p| p.contains("container port")), "{a:?}");
+        assert!(
+            a.iter().any(|p| p.contains("port 0 is out of range")),
+            "{a:?}"
+        );
         assert!(a.iter().any(|p| p.contains("also used by lane b")), "{a:?}");
         assert!(b.iter().any(|p| p.contains("also used by lane a")), "{b:?}");
     }

@@ -19,13 +19,14 @@ use crate::manifest::{
 
 /// Resolves a loaded manifest; `dir` is the manifest's directory. Every
 /// field is checked (one function per section, in the manifest's order), so
-/// that one look at the lane shows every problem at once.
+/// that one look at the lane shows every problem at once: the loading's
+/// own problems first, then what the values show of the part that typed.
 pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<Problem>> {
     let raw = &loaded.raw;
     let mut c = Checker {
         loaded,
         dir,
-        problems: Vec::new(),
+        problems: loaded.problems.clone(),
     };
     let image = c.image(raw.image.as_deref());
     let container_name = c.container_name(lane, raw.container_name.as_deref());
@@ -49,6 +50,10 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
     c.names("labels", "label", &user_labels);
 
     if !c.problems.is_empty() {
+        // In the file's order, as a compiler says them (stable: problems at
+        // one place keep the order they were found in).
+        c.problems
+            .sort_by_key(|p| p.pos.as_ref().map(|p| (p.file.clone(), p.line, p.column)));
         return Err(c.problems);
     }
     Ok(LaneSpec {
@@ -88,9 +93,16 @@ impl Checker<'_> {
         self.problems.push(self.loaded.problem(path, msg));
     }
 
+    /// Whether something of the top-level `key` did not type (and was
+    /// reported): a check that would read its absence as meaning is skipped.
+    fn partial(&self, key: &str) -> bool {
+        self.loaded.partial.contains(key)
+    }
+
     fn image(&mut self, image: Option<&str>) -> String {
         match image.map(str::trim) {
             Some(i) if !i.is_empty() => i.to_string(),
+            _ if self.partial("image") => String::new(),
             _ => {
                 self.bad(
                     &[Seg::Key("image")],
@@ -264,9 +276,6 @@ impl Checker<'_> {
         let mut ports: Vec<Port> = Vec::new();
         for (i, p) in raw.iter().enumerate() {
             let at = |k| [Seg::Key("ports"), Seg::Index(i), Seg::Key(k)];
-            if p.container == 0 {
-                self.bad(&at("container"), "container port must be 1-65535".into());
-            }
             let host_ip = p.host_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
             if host_ip.parse::<IpAddr>().is_err() {
                 self.bad(
@@ -330,7 +339,7 @@ impl Checker<'_> {
         let published = ports
             .iter()
             .any(|q| q.container == probe.port && q.protocol == Protocol::Tcp);
-        if !published {
+        if !published && !self.partial("ports") && !self.partial("probe") {
             self.bad(
                 &at("port"),
                 format!(

@@ -2,6 +2,7 @@
 //! turning the list forms of `env` and `labels` into maps, merging
 //! `_defaults.yaml` under the lane and typing the result key by key.
 
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::sync::Arc;
 
 use super::problem::{Problem, Seg};
 use super::{MAX_MANIFEST_BYTES, RawManifest};
-use crate::yaml::{self, Node, Position, Value};
+use crate::yaml::{self, ErrorKind, Node, Position, Value};
 
 /// Turns docker compose's list form of `env` and `labels` into the map it
 /// means, in place. Every item that is not `NAME=value` with a name not seen
@@ -149,7 +150,10 @@ pub fn parse_source(path: &Path, bytes: Vec<u8>) -> Result<Source, Vec<Problem>>
 }
 
 /// A lane's manifest merged over the defaults and typed, with the tree kept
-/// for positions.
+/// for positions. A manifest with typing problems still loads, as far as it
+/// types: what did not type is left out of `raw` and `tree` (and its
+/// top-level key named in `partial`), so that the value checks still run on
+/// the rest and one look shows every problem, as a compiler's does.
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub raw: RawManifest,
@@ -157,6 +161,11 @@ pub struct Loaded {
     pub path: PathBuf,
     /// sha256 of the lane file's bytes.
     pub sha256: String,
+    /// Every problem found while loading and typing, by position.
+    pub problems: Vec<Problem>,
+    /// Top-level keys of which something did not type and was left out:
+    /// checks that would read the absence as meaning skip them.
+    pub partial: BTreeSet<String>,
 }
 
 impl Loaded {
@@ -217,8 +226,8 @@ impl Loaded {
     }
 }
 
-/// Merges the lane over the defaults and types the result, reporting every
-/// top-level key's problem.
+/// Merges the lane over the defaults and types the result as far as it
+/// types ([`Loaded`]). `Err` only when nothing could be typed at all.
 pub fn load(lane: Source, defaults: Option<&Source>) -> Result<Loaded, Vec<Problem>> {
     let mut problems = Vec::new();
     // `instance` names the whole directory: it belongs in the defaults.
@@ -239,24 +248,34 @@ pub fn load(lane: Source, defaults: Option<&Source>) -> Result<Loaded, Vec<Probl
         (Some(lane), Some(base)) => Some(lane.merged_over(&base)),
         (lane, base) => lane.or(base),
     };
-    let raw = match &tree {
-        None => Some(RawManifest::default()),
-        Some(tree) => type_tree(tree, &lane.path)
-            .map_err(|p| problems.extend(p))
-            .ok(),
-    };
-    let raw = match raw {
-        Some(raw) if problems.is_empty() => raw,
-        _ => {
-            problems.sort_by_key(|p| p.pos.as_ref().map(|p| (p.file.clone(), p.line, p.column)));
-            return Err(problems);
+    let (raw, tree, partial) = match tree {
+        None => (Some(RawManifest::default()), None, BTreeSet::new()),
+        Some(tree) => {
+            let mut sifter = Sifter::default();
+            let kept = sifter.top(&tree);
+            let raw = yaml::from_node::<RawManifest>(&kept)
+                .map_err(|e| sifter.errors.push(e))
+                .ok();
+            problems.extend(
+                sifter
+                    .errors
+                    .into_iter()
+                    .map(|e| Problem::from_yaml(&lane.path, e)),
+            );
+            (raw, Some(kept), sifter.partial)
         }
+    };
+    problems.sort_by_key(|p| p.pos.as_ref().map(|p| (p.file.clone(), p.line, p.column)));
+    let Some(raw) = raw else {
+        return Err(problems);
     };
     Ok(Loaded {
         raw,
         tree,
         path: lane.path,
         sha256: lane.sha256,
+        problems,
+        partial,
     })
 }
 
@@ -271,27 +290,186 @@ fn instance_key(tree: &Node) -> Option<&Node> {
     }
 }
 
-/// Types each top-level entry on its own (so that all problems are found),
-/// then the whole.
-fn type_tree(tree: &Node, path: &Path) -> Result<RawManifest, Vec<Problem>> {
-    let Value::Map(entries) = &tree.value else {
-        return Err(vec![Problem::in_file(path, "a manifest is a mapping")]);
-    };
-    let problems: Vec<Problem> = entries
-        .iter()
-        .filter_map(|(k, v)| {
-            let single = Node {
-                value: Value::Map(vec![(k.clone(), v.clone())]),
-                pos: tree.pos.clone(),
-            };
-            yaml::from_node::<RawManifest>(&single).err()
-        })
-        .map(|e| Problem::from_yaml(path, e))
-        .collect();
-    if !problems.is_empty() {
-        return Err(problems);
+/// One step from the top of a manifest down to a node.
+#[derive(Debug, Clone)]
+enum Step {
+    Key(Node),
+    Index(usize),
+}
+
+/// Types a manifest node by node, so that every typing problem of a file is
+/// found in one run (serde stops at a map's first), and keeps what typed.
+///
+/// A node is typed alone, as the only entry or item on its path from the
+/// top (`mounts: [{read_only: maybe}]` for the second mount's flag); a node
+/// that does not type is either a map or list whose problem lies inside
+/// (then each entry or item is typed alone, and the bad ones left out), or
+/// is itself the problem (then it is reported and left out).
+#[derive(Debug, Default)]
+struct Sifter {
+    errors: Vec<yaml::Error>,
+    partial: BTreeSet<String>,
+}
+
+impl Sifter {
+    /// Problems found before the sifter stops looking: a file of thousands
+    /// of bad entries is not typed thousands of times over.
+    const LIMIT: usize = 100;
+
+    /// The manifest's top-level mapping, with what did not type left out.
+    fn top(&mut self, tree: &Node) -> Node {
+        let Value::Map(entries) = &tree.value else {
+            return tree.clone();
+        };
+        let mut kept = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            let before = self.errors.len();
+            let mut path = vec![Step::Key(key.clone())];
+            let value = self.sift(&mut path, value);
+            if self.errors.len() > before
+                && let Some(name) = key.as_str()
+            {
+                self.partial.insert(name.to_string());
+            }
+            if let Some(value) = value {
+                kept.push((key.clone(), value));
+            }
+        }
+        Node {
+            value: Value::Map(kept),
+            pos: tree.pos.clone(),
+        }
     }
-    yaml::from_node::<RawManifest>(tree).map_err(|e| vec![Problem::from_yaml(path, e)])
+
+    /// `node` (at `path`) as far as it types; `None` when nothing of it does.
+    fn sift(&mut self, path: &mut Vec<Step>, node: &Node) -> Option<Node> {
+        let own = field(path, true);
+        let Err(error) = self.check(path, node) else {
+            return Some(node.clone());
+        };
+        if self.errors.len() >= Self::LIMIT {
+            return None;
+        }
+        let inside = match (&error.field, &own) {
+            (Some(f), Some(own)) => {
+                f.strip_prefix(own.as_str())
+                    .is_some_and(|rest| rest.starts_with(['.', '[']))
+                    || (f == own && error.kind == ErrorKind::UnknownField)
+            }
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let kept = match &node.value {
+            Value::Map(entries) if inside => {
+                let mut kept = Vec::with_capacity(entries.len());
+                for (key, value) in entries {
+                    path.push(Step::Key(key.clone()));
+                    if let Some(value) = self.sift(path, value) {
+                        kept.push((key.clone(), value));
+                    }
+                    path.pop();
+                }
+                Value::Map(kept)
+            }
+            Value::Seq(items) if inside => {
+                let mut kept = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    path.push(Step::Index(i));
+                    kept.extend(self.sift(path, item));
+                    path.pop();
+                }
+                Value::Seq(kept)
+            }
+            _ => {
+                self.errors.push(error);
+                return None;
+            }
+        };
+        let kept = Node {
+            value: kept,
+            pos: node.pos.clone(),
+        };
+        match self.check(path, &kept) {
+            Ok(()) => Some(kept),
+            Err(e) => {
+                // A key it needs that was there but did not type was
+                // reported already; one that was never there is news.
+                let left_out = match e.kind {
+                    ErrorKind::MissingField(name) => node.get(name).is_some(),
+                    _ => false,
+                };
+                if !left_out {
+                    self.errors.push(e);
+                }
+                None
+            }
+        }
+    }
+
+    /// Types `node` alone at `path`. A key missing from the map that holds
+    /// `node` is no problem of `node`'s (its siblings were left out here).
+    fn check(&self, path: &[Step], node: &Node) -> Result<(), yaml::Error> {
+        let mut whole = node.clone();
+        for step in path.iter().rev() {
+            whole = match step {
+                Step::Key(key) => Node {
+                    pos: key.pos.clone(),
+                    value: Value::Map(vec![(key.clone(), whole)]),
+                },
+                Step::Index(_) => Node {
+                    pos: whole.pos.clone(),
+                    value: Value::Seq(vec![whole]),
+                },
+            };
+        }
+        let Err(mut error) = yaml::from_node::<RawManifest>(&whole) else {
+            return Ok(());
+        };
+        let holder = path
+            .len()
+            .checked_sub(1)
+            .map(|up| field(&path[..up], false));
+        if let (ErrorKind::MissingField(_), Some(holder)) = (error.kind, holder)
+            && error.field == holder
+        {
+            return Ok(());
+        }
+        // Typed alone, every item stood at index 0: say where it stands.
+        if let Some(f) = &error.field {
+            let deepest = (1..=path.len()).rev().find_map(|n| {
+                let alone = field(&path[..n], false)?;
+                let rest = f.strip_prefix(alone.as_str())?;
+                (rest.is_empty() || rest.starts_with(['.', '[']))
+                    .then(|| format!("{}{rest}", field(&path[..n], true).unwrap_or_default()))
+            });
+            if let Some(real) = deepest {
+                error.field = Some(real);
+            }
+        }
+        Err(error)
+    }
+}
+
+/// The field a path names, as typing errors name it (`mounts[1].target`);
+/// with `real` false, every index as 0 (the path typed alone).
+fn field(path: &[Step], real: bool) -> Option<String> {
+    let mut out: Option<String> = None;
+    for step in path {
+        out = Some(match (step, out) {
+            (Step::Key(k), None) => shown(k),
+            (Step::Key(k), Some(f)) => format!("{f}.{}", shown(k)),
+            (Step::Index(i), f) => {
+                let i = if real { *i } else { 0 };
+                format!("{}[{i}]", f.unwrap_or_default())
+            }
+        });
+    }
+    out
+}
+
+/// A key as typing errors show it.
+fn shown(key: &Node) -> String {
+    key.as_str().map_or_else(|| "?".into(), yaml::shown_key)
 }
 
 #[cfg(test)]
@@ -300,13 +478,21 @@ mod tests {
     use crate::manifest::tests::source;
     use std::collections::BTreeMap;
 
+    /// Every problem loading found, whether or not something typed.
+    fn problems_of(loaded: Result<Loaded, Vec<Problem>>) -> Vec<Problem> {
+        match loaded {
+            Ok(l) => l.problems,
+            Err(p) => p,
+        }
+    }
+
     #[test]
     fn every_bad_key_of_a_file_is_reported_at_once() {
         let s = source(
             "a.yaml",
             "image: x\nbogus: 1\nmounts: [{source: a, target: /a, sorce: b}]\nstate: sleeping\n",
         );
-        let problems = load(s, None).unwrap_err();
+        let problems = problems_of(load(s, None));
         let lines: Vec<_> = problems
             .iter()
             .map(|p| p.pos.as_ref().unwrap().line)
@@ -316,17 +502,66 @@ mod tests {
     }
 
     #[test]
+    fn every_typing_problem_is_found_however_deep_and_the_rest_still_loads() {
+        let s = source(
+            "a.yaml",
+            "image: x\n\
+             env: {TOKEN: [x], OTHER: {k: v}, GOOD: y}\n\
+             ports: [{container: 99999}, {container: 80, host_port: -1}, {container: 81}]\n\
+             mounts:\n  - {source: /a, target: /a, sorce: b}\n  - {source: /b, target: /b, read_only: maybe}\n\
+             probe: {port: 81, timeout: 3s}\n",
+        );
+        let loaded = load(s, None).expect("what typed loads");
+        let said: Vec<String> = loaded.problems.iter().map(ToString::to_string).collect();
+        let lines: Vec<_> = loaded
+            .problems
+            .iter()
+            .map(|p| p.pos.as_ref().unwrap().line)
+            .collect();
+        assert_eq!(lines, vec![2, 2, 3, 3, 5, 6], "{said:#?}");
+        for (i, what) in [
+            "env.TOKEN: expected a string, found a list",
+            "env.OTHER: expected a string, found a map",
+            "ports[0].container: port 99999 is out of range (1-65535)",
+            "ports[1].host_port: port -1 is out of range (0-65535)",
+            "mounts[0]: unknown field `sorce`: did you mean `source`?",
+            "mounts[1].read_only: expected a boolean, found a string",
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert!(said[i].ends_with(what), "{i}: {}", said[i]);
+        }
+        // What typed is kept, index for index where items stand.
+        let raw = &loaded.raw;
+        assert_eq!(
+            raw.env.as_ref().unwrap().keys().collect::<Vec<_>>(),
+            ["GOOD"]
+        );
+        let ports: Vec<u16> = raw.ports.iter().flatten().map(|p| p.container).collect();
+        assert_eq!(ports, [80, 81]);
+        assert_eq!(
+            raw.mounts.as_ref().unwrap().len(),
+            2,
+            "each less its bad key"
+        );
+        assert_eq!(raw.probe.as_ref().unwrap().port, Some(81));
+        let partial: Vec<&str> = loaded.partial.iter().map(String::as_str).collect();
+        assert_eq!(partial, ["env", "mounts", "ports"]);
+    }
+
+    #[test]
     fn a_null_env_or_label_value_is_refused_where_it_stands() {
         let s = source(
             "a.yaml",
             "image: x\nenv:\n  A: null\n  B: ~\n  C:\n  D: \"\"\n  E: \"null\"\nlabels: {team: }\n",
         );
-        let problems = load(s, None).unwrap_err();
+        let problems = problems_of(load(s, None));
         let lines: Vec<_> = problems
             .iter()
             .map(|p| p.pos.as_ref().unwrap().line)
             .collect();
-        assert_eq!(lines, vec![3, 8], "the first of each field: {problems:?}");
+        assert_eq!(lines, vec![3, 4, 5, 8], "every one of them: {problems:?}");
         assert!(
             problems[0].message.contains("no value (YAML null)"),
             "{}",
@@ -334,7 +569,7 @@ mod tests {
         );
         for null in ["~", "", "null", "NULL"] {
             let s = source("a.yaml", &format!("image: x\nenv:\n  B: {null}\n"));
-            let problems = load(s, None).unwrap_err();
+            let problems = problems_of(load(s, None));
             assert!(
                 problems[0].message.contains("no value"),
                 "{null:?}: {problems:?}"
@@ -352,12 +587,12 @@ mod tests {
     #[test]
     fn an_instance_in_a_lane_file_is_refused_and_in_the_defaults_taken() {
         let s = source("a.yaml", "image: x\ninstance: mine\n");
-        let problems = load(s, None).unwrap_err();
+        let problems = problems_of(load(s, None));
         assert_eq!(problems[0].pos.as_ref().unwrap().line, 2, "{problems:?}");
         assert!(problems[0].message.contains("belongs in _defaults.yaml"));
         let d = source("_defaults.yaml", "image: base\ninstance: mine\n");
         let l = source("a.yaml", "env: {}\n");
-        assert!(load(l, Some(&d)).is_ok());
+        assert!(problems_of(load(l, Some(&d))).is_empty());
     }
 
     #[test]
@@ -379,7 +614,7 @@ mod tests {
     fn a_problem_in_the_defaults_points_into_the_defaults_file() {
         let d = source("_defaults.yaml", "image: base\nuser: [x]\n");
         let l = source("a.yaml", "env: {}\n");
-        let problems = load(l, Some(&d)).unwrap_err();
+        let problems = problems_of(load(l, Some(&d)));
         let pos = problems[0].pos.as_ref().unwrap();
         assert!(pos.file.ends_with("_defaults.yaml"), "{}", problems[0]);
         assert_eq!(pos.line, 2);
@@ -428,7 +663,7 @@ mod tests {
             "env:\n  - A=1\n  - sk-S3CR3T\n  - =sk-S3CR3T\n  - A=sk-S3CR3T\n  \
              - {B: sk-S3CR3T}\n  - [sk-S3CR3T]\n  - API_TOKEN\nlabels: [team, x=sk-S3CR3T, x=2]\n",
         );
-        let problems = load(s, None).unwrap_err();
+        let problems = problems_of(load(s, None));
         let at: Vec<(usize, usize)> = problems
             .iter()
             .map(|p| p.pos.as_ref().map(|p| (p.line, p.column)).unwrap())

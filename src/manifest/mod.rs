@@ -119,10 +119,13 @@ pub enum Relabel {
 #[serde(deny_unknown_fields)]
 pub struct RawPort {
     /// Port inside the container.
+    #[serde(deserialize_with = "port")]
+    #[schemars(range(min = 1))]
     pub container: u16,
     /// Default 127.0.0.1.
     pub host_ip: Option<String>,
     /// Default 0: any free port.
+    #[serde(default, deserialize_with = "host_port")]
     pub host_port: Option<u16>,
     /// Default tcp.
     #[serde(default)]
@@ -163,6 +166,8 @@ pub struct RawCodex {
 #[serde(deny_unknown_fields)]
 pub struct RawProbe {
     /// Container port to probe; default the first port.
+    #[serde(default, deserialize_with = "probe_port")]
+    #[schemars(range(min = 1))]
     pub port: Option<u16>,
     /// Default `/`.
     pub path: Option<String>,
@@ -305,6 +310,54 @@ impl<'de> Visitor<'de> for NotNull<'_> {
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
         String::deserialize(d)
     }
+}
+
+/// A port number, at least `LOWEST`: said in a port's words when it is out
+/// of range (`port 99999 is out of range (1-65535)`), not in serde's.
+struct PortNumber<const LOWEST: u16>(u16);
+
+impl<'de, const LOWEST: u16> Deserialize<'de> for PortNumber<LOWEST> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Number<const LOWEST: u16>;
+        impl<const LOWEST: u16> Visitor<'_> for Number<LOWEST> {
+            type Value = PortNumber<LOWEST>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "a port number ({LOWEST}-65535)")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                match u16::try_from(v) {
+                    Ok(port) if port >= LOWEST => Ok(PortNumber(port)),
+                    _ => Err(E::custom(format!(
+                        "port {v} is out of range ({LOWEST}-65535)"
+                    ))),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format!(
+                        "port {v} is out of range ({LOWEST}-65535)"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_u16(Number::<LOWEST>)
+    }
+}
+
+/// A container port: 1-65535.
+fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    PortNumber::<1>::deserialize(d).map(|p| p.0)
+}
+
+/// A host port: 0 (any free one) to 65535.
+fn host_port<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    Option::<PortNumber<0>>::deserialize(d).map(|p| p.map(|p| p.0))
+}
+
+/// The probe's port: 1-65535.
+fn probe_port<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    Option::<PortNumber<1>>::deserialize(d).map(|p| p.map(|p| p.0))
 }
 
 fn name_values<'de, D: Deserializer<'de>>(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 
 use super::parse::parse;
-use super::{Error, Node, Value, is_null, shown_key};
+use super::{Error, ErrorKind, Node, Value, is_null, shown_key};
 
 /// Deserializes a `T` from a node; the error carries the innermost position.
 pub fn from_node<'de, T: de::Deserialize<'de>>(node: &'de Node) -> Result<T, Error> {
@@ -43,6 +43,27 @@ fn found(unexp: de::Unexpected<'_>) -> &'static str {
         U::Enum | U::UnitVariant | U::TupleVariant | U::StructVariant => "a variant",
         U::Other(_) => "something else",
     }
+}
+
+/// What serde expects, in a user's words: `u16` is a whole number.
+fn in_words(exp: &dyn de::Expected) -> String {
+    let said = exp.to_string();
+    match said.as_str() {
+        "u8" | "u16" | "u32" | "u64" | "i8" | "i16" | "i32" | "i64" => "a whole number".into(),
+        "f32" | "f64" => "a number".into(),
+        _ => said,
+    }
+}
+
+/// The range of an integer type serde expects.
+fn range(exp: &dyn de::Expected) -> Option<(i128, i128)> {
+    Some(match exp.to_string().as_str() {
+        "u8" => (0, u8::MAX.into()),
+        "u16" => (0, u16::MAX.into()),
+        "u32" => (0, u32::MAX.into()),
+        "u64" => (0, u64::MAX.into()),
+        _ => return None,
+    })
 }
 
 /// serde's "`a`", "`a` or `b`", "one of `a`, `b`, `c`".
@@ -102,14 +123,27 @@ impl de::Error for Error {
     }
 
     fn invalid_type(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
-        Error::new(format!("expected {exp}, found {}", found(unexp)), None)
-    }
-
-    fn invalid_value(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
         Error::new(
-            format!("expected {exp}, found {} that does not fit", found(unexp)),
+            format!("expected {}, found {}", in_words(exp), found(unexp)),
             None,
         )
+    }
+
+    // Not even a number is quoted (it may be a PIN typed in the wrong
+    // place); the range it missed is said instead.
+    fn invalid_value(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
+        use de::Unexpected as U;
+        let message = match (unexp, range(exp)) {
+            (U::Unsigned(_) | U::Signed(_), Some((lo, hi))) => {
+                format!("a number out of range ({lo}-{hi})")
+            }
+            _ => format!(
+                "expected {}, found {} that does not fit",
+                in_words(exp),
+                found(unexp)
+            ),
+        };
+        Error::new(message, None)
     }
 
     fn invalid_length(len: usize, exp: &dyn de::Expected) -> Self {
@@ -128,7 +162,7 @@ impl de::Error for Error {
                 one_of(expected)
             ),
         };
-        Error::new(message, None)
+        Error::new(message, None).of_kind(ErrorKind::UnknownField)
     }
 
     // The written word is quoted: only enum fields (`state`, `relabel`,
@@ -146,7 +180,7 @@ impl de::Error for Error {
     }
 
     fn missing_field(field: &'static str) -> Self {
-        Error::new(format!("missing field `{field}`"), None)
+        Error::new(format!("missing field `{field}`"), None).of_kind(ErrorKind::MissingField(field))
     }
 
     fn duplicate_field(field: &'static str) -> Self {

@@ -155,6 +155,19 @@ pub struct Error {
     pub pos: Option<Position>,
     /// The field the problem is about (`mounts[0].relabel`), when typing.
     pub field: Option<String>,
+    pub kind: ErrorKind,
+}
+
+/// What kind of typing problem an [`Error`] is: a map with a key its type
+/// does not know, or without one it needs, or anything else.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ErrorKind {
+    #[default]
+    Other,
+    /// The map at `field` has a key its type does not know.
+    UnknownField,
+    /// The map at `field` lacks the key `name`.
+    MissingField(&'static str),
 }
 
 impl Error {
@@ -163,7 +176,13 @@ impl Error {
             message: message.into(),
             pos,
             field: None,
+            kind: ErrorKind::Other,
         }
+    }
+
+    fn of_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
     }
 
     fn at(mut self, node: &Node) -> Self {
