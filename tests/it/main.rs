@@ -16,6 +16,7 @@ mod faults;
 mod hardening;
 mod plan;
 mod promises;
+mod readme;
 mod secrets;
 mod validate;
 mod watch;
