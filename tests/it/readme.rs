@@ -222,3 +222,121 @@ fn masking_keeps_what_matters() {
         normalized("hello  create\n", scene)
     );
 }
+
+/// Runs git in `dir` with a fixed identity and lanectl on PATH; `env`
+/// overrides (e.g. `CONTAINER_HOST`).
+fn git(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new("git");
+    cmd.arg("-C")
+        .arg(dir)
+        .args(["-c", "init.defaultBranch=main", "-c", "pull.rebase=false"])
+        .args(args)
+        .env("PATH", path_with_lanectl())
+        .env("CONTAINER_HOST", host())
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.org")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.org");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("git")
+}
+
+fn git_ok(dir: &Path, args: &[&str]) -> String {
+    let out = git(dir, args, &[]);
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_git_hooks_apply_on_a_pull_and_a_failing_one_fails_no_pull() {
+    let lanes = Lanes::new("hooks");
+    let name = format!("{}-a", lanes.instance);
+    let _cleanup = ContainerNamed(name.clone());
+    let (origin, clone) = (lanes.path("origin"), lanes.path("clone"));
+    let manifest =
+        |v: &str| lanes.worker_lane(&format!("container_name: {name}\nenv: {{V: '{v}'}}\n"));
+    std::fs::create_dir_all(origin.join("lanes.d")).unwrap();
+    std::fs::write(origin.join("lanes.d/a.yaml"), manifest("1")).unwrap();
+    std::fs::write(origin.join("lanes.d/.gitignore"), "*.status.yaml\n").unwrap();
+    git_ok(&origin, &["init", "-q"]);
+    git_ok(&origin, &["add", "-A"]);
+    git_ok(&origin, &["commit", "-qm", "one lane"]);
+    git_ok(&lanes.path(""), &["clone", "-q", "origin", "clone"]);
+    let hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/git-hooks");
+    for hook in ["post-merge", "post-rewrite"] {
+        std::fs::copy(hooks.join(hook), clone.join(".git/hooks").join(hook)).unwrap();
+    }
+    // A new repository: the first apply is by hand (no hook ran yet).
+    let status = || read_status(&clone.join("lanes.d/a.status.yaml"));
+    assert!(status().is_none());
+    let first = Command::new(env!("CARGO_BIN_EXE_lanectl"))
+        .args(["--dir", "lanes.d", "apply"])
+        .current_dir(&clone)
+        .env("CONTAINER_HOST", host())
+        .output()
+        .unwrap();
+    assert!(first.status.success(), "{first:?}");
+    let id =
+        |s: Option<serde_json::Value>| s.and_then(|s| s["container_id"].as_str().map(String::from));
+    let one = id(status()).expect("ready after the first apply");
+    // The status files stay out of git.
+    assert_eq!(git_ok(&clone, &["status", "--porcelain"]), "");
+
+    // A merging pull applies the change.
+    let commit = |v: &str| {
+        std::fs::write(origin.join("lanes.d/a.yaml"), manifest(v)).unwrap();
+        git_ok(&origin, &["commit", "-qam", v]);
+    };
+    commit("2");
+    git_ok(&clone, &["pull", "-q"]);
+    let two = id(status()).unwrap();
+    assert_ne!(two, one, "post-merge applied the pull");
+    assert_eq!(status().unwrap()["phase"], "ready");
+
+    // A rebasing pull over a local commit applies it too.
+    std::fs::write(clone.join("NOTES"), "local\n").unwrap();
+    git_ok(&clone, &["add", "NOTES"]);
+    git_ok(&clone, &["commit", "-qm", "local"]);
+    commit("3");
+    git_ok(&clone, &["pull", "-q", "--rebase"]);
+    let three = id(status()).unwrap();
+    assert_ne!(three, two, "post-rewrite applied the rebase");
+
+    // A hook that fails (its Podman cannot be reached) fails no pull.
+    commit("4");
+    let pull = git(
+        &clone,
+        &["pull", "-q"],
+        &[("CONTAINER_HOST", "unix:///nonexistent/podman.sock")],
+    );
+    assert!(pull.status.success(), "{pull:?}");
+    let said = String::from_utf8_lossy(&pull.stderr) + String::from_utf8_lossy(&pull.stdout);
+    assert!(said.contains("nonexistent"), "the hook said why: {said}");
+    let pulled = std::fs::read_to_string(clone.join("lanes.d/a.yaml")).unwrap();
+    assert!(pulled.contains("V: '4'"), "the pull went through: {pulled}");
+    assert_eq!(
+        id(status()).unwrap(),
+        three,
+        "the running lane is untouched"
+    );
+}
+
+/// Removes a container by name however the test ends.
+struct ContainerNamed(String);
+
+impl Drop for ContainerNamed {
+    fn drop(&mut self) {
+        podman_quietly(&["rm", "-f", "-t", "0", &self.0]);
+    }
+}
+
+fn read_status(path: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(serde_saphyr::from_str(&text).expect("status file parses"))
+}
