@@ -340,3 +340,164 @@ fn read_status(path: &Path) -> Option<serde_json::Value> {
     let text = std::fs::read_to_string(path).ok()?;
     Some(serde_saphyr::from_str(&text).expect("status file parses"))
 }
+
+/// A lanectl run on `dir` (not necessarily the test's lanes directory).
+fn lanectl_on(lanes: &Lanes, dir: &Path, args: &[&str]) -> i32 {
+    lanes.lanectl_in(dir, &lanes.instance, args).code
+}
+
+/// One assertion per row (and per case a row names) of the README's
+/// exit-code table, in its order.
+#[test]
+fn every_row_of_the_exit_code_table() {
+    let lanes = Lanes::new("exit-codes");
+    let missing = lanes.path("no-such-dir");
+    let unreachable = "unix:///nonexistent/podman.sock";
+    let code = |args: &[&str]| lanes.lanectl(args).code;
+
+    // run: 1 when the lanes dir is missing at start; 0 after SIGTERM.
+    assert_eq!(
+        lanectl_on(&lanes, &missing, &["run"]),
+        1,
+        "run, missing dir"
+    );
+    lanes.write("a", &lanes.worker_lane(""));
+    let mut daemon = crate::common::Daemon::start(&lanes, &[]);
+    crate::common::wait_for(std::time::Duration::from_secs(30), || lanes.ready_id("a"))
+        .unwrap_or_else(|| panic!("a never ready: {}", daemon.log()));
+    assert_eq!(
+        daemon.terminate(std::time::Duration::from_secs(20)),
+        Some(0),
+        "run, SIGTERM"
+    );
+
+    // apply: 0 all ready (or declared stopped); 1 for a named lane without a
+    // manifest, an unreachable Podman, a missing lanes dir, a lane not ready.
+    assert_eq!(code(&["apply"]), 0, "apply, all ready");
+    lanes.write("s", &lanes.worker_lane("state: stopped\n"));
+    assert_eq!(code(&["apply"]), 0, "apply, declared stopped");
+    assert_eq!(
+        code(&["apply", "nope"]),
+        1,
+        "apply, named lane without manifest"
+    );
+    assert_eq!(
+        lanes
+            .lanectl_without_podman(Some(unreachable), &["apply"])
+            .code,
+        1,
+        "apply, Podman unreachable"
+    );
+    assert_eq!(
+        lanectl_on(&lanes, &missing, &["apply"]),
+        1,
+        "apply, missing dir"
+    );
+
+    // plan: 0 whatever it would change; 2 with --detailed-exitcode when it
+    // would change something, 0 when not.
+    assert_eq!(
+        code(&["plan", "--detailed-exitcode"]),
+        0,
+        "plan -d, no changes"
+    );
+    lanes.write("b", &lanes.worker_lane(""));
+    assert_eq!(code(&["plan"]), 0, "plan, changes");
+    assert_eq!(
+        code(&["plan", "--detailed-exitcode"]),
+        2,
+        "plan -d, changes"
+    );
+    std::fs::remove_file(lanes.dir().join("b.yaml")).unwrap();
+    // plan: 1 for a named lane without manifest, an unreachable Podman.
+    assert_eq!(
+        code(&["plan", "nope"]),
+        1,
+        "plan, named lane without manifest"
+    );
+    assert_eq!(
+        lanes
+            .lanectl_without_podman(Some(unreachable), &["plan"])
+            .code,
+        1,
+        "plan, Podman unreachable"
+    );
+    // plan: 1 for an invalid lane, a missing image, a name another
+    // container holds (with or without --detailed-exitcode).
+    let foreign = format!("{}-foreign", lanes.instance);
+    crate::common::podman(&[
+        "create",
+        "--name",
+        &foreign,
+        &crate::common::image(),
+        "/bin/sh",
+    ]);
+    let _foreign = ContainerNamed(foreign.clone());
+    for (lane, yaml, row) in [
+        ("bad", "imgae: x\n".to_string(), "invalid lane"),
+        (
+            "noimage",
+            lanes
+                .worker_lane("")
+                .replace(&crate::common::image(), "localhost/no-such-image:1"),
+            "missing image",
+        ),
+        (
+            "held",
+            lanes.worker_lane(&format!("container_name: {foreign}\n")),
+            "name held by another container",
+        ),
+    ] {
+        lanes.write(lane, &yaml);
+        assert_eq!(code(&["plan"]), 1, "plan, {row}");
+        assert_eq!(code(&["plan", "--detailed-exitcode"]), 1, "plan -d, {row}");
+        std::fs::remove_file(lanes.dir().join(format!("{lane}.yaml"))).unwrap();
+    }
+    // plan: 1 for a refused prune-all (with or without the flag).
+    let empty = lanes.path("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert_eq!(
+        lanectl_on(&lanes, &empty, &["plan"]),
+        1,
+        "plan, prune-all refused"
+    );
+    assert_eq!(
+        lanectl_on(&lanes, &empty, &["plan", "--detailed-exitcode"]),
+        1,
+        "plan -d, prune-all refused"
+    );
+
+    // status: 0; 1 when the lanes dir is missing.
+    assert_eq!(code(&["status"]), 0, "status");
+    assert_eq!(
+        lanectl_on(&lanes, &missing, &["status"]),
+        1,
+        "status, missing dir"
+    );
+    // validate: 0 valid, 1 any problem.
+    assert_eq!(code(&["validate"]), 0, "validate, valid");
+    lanes.write("bad", "imgae: x\n");
+    assert_eq!(code(&["validate"]), 1, "validate, a problem");
+    std::fs::remove_file(lanes.dir().join("bad.yaml")).unwrap();
+    // schema: 0.
+    assert_eq!(code(&["schema"]), 0, "schema");
+    // A usage error: 64.
+    assert_eq!(code(&["plan", "--no-such-flag"]), 64, "usage error");
+    assert_eq!(
+        code(&["apply", "--jobs", "many"]),
+        64,
+        "usage error, bad value"
+    );
+    // down: 1 for a missing lanes dir (removing nothing); 0 otherwise.
+    assert_eq!(
+        lanectl_on(&lanes, &missing, &["down"]),
+        1,
+        "down, missing dir"
+    );
+    assert!(
+        lanes.ready_id("a").is_some(),
+        "a missing dir removed nothing"
+    );
+    assert_eq!(code(&["down"]), 0, "down");
+    assert!(crate::common::containers_of(&lanes.instance).is_empty());
+}
