@@ -15,7 +15,7 @@ mod types;
 
 pub use paths::absolute;
 pub use resolve::{container_name, resolve};
-pub use types::{Codex, DEFAULT_STOP_TIMEOUT, LaneSpec, Mount, Port, Probe, Resources};
+pub use types::{Codex, DEFAULT_STOP_TIMEOUT, LaneSpec, Mount, Port, Probe, Resources, Update};
 
 /// Cross-lane rule: two lanes with one container name. The lane that
 /// `holds` it (its container has the name now) keeps it and only the others
@@ -147,6 +147,7 @@ pub(crate) mod tests {
             probe: None,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             state: DesiredState::Running,
+            update: Update::default(),
         }
     }
 
@@ -163,6 +164,10 @@ pub(crate) mod tests {
             interval: Duration::from_secs(1),
         });
         b.codex.as_mut().unwrap().source = PathBuf::from("/elsewhere");
+        b.update = Update {
+            order: crate::manifest::UpdateOrder::StartFirst,
+            drain: Duration::from_secs(9),
+        };
         let h = |s: &LaneSpec| crate::hash::lane_hash(s, "img", None, &[]);
         assert_eq!(h(&a), h(&b));
         b.env.insert("NEW".into(), "1".into());
@@ -180,6 +185,25 @@ pub(crate) mod tests {
     }
 
     /// Every problem of a manifest, from reading, typing or resolving it.
+    #[test]
+    fn start_first_needs_a_probe_and_no_fixed_host_port() {
+        let fixed = problems_of(
+            "image: i\nports: [{container: 80, host_port: 18080}]\nupdate: {order: start-first}\n",
+        );
+        assert_eq!(fixed.len(), 1, "{fixed:?}");
+        assert_eq!(fixed[0].pos.as_ref().unwrap().line, 2, "{fixed:?}");
+        assert!(
+            fixed[0]
+                .message
+                .contains("host port 18080 cannot be bound by both")
+        );
+        let blind = problems_of("image: i\nupdate: {order: start-first, drain: 1s}\n");
+        assert_eq!(blind.len(), 1, "{blind:?}");
+        assert!(blind[0].message.contains("needs a probe"), "{blind:?}");
+        let bad = problems_of("image: i\nupdate: {order: rolling, drain: soon}\n");
+        assert_eq!(bad.len(), 2, "{bad:?}");
+    }
+
     fn problems_of(text: &str) -> Vec<Problem> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("alpha.yaml");

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use super::paths::{SourceKind, absolute, normalize_target, overlaps, source_kind};
 use super::types::{
-    Codex, DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, DEFAULT_STOP_TIMEOUT, LaneSpec,
-    MIN_PROBE_INTERVAL, Mount, Port, Probe, Resources,
+    Codex, DEFAULT_DRAIN, DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT, DEFAULT_STOP_TIMEOUT,
+    LaneSpec, MIN_PROBE_INTERVAL, Mount, Port, Probe, Resources, Update,
 };
 use crate::labels;
 use crate::manifest::{
     DurationText, Loaded, Problem, Protocol, RawCodex, RawMount, RawPort, RawProbe, RawResources,
-    Seg, Words,
+    RawUpdate, Seg, UpdateOrder, Words,
 };
 
 /// Resolves a loaded manifest; `dir` is the manifest's directory. Every
@@ -45,6 +45,7 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
     );
     let probe = c.probe(raw.probe.as_ref(), &ports);
     let resources = c.resources(raw.resources.as_ref());
+    let update = c.update(raw.update.as_ref(), &ports, probe.as_ref());
     // Names are reported after every other problem.
     c.names("env", "env", &env);
     c.names("labels", "label", &user_labels);
@@ -73,6 +74,7 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
         probe,
         stop_timeout,
         state: raw.state.unwrap_or_default(),
+        update,
     })
 }
 
@@ -364,6 +366,43 @@ impl Checker<'_> {
             self.bad(&at("path"), "probe path must start with /".into());
         }
         Some(probe)
+    }
+
+    /// start-first runs two containers of the lane at once and trusts the
+    /// new one only once its probe answers: a fixed host port could not be
+    /// bound twice, and without a probe nothing could tell it is good.
+    fn update(&mut self, raw: Option<&RawUpdate>, ports: &[Port], probe: Option<&Probe>) -> Update {
+        let Some(raw) = raw else {
+            return Update::default();
+        };
+        let at = |k| [Seg::Key("update"), Seg::Key(k)];
+        let update = Update {
+            order: raw.order.unwrap_or_default(),
+            drain: self.duration(&at("drain"), raw.drain.as_ref(), DEFAULT_DRAIN),
+        };
+        if update.order != UpdateOrder::StartFirst {
+            return update;
+        }
+        for (i, p) in ports.iter().enumerate().filter(|(_, p)| p.host_port != 0) {
+            self.bad(
+                &[Seg::Key("ports"), Seg::Index(i), Seg::Key("host_port")],
+                format!(
+                    "update.order start-first runs the old and the new container at once, and \
+                     host port {} cannot be bound by both: use host_port 0 (the status file \
+                     names the port) or stop-first",
+                    p.host_port
+                ),
+            );
+        }
+        if probe.is_none() && !self.partial("ports") && !self.partial("probe") {
+            self.bad(
+                &at("order"),
+                "update.order start-first needs a probe to tell the new container is good: \
+                 publish a tcp port (it is probed) or use stop-first"
+                    .into(),
+            );
+        }
+        update
     }
 
     fn resources(&mut self, raw: Option<&RawResources>) -> Resources {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::manifest::{DesiredState, Protocol, Relabel};
+use crate::manifest::{DesiredState, Protocol, Relabel, UpdateOrder};
 
 /// A lane's desired container, resolved and valid.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -31,6 +31,25 @@ pub struct LaneSpec {
     pub stop_timeout: Duration,
     #[serde(skip)]
     pub state: DesiredState,
+    #[serde(skip)]
+    pub update: Update,
+}
+
+/// How a recreate replaces the running container (never in the hash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Update {
+    pub order: UpdateOrder,
+    /// start-first: how long the old container serves on after the switch.
+    pub drain: Duration,
+}
+
+impl Default for Update {
+    fn default() -> Self {
+        Update {
+            order: UpdateOrder::StopFirst,
+            drain: DEFAULT_DRAIN,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -76,6 +95,7 @@ pub struct Probe {
 }
 
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const DEFAULT_DRAIN: Duration = Duration::from_secs(2);
 pub(super) const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 pub(super) const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(10);

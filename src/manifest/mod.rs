@@ -78,6 +78,8 @@ pub struct RawManifest {
     pub stop_timeout: Option<DurationText>,
     /// Whether the lane should run (default `running`).
     pub state: Option<DesiredState>,
+    /// How a recreate replaces the running container (not in the hash).
+    pub update: Option<RawUpdate>,
     /// Only in `_defaults.yaml`: the instance id of the whole lanes directory
     /// (what `--instance` sets; letters, digits, `_ . -`). It travels with
     /// the directory, so that a move or a symlink-swap deploy
@@ -187,6 +189,37 @@ pub struct RawResources {
     pub cpus: Option<f64>,
     /// Maximum number of processes.
     pub pids: Option<u32>,
+}
+
+/// How a recreate replaces the running container.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpdate {
+    /// `stop-first` (default): the old container goes, then the new one
+    /// comes. `start-first`: the new one is started and probed beside the
+    /// old one, which keeps serving until the new one is ready (and keeps
+    /// serving if it never is).
+    pub order: Option<UpdateOrder>,
+    /// start-first: how long the old container keeps serving after the
+    /// status file points at the new one (default 2s).
+    pub drain: Option<DurationText>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    #[default]
+    StopFirst,
+    StartFirst,
+}
+
+impl fmt::Display for UpdateOrder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UpdateOrder::StopFirst => "stop-first",
+            UpdateOrder::StartFirst => "start-first",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
