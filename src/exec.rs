@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tracing::{debug, info, warn};
 
-use crate::container::{Now, Observed, State, short};
+use crate::container::{Now, Observed, PublishedPort, State, short};
 use crate::content::{self, ContentError};
 use crate::hash::LaneHash;
 use crate::labels;
@@ -135,7 +135,10 @@ impl Exec<'_> {
                 if let Some(old) = replacing {
                     self.podman.remove(&old.id).await.map_err(keep(old))?;
                 }
-                let made = self.make(spec, hash).await;
+                // Stable endpoints: the new container asks for the host
+                // ports the old one had.
+                let before = replacing.as_ref().map_or(&[][..], |old| &old.ports[..]);
+                let made = self.make(spec, hash, before).await;
                 made.map(Some).map_err(|error| Failed { error, left: None })
             }
             Step::Start(c) => {
@@ -172,9 +175,15 @@ impl Exec<'_> {
     /// in Podman when a previous lanectl was killed; it never started) is
     /// replaced; Podman may not list it for a moment yet, so it is looked
     /// for a few times before the name is called foreign.
-    async fn make(&self, spec: &LaneSpec, hash: &LaneHash) -> Result<Now, ExecError> {
-        let mut created =
-            create_and_start(self.podman, spec, hash, self.instance, self.policy).await;
+    async fn make(
+        &self,
+        spec: &LaneSpec,
+        hash: &LaneHash,
+        before: &[PublishedPort],
+    ) -> Result<Now, ExecError> {
+        let made =
+            |_: ()| create_and_start(self.podman, spec, hash, self.instance, self.policy, before);
+        let mut created = made(()).await;
         for _ in 0..10 {
             let Err(ExecError::Podman(PodmanError::NameInUse { name })) = &created else {
                 break;
@@ -208,7 +217,7 @@ impl Exec<'_> {
                 Ok(None) => tokio::time::sleep(Duration::from_millis(300)).await,
                 Err(_) => break,
             }
-            created = create_and_start(self.podman, spec, hash, self.instance, self.policy).await;
+            created = made(()).await;
         }
         match created {
             Ok(c) => Ok(Now {
@@ -293,19 +302,23 @@ impl Exec<'_> {
     }
 }
 
-/// Creates, fills and starts a new container for `spec`; returns it inspected.
+/// Creates, fills and starts a new container for `spec`; returns it
+/// inspected. `before`: the host ports the lane's previous container had,
+/// asked for again (on the first attempt) where the spec says "any".
 async fn create_and_start(
     podman: &Podman,
     spec: &LaneSpec,
     hash: &LaneHash,
     instance: &str,
     policy: content::Policy,
+    before: &[PublishedPort],
 ) -> Result<Inspected, ExecError> {
     let request = create_request(spec, hash, instance);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let request = with_free_ports(&request);
+        let again = if attempt == 1 { before } else { &[] };
+        let request = with_free_ports(&request, again).await;
         let clock = std::time::Instant::now();
         let ms = |from: std::time::Instant| {
             u64::try_from(from.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -359,11 +372,45 @@ const HANDED_OUT_FOR: Duration = Duration::from_secs(60);
 /// picked here (bound and released, never twice within a minute by this
 /// process) avoids that; one taken meanwhile by someone else fails the start
 /// and is retried with a fresh pick.
-fn with_free_ports(request: &CreateRequest) -> CreateRequest {
+///
+/// A port the lane's previous container had (`before`) is asked for first:
+/// clients that cached the endpoint keep working. Podman may hold it for a
+/// moment after that container is removed, so it is waited for (up to
+/// [`PORT_RELEASE_WAIT`]) before a fresh one is picked.
+async fn with_free_ports(request: &CreateRequest, before: &[PublishedPort]) -> CreateRequest {
     let mut request = request.clone();
+    for port in request.ports.iter_mut().filter(|p| p.host_port == 0) {
+        let Some(previous) = before.iter().find(|b| {
+            b.container_port == port.container_port
+                && b.protocol == port.protocol
+                && b.host_port != 0
+        }) else {
+            continue;
+        };
+        let deadline = tokio::time::Instant::now() + PORT_RELEASE_WAIT;
+        loop {
+            if free_port_at(&port.host_ip, previous.host_port, &port.protocol) {
+                port.host_port = previous.host_port;
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                debug!(
+                    port = previous.host_port,
+                    "the previous host port stayed taken; picking another"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let mut handed = crate::lock::lock(&HANDED_OUT);
     let now = std::time::Instant::now();
     handed.retain(|(at, _)| now.duration_since(*at) < HANDED_OUT_FOR);
+    for port in request.ports.iter().filter(|p| p.host_port != 0) {
+        if !handed.iter().any(|(_, p)| *p == port.host_port) {
+            handed.push((now, port.host_port));
+        }
+    }
     for port in request.ports.iter_mut().filter(|p| p.host_port == 0) {
         for _ in 0..16 {
             let Some(free) = free_port(&port.host_ip, &port.protocol) else {
@@ -379,10 +426,25 @@ fn with_free_ports(request: &CreateRequest) -> CreateRequest {
     request
 }
 
+/// How long a previous host port is waited for after its container went.
+const PORT_RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether `port` on `ip` can be bound now.
+fn free_port_at(ip: &str, port: u16, protocol: &str) -> bool {
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    bind(std::net::SocketAddr::new(ip, port), protocol) == Some(port)
+}
+
 /// A port the kernel calls free on `ip` now (bound, then released).
 fn free_port(ip: &str, protocol: &str) -> Option<u16> {
     let ip: std::net::IpAddr = ip.parse().ok()?;
-    let addr = std::net::SocketAddr::new(ip, 0);
+    bind(std::net::SocketAddr::new(ip, 0), protocol)
+}
+
+/// Binds `addr` and releases it: the port bound, if it could be.
+fn bind(addr: std::net::SocketAddr, protocol: &str) -> Option<u16> {
     let port = match protocol {
         "udp" => std::net::UdpSocket::bind(addr)
             .ok()?

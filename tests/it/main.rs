@@ -17,6 +17,7 @@ mod hardening;
 mod plan;
 mod promises;
 mod readme;
+mod rollout;
 mod secrets;
 mod validate;
 mod watch;
