@@ -610,8 +610,8 @@ mod tests {
         assert_eq!(req.nano_cpus, Some(1_500_000_000));
     }
 
-    #[test]
-    fn any_free_port_is_made_a_port_no_other_lane_of_this_process_was_given() {
+    #[tokio::test]
+    async fn any_free_port_is_made_a_port_no_other_lane_of_this_process_was_given() {
         let spec = crate::lanespec::tests::golden_spec();
         let h = crate::hash::lane_hash(&spec, "img", None, &[]);
         let mut req = create_request(&spec, &h, "inst");
@@ -621,9 +621,10 @@ mod tests {
             host_port: 0,
             protocol: "tcp".into(),
         }];
-        let ports: Vec<u16> = (0..20)
-            .map(|_| with_free_ports(&req).ports[0].host_port)
-            .collect();
+        let mut ports: Vec<u16> = Vec::new();
+        for _ in 0..20 {
+            ports.push(with_free_ports(&req, &[]).await.ports[0].host_port);
+        }
         assert!(ports.iter().all(|p| *p != 0), "{ports:?}");
         let mut unique = ports.clone();
         unique.sort_unstable();
@@ -635,7 +636,7 @@ mod tests {
         );
         req.ports[0].host_port = 8080;
         assert_eq!(
-            with_free_ports(&req).ports[0].host_port,
+            with_free_ports(&req, &[]).await.ports[0].host_port,
             8080,
             "a fixed port is kept"
         );
