@@ -131,6 +131,10 @@ impl Exec<'_> {
         };
         match step {
             Step::Keep(c) => Ok(c.as_ref().map(Now::from)),
+            // A rollout is carried out step by step, with its probe between
+            // (`reconcile::rollout`, through `make_next` and `swap`).
+            Step::Roll { old, .. } => Ok(Some(Now::from(old))),
+            Step::FinishRoll { next, .. } => Ok(Some(Now::from(next))),
             Step::Make { hash, replacing } => {
                 if let Some(old) = replacing {
                     self.podman.remove(&old.id).await.map_err(keep(old))?;
@@ -138,7 +142,7 @@ impl Exec<'_> {
                 // Stable endpoints: the new container asks for the host
                 // ports the old one had.
                 let before = replacing.as_ref().map_or(&[][..], |old| &old.ports[..]);
-                let made = self.make(spec, hash, before).await;
+                let made = self.make(spec, hash, before, Role::Lane).await;
                 made.map(Some).map_err(|error| Failed { error, left: None })
             }
             Step::Start(c) => {
@@ -180,9 +184,19 @@ impl Exec<'_> {
         spec: &LaneSpec,
         hash: &LaneHash,
         before: &[PublishedPort],
+        role: Role,
     ) -> Result<Now, ExecError> {
-        let made =
-            |_: ()| create_and_start(self.podman, spec, hash, self.instance, self.policy, before);
+        let made = |_: ()| {
+            create_and_start(
+                self.podman,
+                spec,
+                hash,
+                self.instance,
+                self.policy,
+                before,
+                role,
+            )
+        };
         let mut created = made(()).await;
         for _ in 0..10 {
             let Err(ExecError::Podman(PodmanError::NameInUse { name })) = &created else {
@@ -229,6 +243,41 @@ impl Exec<'_> {
                 codex: hash.codex.clone(),
             }),
             Err(e) => Err(self.explain_name_conflict(e, &spec.lane).await),
+        }
+    }
+
+    /// A start-first rollout's new container, made and started beside the
+    /// lane's running one under the temporary name (`labels::next_name`).
+    /// A failure leaves nothing behind (`create_and_start` removes what it
+    /// made).
+    pub async fn make_next(&self, spec: &LaneSpec, hash: &LaneHash) -> Result<Now, ExecError> {
+        self.make(spec, hash, &[], Role::Next).await
+    }
+
+    /// The swap of a rollout whose new container is ready: the old one is
+    /// stopped within its stop timeout and removed, then the new one takes
+    /// the lane's container name.
+    pub async fn swap(
+        &self,
+        next: &Now,
+        old: Option<&Observed>,
+        name: &str,
+    ) -> Result<Now, ExecError> {
+        if let Some(old) = old {
+            self.podman.remove(&old.id).await?;
+            info!(container = %old.name, "the old container is gone");
+        }
+        self.podman.rename(&next.id, name).await?;
+        Ok(Now {
+            name: name.to_string(),
+            ..next.clone()
+        })
+    }
+
+    /// Removes a rollout's new container that failed; the old one serves on.
+    pub async fn discard(&self, next: &Now) {
+        if let Err(e) = self.podman.remove(&next.id).await {
+            warn!(container = %next.name, error = %e, "could not remove the failed new container; the next pass does");
         }
     }
 
@@ -302,6 +351,15 @@ impl Exec<'_> {
     }
 }
 
+/// Which container of the lane is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The lane's container, under its name.
+    Lane,
+    /// A start-first rollout's new one, under the temporary name.
+    Next,
+}
+
 /// Creates, fills and starts a new container for `spec`; returns it
 /// inspected. `before`: the host ports the lane's previous container had,
 /// asked for again (on the first attempt) where the spec says "any".
@@ -312,8 +370,13 @@ async fn create_and_start(
     instance: &str,
     policy: content::Policy,
     before: &[PublishedPort],
+    role: Role,
 ) -> Result<Inspected, ExecError> {
-    let request = create_request(spec, hash, instance);
+    let mut request = create_request(spec, hash, instance);
+    if role == Role::Next {
+        request.name = labels::next_name(&spec.container_name);
+        request.labels.insert(labels::ROLE.into(), "next".into());
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;

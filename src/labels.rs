@@ -17,6 +17,16 @@ pub const CODEX_FINGERPRINT: &str = "io.lanectl.codex-fingerprint";
 pub const CONFIG_HASH: &str = "io.lanectl.config-hash";
 pub const IMAGE_ID: &str = "io.lanectl.image-id";
 pub const TRACKED_HASH: &str = "io.lanectl.tracked-hash";
+/// On a start-first rollout's new container, made under [`next_name`]:
+/// `next`. A label is fixed at create, so the name, not this, tells whether
+/// the container still awaits its swap.
+pub const ROLE: &str = "io.lanectl.role";
+
+/// The temporary name of a start-first rollout's new container: the lane's
+/// container name and `.next`, until the swap renames it.
+pub fn next_name(container_name: &str) -> String {
+    format!("{container_name}.next")
+}
 
 /// An instance id goes into a Podman label filter (`label=KEY=VALUE`, and
 /// filters are joined with `,` in places): an empty value would match every

@@ -10,7 +10,7 @@ use std::fmt;
 use crate::container::{Observed, State};
 use crate::hash::LaneHash;
 use crate::labels;
-use crate::manifest::DesiredState;
+use crate::manifest::{DesiredState, UpdateOrder};
 
 /// What one lane needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,12 @@ pub enum Action {
     Nothing,
     Create,
     Recreate(Why),
+    /// Recreate start-first: the new container beside the old one, which
+    /// serves until the new one is ready (and on, if it never is).
+    Roll(Why),
+    /// A start-first rollout cut short (a killed lanectl) left the new
+    /// container running: probe it and swap.
+    FinishRoll,
     /// Start the existing container (it ran before and exited or was stopped).
     Start,
     /// Unpause the existing container (`podman pause` froze it).
@@ -57,6 +63,8 @@ impl fmt::Display for Action {
             Action::Nothing => f.write_str("nothing"),
             Action::Create => f.write_str("create"),
             Action::Recreate(why) => write!(f, "recreate: {why}"),
+            Action::Roll(why) => write!(f, "recreate: {why} (start-first)"),
+            Action::FinishRoll => f.write_str("finish the start-first rollout"),
             Action::Start => f.write_str("start"),
             Action::Unpause => f.write_str("unpause"),
             Action::Stop => f.write_str("stop"),
@@ -76,6 +84,10 @@ impl Action {
 pub struct Desired<'a> {
     pub state: DesiredState,
     pub hash: &'a LaneHash,
+    /// The lane's container name (a rollout's new container is found by
+    /// its temporary name, [`labels::next_name`]).
+    pub container_name: &'a str,
+    pub order: UpdateOrder,
 }
 
 /// The decision for one lane: what `plan` prints and what `exec` carries out.
@@ -100,6 +112,18 @@ pub enum Step {
         hash: LaneHash,
         replacing: Option<Observed>,
     },
+    /// start-first: a new container beside `old` (running), swapped in once
+    /// ready; `old` keeps serving if it never is.
+    Roll {
+        hash: LaneHash,
+        old: Observed,
+    },
+    /// A rollout's new container (`next`, the desired hash, running) awaits
+    /// its probe and swap; `old` is the lane's running container, if any.
+    FinishRoll {
+        next: Observed,
+        old: Option<Observed>,
+    },
     Start(Observed),
     /// Thaw a paused container (the same one: not a restart).
     Unpause(Observed),
@@ -114,6 +138,8 @@ impl Step {
     pub fn current(&self) -> Option<&Observed> {
         match self {
             Step::Keep(c) | Step::Make { replacing: c, .. } => c.as_ref(),
+            Step::Roll { old, .. } => Some(old),
+            Step::FinishRoll { old, next } => old.as_ref().or(Some(next)),
             Step::Start(c) | Step::Unpause(c) | Step::Stop(c) => Some(c),
             Step::Remove(all) => all.first(),
         }
@@ -153,8 +179,40 @@ pub fn decide_gone(observed: Vec<Observed>, has_status: bool) -> Plan {
 }
 
 /// Decides one lane with a manifest; `observed` are this instance's
-/// containers labelled with the lane.
-pub fn decide(desired: Desired<'_>, mut observed: Vec<Observed>) -> Plan {
+/// containers labelled with the lane. A rollout's new container (by its
+/// temporary name) is finished when it is what the lane wants and runs,
+/// and is an extra otherwise.
+pub fn decide(desired: Desired<'_>, observed: Vec<Observed>) -> Plan {
+    let next_name = labels::next_name(desired.container_name);
+    let (next, observed): (Vec<Observed>, Vec<Observed>) =
+        observed.into_iter().partition(|c| c.name == next_name);
+    let mut plan = decide_current(desired, observed);
+    for next in next {
+        let wanted = desired.state == DesiredState::Running
+            && next.state == State::Running
+            && next.labels.get(labels::SPEC_HASH) == Some(&desired.hash.full)
+            && matches!(
+                plan.action,
+                Action::Create | Action::Recreate(_) | Action::Roll(_) | Action::Start
+            );
+        if !wanted || matches!(plan.step, Step::FinishRoll { .. }) {
+            plan.extras.push(next);
+            continue;
+        }
+        let current = plan.step.current().cloned();
+        let (old, stale): (Option<Observed>, Option<Observed>) = match current {
+            Some(c) if c.state == State::Running => (Some(c), None),
+            other => (None, other),
+        };
+        plan.extras.extend(stale);
+        plan.action = Action::FinishRoll;
+        plan.step = Step::FinishRoll { next, old };
+    }
+    plan
+}
+
+/// [`decide`] for the lane's containers other than a rollout's new one.
+fn decide_current(desired: Desired<'_>, mut observed: Vec<Observed>) -> Plan {
     // Keep the best container: matching hash first, then running, then newest
     // in list order; any others are extras.
     observed.sort_by_key(|c| {
@@ -176,6 +234,16 @@ pub fn decide(desired: Desired<'_>, mut observed: Vec<Observed>) -> Plan {
         }
         (DesiredState::Stopped, c) => (Action::Nothing, Step::Keep(c)),
         (DesiredState::Running, Some(c)) => match why_different(&c, desired.hash) {
+            // start-first only while the old one runs: with nothing
+            // serving there is nothing to keep serving.
+            Some(why)
+                if desired.order == UpdateOrder::StartFirst
+                    && c.state == State::Running
+                    && c.ever_started =>
+            {
+                let hash = desired.hash.clone();
+                (Action::Roll(why), Step::Roll { hash, old: c })
+            }
             Some(why) => (Action::Recreate(why), make(Some(c))),
             // Never started, whatever Podman calls its state (`created`,
             // `configured`, `initialized` after `podman init`): half-made.
@@ -243,7 +311,12 @@ mod tests {
     }
 
     fn running(state: DesiredState, h: &LaneHash) -> Desired<'_> {
-        Desired { state, hash: h }
+        Desired {
+            state,
+            hash: h,
+            container_name: "lane-alpha",
+            order: UpdateOrder::StopFirst,
+        }
     }
 
     #[test]

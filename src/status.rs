@@ -21,6 +21,8 @@ use crate::lane;
 pub enum Phase {
     Pending,
     Ready,
+    /// A start-first rollout failed: the old container keeps serving.
+    Degraded,
     Stopped,
     Failed,
     Invalid,
@@ -31,6 +33,7 @@ impl std::fmt::Display for Phase {
         f.write_str(match self {
             Phase::Pending => "pending",
             Phase::Ready => "ready",
+            Phase::Degraded => "degraded",
             Phase::Stopped => "stopped",
             Phase::Failed => "failed",
             Phase::Invalid => "invalid",
@@ -54,6 +57,10 @@ pub struct Status {
     pub container_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec_hash: Option<String>,
+    /// `degraded`: the hash whose rollout failed (`spec_hash` is the
+    /// serving container's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub codex_fingerprint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,6 +83,7 @@ impl Status {
             container: None,
             container_id: None,
             spec_hash: None,
+            desired_hash: None,
             codex_fingerprint: None,
             manifest_sha256: None,
             restarts: 0,

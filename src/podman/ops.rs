@@ -188,6 +188,14 @@ impl Podman {
         })
     }
 
+    /// Renames a container (the swap of a start-first rollout).
+    pub async fn rename(&self, id: &str, name: &str) -> Result<(), PodmanError> {
+        let answer = bounded(CALL_TIMEOUT, self.api.containers().get(id).rename(name)).await;
+        settle(answer, Err(not_found(id)), || {
+            format!("rename container {} to {name}", short(id))
+        })
+    }
+
     /// Thaws a paused container.
     pub async fn unpause(&self, id: &str) -> Result<(), PodmanError> {
         let answer = bounded(CALL_TIMEOUT, self.api.containers().get(id).unpause()).await;

@@ -146,6 +146,8 @@ async fn converge(
             let desired = plan::Desired {
                 state: spec.state,
                 hash: &hash,
+                container_name: &spec.container_name,
+                order: spec.update.order,
             };
             plan::decide(desired, view.containers)
         }
@@ -225,6 +227,9 @@ async fn converge(
         }
     };
     ctx.exec().remove_strays(&plan.extras).await;
+    if matches!(plan.step, Step::Roll { .. } | Step::FinishRoll { .. }) {
+        return super::rollout::run(ctx, spec, &plan, &facts, hooks, (held, acting)).await;
+    }
     // Restarts: counted per container; a crashed one may have to wait.
     facts.restarts = restarts_of(&plan, previous.as_ref());
     if let Step::Start(c) = &plan.step
@@ -500,7 +505,7 @@ async fn probe(
 
 /// Composes the lane's status, writes it (in `Apply` mode) and says how the
 /// lane ended.
-fn finish(
+pub(super) fn finish(
     ctx: &Ctx,
     mode: Mode,
     plan: Option<&Plan>,

@@ -13,6 +13,7 @@
 //! - [`ctx`]: what the lanes of a pass share.
 //! - [`restarts`]: the crash-loop back-off (rule 4), whose book the daemon
 //!   owns.
+//! - [`rollout`]: a start-first recreate, step by step (keep-last-good).
 //!
 //! Every failure is that lane's `failed` or `invalid` status with the reason;
 //! the other lanes go on. The reconcile re-reads everything it needs each
@@ -24,6 +25,7 @@ pub mod lane;
 pub mod pass;
 pub mod report;
 pub mod restarts;
+pub mod rollout;
 pub mod world;
 
 use std::collections::HashMap;
@@ -146,7 +148,7 @@ impl Outcome {
         }
         match self.phase {
             Phase::Ready | Phase::Stopped | Phase::Invalid => Requeue::Done,
-            Phase::Pending | Phase::Failed => Requeue::Failed,
+            Phase::Pending | Phase::Failed | Phase::Degraded => Requeue::Failed,
         }
     }
 }

@@ -58,6 +58,14 @@ pub enum Ended<'a> {
     },
     /// The new container is being probed; readers see it already.
     Probing { now: &'a Now, spec: &'a LaneSpec },
+    /// A start-first rollout failed (`message`: at which step and why): the
+    /// old container serves on; `desired_hash` is the hash that failed.
+    Degraded {
+        old: &'a Now,
+        spec: &'a LaneSpec,
+        desired_hash: String,
+        message: String,
+    },
     /// Acted (or had nothing to do): the container the lane has now and what
     /// its probe said.
     Settled {
@@ -114,6 +122,20 @@ pub fn compose(facts: &Facts<'_>, ended: Ended<'_>) -> Status {
             reachable(&mut st, spec, now);
             st.phase = Phase::Pending;
             st.message = "probing".into();
+        }
+        Ended::Degraded {
+            old,
+            spec,
+            desired_hash,
+            message,
+        } => {
+            name(&mut st, Some(old));
+            if old.running {
+                reachable(&mut st, spec, old);
+            }
+            st.phase = Phase::Degraded;
+            st.desired_hash = Some(desired_hash);
+            st.message = message;
         }
         Ended::Settled { now, spec, probed } => {
             name(&mut st, now);

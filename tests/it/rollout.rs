@@ -28,3 +28,154 @@ fn stop_first_recreates_keep_the_lanes_host_port() {
     }
     assert_eq!(kept, 5, "every recreate kept host port {first}");
 }
+
+/// A start-first worker lane; `extra` as for `worker_lane`.
+fn start_first(lanes: &Lanes, extra: &str) -> String {
+    lanes.worker_lane(&format!(
+        "update: {{order: start-first, drain: 500ms}}\n{extra}"
+    ))
+}
+
+/// GET `/healthz` at the endpoint the status file names now: whether it
+/// answered 200 (within a second).
+fn answers(status_path: &std::path::Path) -> bool {
+    use std::io::{Read, Write};
+    let Ok(text) = std::fs::read_to_string(status_path) else {
+        return false;
+    };
+    let Some(endpoint) = text
+        .lines()
+        .find_map(|l| l.strip_prefix("endpoint: "))
+        .map(|e| e.trim().trim_start_matches("http://").to_string())
+    else {
+        return false;
+    };
+    let Ok(addr) = endpoint.parse::<std::net::SocketAddr>() else {
+        return false;
+    };
+    let second = std::time::Duration::from_secs(1);
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, second) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(second));
+    if write!(stream, "GET /healthz HTTP/1.0\r\nHost: {endpoint}\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200")
+}
+
+/// The names of the instance's containers.
+fn names(lanes: &Lanes) -> Vec<String> {
+    let filter = format!("label=io.lanectl.instance={}", lanes.instance);
+    let mut names: Vec<String> =
+        crate::common::podman(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"])
+            .lines()
+            .map(str::to_string)
+            .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_start_first_rollout_never_drops_a_request() {
+    let lanes = Lanes::new("start-first");
+    let name = format!("{}-a", lanes.instance);
+    lanes.write("a", &start_first(&lanes, "env: {V: '0'}\n"));
+    lanes.apply_ok();
+    let status = lanes.dir().join("a.status.yaml");
+    assert!(answers(&status));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (stop, status) = (stop.clone(), status.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if answers(&status) {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            (ok, failed)
+        })
+    };
+    let mut ids = vec![lanes.ready_id("a").unwrap()];
+    for v in 1..=3 {
+        lanes.write("a", &start_first(&lanes, &format!("env: {{V: '{v}'}}\n")));
+        let plan = lanes.lanectl(&["plan"]);
+        assert!(
+            plan.stdout
+                .contains("a  recreate: spec changed (start-first)"),
+            "{plan:?}"
+        );
+        let run = lanes.apply_ok();
+        assert!(run.stdout.contains("(start-first)"), "{run:?}");
+        ids.push(lanes.ready_id("a").unwrap());
+        assert_eq!(
+            names(&lanes),
+            std::slice::from_ref(&name),
+            "one container, under the lane's name"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = poller.join().unwrap();
+    assert_eq!(failed, 0, "{ok} requests answered, {failed} failed");
+    assert!(ok > 50, "the poller ran: {ok}");
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(unique.len(), 4, "each edit made a new container: {ids:?}");
+}
+
+#[test]
+fn a_failing_new_version_keeps_the_old_one_serving() {
+    let lanes = Lanes::new("keep-last-good");
+    let name = format!("{}-a", lanes.instance);
+    lanes.write("a", &start_first(&lanes, ""));
+    lanes.apply_ok();
+    let good = lanes.status("a").unwrap();
+    let status = lanes.dir().join("a.status.yaml");
+
+    // A probe that never passes, then a worker that exits at once.
+    // (The probe is not in the hash: the new version listens elsewhere.)
+    let failing = start_first(&lanes, "")
+        .replace("command: [serve]", "command: [serve, --port, '9999']")
+        .replace("timeout: 10s", "timeout: 2s");
+    let exiting = start_first(&lanes, "").replace("command: [serve]", "command: [no-such-verb]");
+    for (bad, step) in [(failing, "probe"), (exiting, "exit")] {
+        lanes.write("a", &bad);
+        let run = lanes.lanectl(&["apply"]);
+        assert_eq!(run.code, 1, "{run:?}");
+        let st = lanes.status("a").unwrap();
+        assert_eq!(st["phase"], "degraded", "{st}");
+        assert_eq!(st["container_id"], good["container_id"], "{st}");
+        assert_eq!(st["endpoint"], good["endpoint"], "{st}");
+        assert_eq!(st["spec_hash"], good["spec_hash"], "{st}");
+        assert!(
+            st["desired_hash"]
+                .as_str()
+                .is_some_and(|h| h != good["spec_hash"]),
+            "{st}"
+        );
+        let message = st["message"].as_str().unwrap();
+        assert!(message.contains(&format!("failed at {step}")), "{message}");
+        assert!(answers(&status), "the old container serves on");
+        assert_eq!(
+            names(&lanes),
+            std::slice::from_ref(&name),
+            "the failed one is gone"
+        );
+    }
+
+    // Fixing the manifest rolls forward.
+    lanes.write("a", &start_first(&lanes, "env: {FIXED: '1'}\n"));
+    lanes.apply_ok();
+    let st = lanes.status("a").unwrap();
+    assert_eq!(st["phase"], "ready", "{st}");
+    assert_ne!(st["container_id"], good["container_id"]);
+    assert!(st.get("desired_hash").is_none(), "{st}");
+    assert_eq!(names(&lanes), [name]);
+}
