@@ -179,3 +179,85 @@ fn a_failing_new_version_keeps_the_old_one_serving() {
     assert!(st.get("desired_hash").is_none(), "{st}");
     assert_eq!(names(&lanes), [name]);
 }
+
+/// `lanectl apply` on the test's lanes, started (not waited for).
+fn spawn_apply(lanes: &Lanes) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lanectl"))
+        .arg("--dir")
+        .arg(lanes.dir())
+        .args(["--instance", &lanes.instance, "apply"])
+        .env("CONTAINER_HOST", crate::common::host())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn lanectl apply")
+}
+
+#[test]
+fn kill_9_anywhere_in_a_start_first_rollout_is_finished_or_undone_by_the_next_apply() {
+    let lanes = Lanes::new("rollout-kill");
+    let name = format!("{}-a", lanes.instance);
+    lanes.write("a", &start_first(&lanes, "env: {V: '0'}\n"));
+    lanes.apply_ok();
+
+    // How long one rollout takes here, to spread the kills over it.
+    lanes.write("a", &start_first(&lanes, "env: {V: 'timed'}\n"));
+    let clock = std::time::Instant::now();
+    lanes.apply_ok();
+    let span = clock.elapsed();
+
+    let mut mid_rollout = 0;
+    for i in 0..20u32 {
+        lanes.write("a", &start_first(&lanes, &format!("env: {{V: '{i}'}}\n")));
+        let mut apply = spawn_apply(&lanes);
+        std::thread::sleep(span * i / 20);
+        let _ = apply.kill();
+        let _ = apply.wait();
+
+        // Killed: at most one extra container, and the status names one
+        // that exists.
+        let seen = names(&lanes);
+        assert!(seen.len() <= 2, "kill {i}: {seen:?}");
+        if seen.iter().any(|n| n.ends_with(".next")) {
+            mid_rollout += 1;
+        }
+        if let Some(id) = lanes
+            .status("a")
+            .and_then(|s| s["container_id"].as_str().map(String::from))
+        {
+            assert!(
+                crate::common::try_inspect(&id).is_some(),
+                "kill {i}: the status names container {id}, which does not exist"
+            );
+        }
+
+        // The next apply finishes or undoes it.
+        let run = lanes.lanectl(&["apply"]);
+        assert_eq!(run.code, 0, "kill {i}: {run:?}");
+        assert_eq!(names(&lanes), std::slice::from_ref(&name), "kill {i}");
+        let st = lanes.status("a").unwrap();
+        assert_eq!(st["phase"], "ready", "kill {i}: {st}");
+        let id = st["container_id"].as_str().unwrap();
+        let c = crate::common::inspect(id);
+        assert_eq!(
+            c["Config"]["Labels"]["io.lanectl.spec-hash"], st["spec_hash"],
+            "kill {i}"
+        );
+        assert_eq!(
+            c["Config"]["Env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| *e == &serde_json::Value::from(format!("V={i}")))
+                .count(),
+            1,
+            "kill {i}: the newest spec runs"
+        );
+        assert!(answers(&lanes.dir().join("a.status.yaml")), "kill {i}");
+    }
+    assert!(
+        mid_rollout >= 3,
+        "only {mid_rollout} of 20 kills left a new container beside the old one: \
+         the kills missed the rollout ({span:?})"
+    );
+}
