@@ -49,6 +49,9 @@ pub struct ContainerEvent {
     pub action: String,
     /// The container's ID.
     pub id: String,
+    /// A start-first rollout's new container, before its swap (its role
+    /// label says `next` and its name is still the temporary one).
+    pub rollout: bool,
     /// When it happened, as Podman logged it.
     pub time: std::time::SystemTime,
 }

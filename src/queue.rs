@@ -91,6 +91,13 @@ impl Queue {
     /// Schedules `lane` now and cancels its current run, if any, at that
     /// run's next safe point.
     pub fn interrupt(&self, lane: &str, cause: &'static str) {
+        self.cancel_run(lane);
+        self.trigger(lane, cause);
+    }
+
+    /// Cancels `lane`'s current run, if any, at its next safe point, and
+    /// schedules nothing: the run itself deals with why.
+    pub fn cancel_run(&self, lane: &str) {
         if let Some(token) = lock(&self.inner)
             .lanes
             .get(lane)
@@ -98,7 +105,6 @@ impl Queue {
         {
             token.cancel();
         }
-        self.trigger(lane, cause);
     }
 
     /// Asks for `lane` to be reconciled at `at` (or now, if `at` has passed);

@@ -123,10 +123,16 @@ fn parse_event(line: &[u8], instance: &str) -> Option<ContainerEvent> {
     if e.actor.attributes.get(INSTANCE_LABEL).map(String::as_str) != Some(instance) {
         return None;
     }
+    let attribute = |key: &str| e.actor.attributes.get(key).map(String::as_str);
+    // (A lane whose own container_name ends in `.next` looks the same once
+    // swapped: its events then wait for the resync.)
+    let rollout = attribute(crate::labels::ROLE) == Some("next")
+        && attribute("name").is_some_and(|n| n.ends_with(".next"));
     Some(ContainerEvent {
         lane: e.actor.attributes.get(LANE_LABEL).cloned(),
         action: e.action,
         id: e.actor.id,
+        rollout,
         time: e.time_nano.into(),
     })
 }

@@ -227,6 +227,14 @@ fn handle(api: &impl Api, index: &SharedIndex, queue: &Queue, e: ContainerEvent)
         lock(index).forget_listed(lane);
     }
     match (e.lane, e.action.as_str()) {
+        // A rollout's new container gone or going while it is probed: the
+        // rollout stops probing and keeps the old one (its own failure
+        // back-off, not an immediate rerun, decides when it tries again).
+        (Some(lane), "died" | "remove" | "stop" | "kill")
+            if e.rollout && api.is_probing(&lane, &e.id) =>
+        {
+            queue.cancel_run(&lane)
+        }
         // The container being probed is gone or going: no use finishing the
         // probe. (Events about the container a recreate just replaced do not
         // count.)
@@ -235,6 +243,11 @@ fn handle(api: &impl Api, index: &SharedIndex, queue: &Queue, e: ContainerEvent)
         {
             queue.interrupt(&lane, gone_cause(action))
         }
+        // Otherwise a rollout's new container comes and goes by the hand of
+        // the rollout that made it (a failed one is removed: that must not
+        // retry the rollout at once, past its back-off); one a killed
+        // lanectl left is the next pass's.
+        _ if e.rollout => {}
         (Some(lane), action @ ("died" | "remove" | "stop" | "kill")) => {
             queue.trigger(&lane, gone_cause(action))
         }
@@ -352,6 +365,7 @@ mod tests {
             lane: Some(lane.into()),
             action: "died".into(),
             id: "c1".into(),
+            rollout: false,
             time,
         })
     }
@@ -364,6 +378,7 @@ mod tests {
             lane: Some("a".into()),
             action: "remove".into(),
             id: "c1".into(),
+            rollout: false,
             time: SystemTime::now(),
         });
         s.fake.send(0, removed).await;

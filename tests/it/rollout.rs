@@ -261,3 +261,113 @@ fn kill_9_anywhere_in_a_start_first_rollout_is_finished_or_undone_by_the_next_ap
          the kills missed the rollout ({span:?})"
     );
 }
+
+#[test]
+fn the_daemon_rolls_out_start_first_through_an_edit_mid_rollout_and_backs_off_a_failing_one() {
+    let lanes = Lanes::new("rollout-daemon");
+    let name = format!("{}-a", lanes.instance);
+    lanes.write("a", &start_first(&lanes, "env: {V: '0'}\n"));
+    lanes.apply_ok();
+    let status = lanes.dir().join("a.status.yaml");
+    let mut daemon = crate::common::Daemon::start(&lanes, &[]);
+    let limit = std::time::Duration::from_secs(30);
+    let env_of = |lanes: &Lanes| {
+        let id = lanes.ready_id("a")?;
+        let c = crate::common::try_inspect(&id)?;
+        let env = c["Config"]["Env"].as_array()?.clone();
+        env.iter()
+            .filter_map(|e| e.as_str()?.strip_prefix("V=").map(String::from))
+            .next()
+    };
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (stop, status) = (stop.clone(), status.clone());
+        std::thread::spawn(move || {
+            let mut failed = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if !answers(&status) {
+                    failed += 1;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            failed
+        })
+    };
+    // An edit, and another while the first one rolls out.
+    lanes.write("a", &start_first(&lanes, "env: {V: '1'}\n"));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    lanes.write("a", &start_first(&lanes, "env: {V: '2'}\n"));
+    crate::common::wait_for(limit, || {
+        (env_of(&lanes).as_deref() == Some("2") && names(&lanes) == [name.clone()]).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{:?} {:?}\n{}",
+            lanes.status("a"),
+            names(&lanes),
+            daemon.log()
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(
+        names(&lanes),
+        std::slice::from_ref(&name),
+        "nothing left behind"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        poller.join().unwrap(),
+        0,
+        "requests failed\n{}",
+        daemon.log()
+    );
+
+    // A new version that exits at once: degraded, retried with back-off
+    // (never in a tight loop), the old one serving throughout.
+    let from = daemon.log().len();
+    lanes.write(
+        "a",
+        &start_first(&lanes, "").replace("command: [serve]", "command: [no-such-verb]"),
+    );
+    crate::common::wait_for(limit, || {
+        (lanes.status("a")?["phase"] == "degraded").then_some(())
+    })
+    .unwrap_or_else(|| panic!("{:?}\n{}", lanes.status("a"), daemon.log()));
+    std::thread::sleep(std::time::Duration::from_secs(8));
+    let tries = daemon.log()[from..]
+        .matches("the new container failed; the old one serves on")
+        .count();
+    assert!(
+        (1..=5).contains(&tries),
+        "{tries} tries in about 8 s\n{}",
+        daemon.log()
+    );
+    assert!(answers(&status), "the old one serves on");
+    assert_eq!(env_of_status(&lanes), Some("2".to_string()));
+
+    // Fixed: rolled forward at once, not at the end of a back-off.
+    let clock = std::time::Instant::now();
+    lanes.write("a", &start_first(&lanes, "env: {V: '3'}\n"));
+    crate::common::wait_for(limit, || {
+        (env_of(&lanes).as_deref() == Some("3") && names(&lanes) == [name.clone()]).then_some(())
+    })
+    .unwrap_or_else(|| panic!("{:?}\n{}", lanes.status("a"), daemon.log()));
+    assert!(
+        clock.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        clock.elapsed()
+    );
+    assert_eq!(names(&lanes), [name]);
+    daemon.terminate(std::time::Duration::from_secs(10));
+}
+
+/// V of the container the status names (ready or degraded).
+fn env_of_status(lanes: &Lanes) -> Option<String> {
+    let id = lanes.status("a")?["container_id"].as_str()?.to_string();
+    let c = crate::common::try_inspect(&id)?;
+    let env = c["Config"]["Env"].as_array()?.clone();
+    env.iter()
+        .filter_map(|e| e.as_str()?.strip_prefix("V=").map(String::from))
+        .next()
+}
