@@ -67,7 +67,7 @@ fn normalized(text: &str, scene: &Path) -> Vec<String> {
         .collect()
 }
 
-/// 64 hex digits -> HEX, a port after `127.0.0.1:` -> PORT, an RFC 3339
+/// 12 or more hex digits (ids, hashes, short ones too) -> HEX, a port after `127.0.0.1:` -> PORT, an RFC 3339
 /// time -> TIME.
 fn mask(line: &str) -> String {
     let chars: Vec<char> = line.chars().collect();
@@ -79,7 +79,7 @@ fn mask(line: &str) -> String {
             .iter()
             .take_while(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
             .count();
-        if hex >= 64 {
+        if hex >= 12 {
             out.push_str("HEX");
             i += hex;
         } else if let Some(after) = rest.strip_prefix("127.0.0.1:") {
@@ -139,7 +139,7 @@ fn path_with_lanectl() -> String {
 
 #[test]
 fn the_readme_runs_as_written() {
-    let _cleanup = Containers(&["lane-hello", "lane-gamma"]);
+    let _cleanup = Containers(&["lane-hello", "lane-gamma", "lane-web", "lane-web.next"]);
     let scene = tempfile::Builder::new()
         .prefix("lanectl-readme-")
         .tempdir()
