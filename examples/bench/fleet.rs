@@ -93,6 +93,17 @@ impl Fleet {
     }
 
     pub(crate) fn write_manifest(&self, bench: &Bench, lane: &str, revision: u32) -> Result<()> {
+        self.write_manifest_with(bench, lane, revision, "")
+    }
+
+    /// [`Fleet::write_manifest`] with `extra` (top-level keys) appended.
+    pub(crate) fn write_manifest_with(
+        &self,
+        bench: &Bench,
+        lane: &str,
+        revision: u32,
+        extra: &str,
+    ) -> Result<()> {
         let mut env = String::new();
         for (k, v) in Self::env(lane, revision) {
             writeln!(env, "  {k}: \"{v}\"")?;
@@ -112,7 +123,7 @@ impl Fleet {
              ports: [{{container: {PORT}, host_ip: 127.0.0.1}}]\n\
              codex: {{source: ../codex/{lane}, target: /root/.codex, fingerprint_env: INBOX_RUNTIME_CODEX_SHA}}\n\
              probe: {{port: {PORT}, path: {PROBE_PATH}, timeout: 30s, interval: 50ms}}\n\
-             stop_timeout: 2s\n",
+             stop_timeout: 2s\n{extra}",
             image = bench.image,
             name = self.container(lane),
             tag = self.tag,

@@ -43,6 +43,14 @@
 //! (`utime+stime` from `/proc/PID/stat`, in % of one core) over 30 s (10 s with
 //! `--quick`).
 //!
+//! Beside the smallest N, once per run: **rollouts** of one lane (issue 11,
+//! `rollout.rs`): a client polling the endpoint every 10 ms while the lane is
+//! recreated 20 times (3 with `--quick`), for lanectl stop-first, lanectl
+//! start-first and docker-compose: failed requests and the longest gap; the
+//! start-first edit → new version serving (to one lane's
+//! create+copy+start+probe) and → old one gone; and the share of stop-first
+//! recreates that kept their host port.
+//!
 //! One untimed lane is made and removed first (a fresh service's first
 //! container pays one-off set-up costs). A measurement that fails (on a shared
 //! host Podman 4.3's port forwarding misbehaves now and then) is reported,
@@ -94,7 +102,7 @@ struct Args {
     /// CI's variant: N=10, one run, 10 s of daemon idle.
     #[arg(long)]
     quick: bool,
-    /// Measurements to leave out, comma-separated: lanectl, daemon, floor, go, compose.
+    /// Measurements to leave out, comma-separated: lanectl, daemon, floor, go, compose, rollout.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// The lanectl binary (default: target/release/lanectl of this checkout).
@@ -137,6 +145,7 @@ mod floor;
 mod go;
 mod output;
 mod results;
+mod rollout;
 mod util;
 
 use apply::measure_lanectl;
@@ -147,6 +156,7 @@ use floor::{FloorLane, measure_floor};
 use go::measure_go;
 use output::{machine, report_json, show, table, targets};
 use results::{Key, Results};
+use rollout::measure_rollouts;
 use util::{remove_leftovers, remove_tagged, tag};
 
 #[tokio::main]
@@ -157,7 +167,7 @@ async fn main() -> Result<()> {
         args.runs = 1;
     }
     ensure!(args.runs > 0, "--runs must be at least 1");
-    let known = ["lanectl", "daemon", "floor", "go", "compose"];
+    let known = ["lanectl", "daemon", "floor", "go", "compose", "rollout"];
     if let Some(bad) = args.skip.iter().find(|s| !known.contains(&s.as_str())) {
         bail!("--skip {bad}: not one of {}", known.join(", "));
     }
@@ -199,6 +209,7 @@ async fn main() -> Result<()> {
         bench.image
     );
     let idle = Duration::from_secs(args.idle_secs.unwrap_or(if args.quick { 10 } else { 30 }));
+    let edits = if args.quick { 3 } else { 20 };
 
     let machine = machine(&bench);
     println!("machine:");
@@ -212,7 +223,7 @@ async fn main() -> Result<()> {
         println!("docker-compose: not installed, skipped");
     }
     let outcome = tokio::select! {
-        outcome = run_all(&bench, &mut res, &args.lanes, args.runs, idle) => outcome,
+        outcome = run_all(&bench, &mut res, &args.lanes, args.runs, idle, edits) => outcome,
         signal = signalled() => Err(anyhow!("interrupted by {signal}")),
     };
     // Whatever happened, leave no container of this run behind.
@@ -220,7 +231,7 @@ async fn main() -> Result<()> {
 
     let targets = targets(&res, &args.lanes);
     println!("\n{}", table(&res, &args.lanes));
-    println!("targets (issue 5):");
+    println!("targets (issues 5 and 11):");
     for t in &targets {
         let mark = match t.met {
             Some(true) => "met   ",
@@ -266,8 +277,10 @@ async fn run_all(
     lanes: &[usize],
     runs: usize,
     idle: Duration,
+    edits: u32,
 ) -> Result<()> {
     let biggest = lanes.iter().copied().max().unwrap_or(0);
+    let smallest = lanes.iter().copied().min().unwrap_or(0);
     warm_up(bench).await.context("warm-up lane")?;
     let mut failed = 0;
     for &n in lanes {
@@ -275,11 +288,22 @@ async fn run_all(
         // Run by run, each kind in turn, so that a change of the host's load
         // shows in every kind alike.
         for run in 0..runs {
-            for kind in ["lanectl", "floor", "go", "compose"] {
-                let present = kind != "compose" || bench.compose.is_some();
+            for kind in ["lanectl", "floor", "go", "compose", "rollout"] {
+                // Rollouts are of one lane: measured beside the smallest N.
+                let present = match kind {
+                    "compose" => bench.compose.is_some(),
+                    "rollout" => n == smallest,
+                    _ => true,
+                };
                 if bench.runs(kind) && present {
                     let what = format!("N={n}, run {}/{runs}, {kind}", run + 1);
-                    let step = Step { n, run, runs, idle };
+                    let step = Step {
+                        n,
+                        run,
+                        runs,
+                        idle,
+                        edits,
+                    };
                     let gave_up = attempts(bench, res, &what, kind, step).await;
                     // A peer that cannot do the job is a finding, not a
                     // failure of this benchmark (docker-compose 1.29 hangs
@@ -301,6 +325,7 @@ async fn run_all(
                 run: 0,
                 runs,
                 idle,
+                edits,
             };
             failed += attempts(bench, res, &what, "daemon", step).await;
         }
@@ -320,6 +345,8 @@ struct Step {
     run: usize,
     runs: usize,
     idle: Option<Duration>,
+    /// Edits per rollout measurement.
+    edits: u32,
 }
 
 /// Up to [`ATTEMPTS`] tries of one measurement; 1 when all failed.
@@ -349,7 +376,13 @@ async fn measure(
     kind: &str,
     step: Step,
 ) -> Result<&'static [Key]> {
-    let Step { n, run, runs, idle } = step;
+    let Step {
+        n,
+        run,
+        runs,
+        idle,
+        edits,
+    } = step;
     Ok(match kind {
         "lanectl" => {
             measure_lanectl(bench, res, n, run).await?;
@@ -366,6 +399,19 @@ async fn measure(
         "compose" => {
             measure_compose(bench, res, n, run).await?;
             &[Key::ComposeCold, Key::ComposeNoop, Key::ComposeEdit]
+        }
+        "rollout" => {
+            measure_rollouts(bench, res, n, run, edits).await?;
+            &[
+                Key::RolloutStopFailed,
+                Key::RolloutStopGap,
+                Key::RolloutStablePorts,
+                Key::RolloutStartFailed,
+                Key::RolloutStartGap,
+                Key::RolloutStartServing,
+                Key::RolloutComposeFailed,
+                Key::RolloutComposeGap,
+            ]
         }
         _ => {
             measure_daemon(bench, res, n, runs, idle).await?;

@@ -67,6 +67,7 @@ pub(crate) fn show(unit: Unit, v: f64) -> String {
         Unit::Seconds if v < 1.0 => format!("{:.0} ms", v * 1000.0),
         Unit::Seconds => format!("{v:.2} s"),
         Unit::MiB => format!("{v:.1} MiB"),
+        Unit::Count => format!("{v:.0}"),
         Unit::Percent => format!("{v:.2} %"),
     }
 }
@@ -231,6 +232,58 @@ pub(crate) fn targets(res: &Results, lanes: &[usize]) -> Vec<Target> {
         "unchanged codex dir of 1 000 files re-fingerprinted ≤ 5 ms; hashing ≥ 500 MB/s",
         None,
     );
+    // Rollouts (issue 11), of one lane, measured beside the smallest N.
+    let rn = res
+        .samples
+        .keys()
+        .find(|(_, k)| *k == Key::RolloutStartFailed)
+        .map(|(n, _)| *n);
+    let all = |k: Key| rn.and_then(|n| res.samples.get(&(n, k)));
+    let r = |k: Key| rn.and_then(|n| m(n, k));
+    check(
+        "start-first: 0 failed requests while one lane is recreated (20 edits)",
+        all(Key::RolloutStartFailed).map(|v| {
+            let failed: f64 = v.iter().sum();
+            let gap = r(Key::RolloutStartGap)
+                .map_or(String::new(), |g| format!(", longest gap {}", ms(g)));
+            (format!("{failed:.0} failed{gap}"), failed == 0.0)
+        }),
+    );
+    check(
+        "stop-first: no worse than docker-compose (longest gap while recreated)",
+        r(Key::RolloutStopGap)
+            .zip(r(Key::RolloutComposeGap))
+            .map(|(s, c)| {
+                let failed = |k: Key| r(k).map_or("?".into(), |v| format!("{v:.0}"));
+                (
+                    format!(
+                        "{} vs {} (failed requests {} vs {})",
+                        ms(s),
+                        ms(c),
+                        failed(Key::RolloutStopFailed),
+                        failed(Key::RolloutComposeFailed)
+                    ),
+                    s <= c,
+                )
+            }),
+    );
+    check(
+        "start-first: edit → new version serving ≤ 1.2x one lane's create+copy+start+probe",
+        r(Key::RolloutStartServing)
+            .zip(rn.and_then(|n| m(n, Key::FloorOneLane)))
+            .map(|(v, one)| {
+                let done = r(Key::RolloutStartDone)
+                    .map_or(String::new(), |d| format!("; old one gone at {}", ms(d)));
+                (
+                    format!("{} (limit {}){done}", ms(v), ms(1.2 * one)),
+                    v <= 1.2 * one,
+                )
+            }),
+    );
+    check(
+        "stop-first recreates that kept their host port ≥ 95%",
+        r(Key::RolloutStablePorts).map(|v| (format!("{v:.0} %"), v >= 95.0)),
+    );
     out
 }
 
@@ -252,7 +305,7 @@ pub(crate) fn report_json(
                 "lanes": n,
                 "key": key.id(),
                 "label": key.label(),
-                "unit": match key.unit() { Unit::Seconds => "s", Unit::MiB => "MiB", Unit::Percent => "%" },
+                "unit": match key.unit() { Unit::Seconds => "s", Unit::MiB => "MiB", Unit::Percent => "%", Unit::Count => "" },
                 "samples": values,
                 "median": s.median,
                 "min": s.min,

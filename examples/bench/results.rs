@@ -26,11 +26,21 @@ pub(crate) enum Key {
     ComposeCold,
     ComposeNoop,
     ComposeEdit,
+    RolloutStopFailed,
+    RolloutStopGap,
+    RolloutStablePorts,
+    RolloutStartFailed,
+    RolloutStartGap,
+    RolloutStartServing,
+    RolloutStartDone,
+    RolloutComposeFailed,
+    RolloutComposeGap,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Unit {
     Seconds,
+    Count,
     MiB,
     Percent,
 }
@@ -58,6 +68,15 @@ impl Key {
             Key::ComposeCold => "docker-compose up -d, cold",
             Key::ComposeNoop => "docker-compose up -d, no-op",
             Key::ComposeEdit => "docker-compose up -d, one edit",
+            Key::RolloutStopFailed => "one lane recreated, stop-first: failed requests",
+            Key::RolloutStopGap => "one lane recreated, stop-first: longest gap",
+            Key::RolloutStablePorts => "stop-first recreates that kept the host port",
+            Key::RolloutStartFailed => "one lane recreated, start-first: failed requests",
+            Key::RolloutStartGap => "one lane recreated, start-first: longest gap",
+            Key::RolloutStartServing => "start-first: edit → new version serving",
+            Key::RolloutStartDone => "start-first: edit → old one gone (drain 500 ms)",
+            Key::RolloutComposeFailed => "one lane recreated, docker-compose: failed requests",
+            Key::RolloutComposeGap => "one lane recreated, docker-compose: longest gap",
         }
     }
 
@@ -76,7 +95,10 @@ impl Key {
     pub(crate) fn unit(self) -> Unit {
         match self {
             Key::DaemonRss => Unit::MiB,
-            Key::DaemonCpu | Key::DaemonCpuQuiet => Unit::Percent,
+            Key::DaemonCpu | Key::DaemonCpuQuiet | Key::RolloutStablePorts => Unit::Percent,
+            Key::RolloutStopFailed | Key::RolloutStartFailed | Key::RolloutComposeFailed => {
+                Unit::Count
+            }
             _ => Unit::Seconds,
         }
     }
@@ -87,7 +109,7 @@ impl Key {
             Key::LanectlCold | Key::DaemonStart => Some(Key::FloorCold),
             Key::LanectlNoop => Some(Key::FloorNoop),
             Key::LanectlEdit | Key::DaemonRemoved => Some(Key::FloorEdit),
-            Key::DaemonManifest => Some(Key::FloorOneLane),
+            Key::DaemonManifest | Key::RolloutStartServing => Some(Key::FloorOneLane),
             _ => None,
         }
     }
@@ -98,6 +120,7 @@ impl Key {
             Key::LanectlCold | Key::DaemonStart => &[Key::GoCold, Key::ComposeCold],
             Key::LanectlNoop => &[Key::GoNoop, Key::ComposeNoop],
             Key::LanectlEdit => &[Key::GoEdit, Key::ComposeEdit],
+            Key::RolloutStopGap | Key::RolloutStartGap => &[Key::RolloutComposeGap],
             _ => &[],
         }
     }
