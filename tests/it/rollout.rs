@@ -371,3 +371,63 @@ fn env_of_status(lanes: &Lanes) -> Option<String> {
         .filter_map(|e| e.as_str()?.strip_prefix("V=").map(String::from))
         .next()
 }
+
+#[test]
+fn kill_9_of_the_daemon_mid_rollout_then_an_edit_ends_with_the_newest_spec_alone() {
+    let lanes = Lanes::new("rollout-daemon-kill");
+    let name = format!("{}-a", lanes.instance);
+    lanes.write("a", &start_first(&lanes, "env: {V: '0'}\n"));
+    lanes.apply_ok();
+    let limit = std::time::Duration::from_secs(30);
+    let mut mid_rollout = 0;
+    for i in 0..6u32 {
+        // The daemon starts a rollout and is killed somewhere in it...
+        lanes.write("a", &start_first(&lanes, &format!("env: {{V: 'a{i}'}}\n")));
+        let mut daemon = crate::common::Daemon::start(&lanes, &[]);
+        std::thread::sleep(std::time::Duration::from_millis(150 * u64::from(i)));
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &daemon.pid().to_string()])
+            .status();
+        let _ = daemon.wait_exit(std::time::Duration::from_secs(5));
+        if names(&lanes).iter().any(|n| n.ends_with(".next")) {
+            mid_rollout += 1;
+        }
+        if let Some(id) = lanes
+            .status("a")
+            .and_then(|s| s["container_id"].as_str().map(String::from))
+        {
+            assert!(
+                crate::common::try_inspect(&id).is_some(),
+                "kill {i}: the status names container {id}, which does not exist"
+            );
+        }
+        // ...the manifest changes meanwhile, and a new daemon converges.
+        let newest = format!("b{i}");
+        lanes.write(
+            "a",
+            &start_first(&lanes, &format!("env: {{V: '{newest}'}}\n")),
+        );
+        let mut daemon = crate::common::Daemon::start(&lanes, &[]);
+        crate::common::wait_for(limit, || {
+            let ready = lanes.ready_id("a")?;
+            (env_of_status(&lanes).as_deref() == Some(newest.as_str())
+                && names(&lanes) == [name.clone()]
+                && crate::common::try_inspect(&ready).is_some())
+            .then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "kill {i}: {:?} {:?}\n{}",
+                lanes.status("a"),
+                names(&lanes),
+                daemon.log()
+            )
+        });
+        assert!(answers(&lanes.dir().join("a.status.yaml")), "kill {i}");
+        daemon.terminate(std::time::Duration::from_secs(10));
+    }
+    assert!(
+        mid_rollout >= 1,
+        "no kill left a new container beside the old one: the kills missed the rollouts"
+    );
+}
