@@ -95,6 +95,38 @@ pub enum Command {
         #[arg(value_parser = lane_name)]
         lanes: Vec<String>,
     },
+    /// Wait until the lanes (default all) reached a state for their current
+    /// manifest, defaults, codex and tracked content. Needs no Podman.
+    Wait {
+        #[arg(value_parser = lane_name)]
+        lanes: Vec<String>,
+        /// The state to wait for (`ready` also takes `stopped` for a lane
+        /// declared `state: stopped`).
+        #[arg(long = "for", value_enum, default_value_t = WaitFor::Ready)]
+        wait_for: WaitFor,
+        /// Give up (exit 1) after this long.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
+
+/// What `wait` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WaitFor {
+    Ready,
+    Stopped,
+    /// The lane's status file is gone (its manifest was deleted and the lane removed).
+    Deleted,
+}
+
+impl std::fmt::Display for WaitFor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WaitFor::Ready => "ready",
+            WaitFor::Stopped => "stopped",
+            WaitFor::Deleted => "deleted",
+        })
+    }
 }
 
 /// A lane named on the command line follows the lane-name rule (so that it

@@ -380,6 +380,7 @@ async fn reconcile_lane(shared: &Shared, lane: &str, cancel: &CancellationToken)
         containers,
         images,
         answered: None,
+        defaults_sha256: state.defaults_sha256.clone(),
     };
     let hooks = Hooks {
         cancel: Some(cancel),

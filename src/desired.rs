@@ -35,6 +35,9 @@ pub enum Desired {
 pub struct DirState {
     pub lanes: BTreeMap<String, Desired>,
     pub listing: DirListing,
+    /// sha256 of `_defaults.yaml`'s bytes, when there is one and it could
+    /// be read: one of the inputs every lane's status answers to.
+    pub defaults_sha256: Option<String>,
 }
 
 impl DirState {
@@ -187,12 +190,17 @@ fn read(dir: &Path, policy: Policy) -> Result<Unsettled, ListError> {
         }
     }
 
+    let defaults_sha256 = defaults
+        .as_ref()
+        .and_then(|d| d.as_ref().ok())
+        .map(|s| s.sha256.clone());
     Ok(Unsettled {
         lanes,
         resolved,
         names,
         fixed,
         listing,
+        defaults_sha256,
     })
 }
 
@@ -208,6 +216,7 @@ pub struct Unsettled {
     names: BTreeMap<String, (String, Problem)>,
     fixed: Vec<lanespec::FixedPort>,
     listing: DirListing,
+    defaults_sha256: Option<String>,
 }
 
 /// What the lanes' containers hold now. SPEC.md: in a clash, the lane whose
@@ -275,6 +284,7 @@ impl Unsettled {
             names,
             fixed,
             listing,
+            defaults_sha256,
         } = self;
         let holds_name =
             |lane: &str, name: &str| holders.names.get(name).is_some_and(|l| l == lane);
@@ -310,7 +320,11 @@ impl Unsettled {
             };
             lanes.insert(name, desired);
         }
-        DirState { lanes, listing }
+        DirState {
+            lanes,
+            listing,
+            defaults_sha256,
+        }
     }
 }
 

@@ -81,11 +81,7 @@ pub fn lane_hash(
         v: CANONICAL_VERSION,
         spec,
     });
-    let tracked = if tracked.is_empty() {
-        String::new()
-    } else {
-        canonical(&tracked)
-    };
+    let tracked = tracked_digest(tracked);
     let full = canonical(&Full {
         v: CANONICAL_VERSION,
         config: &config,
@@ -100,6 +96,40 @@ pub fn lane_hash(
         codex: codex.map(str::to_string),
         tracked,
     }
+}
+
+/// The digest of a lane's `track_content` mounts (target, content hash),
+/// as [`LaneHash::tracked`] holds it: `""` when there are none.
+pub fn tracked_digest(tracked: &[(String, String)]) -> String {
+    if tracked.is_empty() {
+        return String::new();
+    }
+    sha256_hex(&erased::Json::json(&tracked))
+}
+
+/// What a lane's status answers to, besides Podman (SPEC.md "Explaining and
+/// waiting"): the manifest's bytes, `_defaults.yaml`'s, the codex
+/// fingerprint and the tracked content. `lanectl wait` computes it from the
+/// files alone and accepts a status only when it carries the same.
+pub fn inputs_digest(
+    manifest_sha256: &str,
+    defaults_sha256: Option<&str>,
+    codex: Option<&str>,
+    tracked: &str,
+) -> String {
+    #[derive(Serialize)]
+    struct Inputs<'a> {
+        manifest: &'a str,
+        defaults: Option<&'a str>,
+        codex: Option<&'a str>,
+        tracked: &'a str,
+    }
+    sha256_hex(&erased::Json::json(&Inputs {
+        manifest: manifest_sha256,
+        defaults: defaults_sha256,
+        codex,
+        tracked,
+    }))
 }
 
 mod erased {

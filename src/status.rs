@@ -65,6 +65,10 @@ pub struct Status {
     pub codex_fingerprint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_sha256: Option<String>,
+    /// Every input this status answers to (the manifest, `_defaults.yaml`,
+    /// the codex, tracked content): what `lanectl wait` compares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs_sha256: Option<String>,
     #[serde(default)]
     pub restarts: u32,
     #[serde(default)]
@@ -86,6 +90,7 @@ impl Status {
             desired_hash: None,
             codex_fingerprint: None,
             manifest_sha256: None,
+            inputs_sha256: None,
             restarts: 0,
             message: String::new(),
             since: now_rfc3339(),

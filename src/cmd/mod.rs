@@ -7,6 +7,7 @@ mod down;
 mod run;
 mod status;
 mod validate;
+mod wait;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -46,6 +47,11 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         }
         Command::Validate { paths } => validate::run(&global, &paths),
         Command::Status { json } => status::run(&global, json),
+        Command::Wait {
+            lanes,
+            wait_for,
+            timeout,
+        } => wait::run(&global, lanes, wait_for, timeout),
         Command::Apply {
             lanes,
             allow_prune_all,

@@ -38,8 +38,13 @@ pub async fn reconcile(ctx: &Ctx, mut view: LaneView, mode: Mode, hooks: Hooks<'
             problems,
             manifest_sha256,
         }) => {
+            // An invalid lane answers to its manifest and defaults alone.
+            let inputs = manifest_sha256
+                .as_deref()
+                .map(|m| hash::inputs_digest(m, view.defaults_sha256.as_deref(), None, ""));
             let facts = Facts {
                 lane: &view.lane,
+                inputs,
                 manifest_sha256,
                 restarts: previous.as_ref().map_or(0, |p| p.restarts),
                 last_endpoint: previous.as_ref().and_then(last_endpoint),
@@ -118,6 +123,7 @@ async fn converge(
     let lane = spec.lane.as_str();
     let mut facts = Facts {
         lane,
+        inputs: None,
         manifest_sha256: Some(manifest_sha256),
         restarts: previous.as_ref().map_or(0, |p| p.restarts),
         last_endpoint: previous.as_ref().and_then(last_endpoint),
@@ -143,6 +149,10 @@ async fn converge(
     };
     let plan = match hashed {
         Ok(hash) => {
+            facts.inputs = facts.manifest_sha256.as_deref().map(|m| {
+                let defaults = view.defaults_sha256.as_deref();
+                hash::inputs_digest(m, defaults, hash.codex.as_deref(), &hash.tracked)
+            });
             let desired = plan::Desired {
                 state: spec.state,
                 hash: &hash,

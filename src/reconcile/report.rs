@@ -18,6 +18,8 @@ use crate::status::{self, Phase, Status};
 pub struct Facts<'a> {
     pub lane: &'a str,
     pub manifest_sha256: Option<String>,
+    /// What the status answers to ([`crate::hash::inputs_digest`]), once known.
+    pub inputs: Option<String>,
     pub restarts: u32,
     /// The endpoint the last status named, with its container's id: a lane
     /// halted (a typo, a missing image) while that container still runs
@@ -79,6 +81,7 @@ pub enum Ended<'a> {
 pub fn compose(facts: &Facts<'_>, ended: Ended<'_>) -> Status {
     let mut st = Status::new(facts.lane, Phase::Ready);
     st.manifest_sha256.clone_from(&facts.manifest_sha256);
+    st.inputs_sha256.clone_from(&facts.inputs);
     st.restarts = facts.restarts;
     match ended {
         Ended::Halted {
@@ -343,6 +346,7 @@ mod tests {
             last_endpoint: None,
             lane: "a",
             manifest_sha256: Some("m".into()),
+            inputs: None,
             restarts: 2,
         };
         let c = now(true);

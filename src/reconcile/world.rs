@@ -70,6 +70,8 @@ pub struct LaneView {
     /// The container and address that answered an early probe; counts only
     /// if that container is kept on that address with nothing to do.
     pub answered: Option<(String, SocketAddr)>,
+    /// sha256 of `_defaults.yaml` as read with the manifest.
+    pub defaults_sha256: Option<String>,
 }
 
 /// What a look includes besides the directory and the containers.
@@ -146,6 +148,7 @@ impl World {
             dir: Arc::new(DirState {
                 lanes: BTreeMap::new(),
                 listing,
+                defaults_sha256: None,
             }),
             containers,
             images: KnownImages::default(),
@@ -192,6 +195,7 @@ impl World {
             containers: self.containers.remove(lane).unwrap_or_default(),
             images: self.images.clone(),
             answered: self.answered.remove(lane),
+            defaults_sha256: self.dir.defaults_sha256.clone(),
         }
     }
 

@@ -20,4 +20,5 @@ mod readme;
 mod rollout;
 mod secrets;
 mod validate;
+mod wait;
 mod watch;

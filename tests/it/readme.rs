@@ -488,6 +488,33 @@ fn every_row_of_the_exit_code_table() {
         64,
         "usage error, bad value"
     );
+    // wait: 0 all there; 1 at the timeout, for an invalid lane, a named lane
+    // without a manifest, a missing lanes dir.
+    assert_eq!(
+        code(&["wait", "a", "--timeout", "5s"]),
+        0,
+        "wait, all there"
+    );
+    lanes.write("b", &lanes.worker_lane(""));
+    assert_eq!(
+        code(&["wait", "b", "--timeout", "200ms"]),
+        1,
+        "wait, timeout"
+    );
+    std::fs::remove_file(lanes.dir().join("b.yaml")).unwrap();
+    lanes.write("bad", "imgae: x\n");
+    assert_eq!(code(&["wait", "bad"]), 1, "wait, invalid lane");
+    std::fs::remove_file(lanes.dir().join("bad.yaml")).unwrap();
+    assert_eq!(
+        code(&["wait", "nope"]),
+        1,
+        "wait, named lane without manifest"
+    );
+    assert_eq!(
+        lanectl_on(&lanes, &missing, &["wait"]),
+        1,
+        "wait, missing dir"
+    );
     // down: 1 for a missing lanes dir (removing nothing); 0 otherwise.
     assert_eq!(
         lanectl_on(&lanes, &missing, &["down"]),
