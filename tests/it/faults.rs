@@ -756,7 +756,7 @@ fn is_hex(s: &str, len: usize) -> bool {
 /// `ready` names its container, spec hash and endpoint. `since` is written
 /// last, so a file cut anywhere fails here.
 fn whole_status(lane: &str, text: &str) -> Result<(), String> {
-    const KEYS: [&str; 12] = [
+    const KEYS: [&str; 14] = [
         "lane",
         "phase",
         "endpoint",
@@ -766,6 +766,8 @@ fn whole_status(lane: &str, text: &str) -> Result<(), String> {
         "spec_hash",
         "codex_fingerprint",
         "manifest_sha256",
+        "inputs_sha256",
+        "desired_hash",
         "restarts",
         "message",
         "since",
@@ -780,7 +782,10 @@ fn whole_status(lane: &str, text: &str) -> Result<(), String> {
     check(str_of("lane") == Some(lane), "lane")?;
     let phase = str_of("phase").unwrap_or("");
     check(
-        ["pending", "ready", "stopped", "failed", "invalid"].contains(&phase),
+        [
+            "pending", "ready", "degraded", "stopped", "failed", "invalid",
+        ]
+        .contains(&phase),
         "phase",
     )?;
     check(
@@ -802,6 +807,10 @@ fn whole_status(lane: &str, text: &str) -> Result<(), String> {
         }),
         ("codex_fingerprint", &|h: &str| is_hex(h, 64)),
         ("manifest_sha256", &|h: &str| is_hex(h, 64)),
+        ("inputs_sha256", &|h: &str| is_hex(h, 64)),
+        ("desired_hash", &|h: &str| {
+            h.strip_prefix("sha256:").is_some_and(|h| is_hex(h, 64))
+        }),
     ];
     for (key, ok) in optional {
         if let Some(value) = map.get(key) {
