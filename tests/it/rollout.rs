@@ -271,6 +271,7 @@ fn the_daemon_rolls_out_start_first_through_an_edit_mid_rollout_and_backs_off_a_
     let status = lanes.dir().join("a.status.yaml");
     let mut daemon = crate::common::Daemon::start(&lanes, &[]);
     let limit = std::time::Duration::from_secs(30);
+    daemon.wait_watching(&lanes.dir(), limit);
     let env_of = |lanes: &Lanes| {
         let id = lanes.ready_id("a")?;
         let c = crate::common::try_inspect(&id)?;
@@ -408,6 +409,7 @@ fn kill_9_of_the_daemon_mid_rollout_then_an_edit_ends_with_the_newest_spec_alone
             &start_first(&lanes, &format!("env: {{V: '{newest}'}}\n")),
         );
         let mut daemon = crate::common::Daemon::start(&lanes, &[]);
+        daemon.wait_watching(&lanes.dir(), limit);
         crate::common::wait_for(limit, || {
             let ready = lanes.ready_id("a")?;
             (env_of_status(&lanes).as_deref() == Some(newest.as_str())

@@ -20,8 +20,9 @@ fn wait_returns_only_once_the_new_container_is_ready_never_on_the_old_status() {
     lanes.write("a", &lanes.worker_lane("env: {V: '0'}\n"));
     lanes.apply_ok();
     let mut daemon = Daemon::start(&lanes, &[]);
+    daemon.wait_watching(&lanes.dir(), Duration::from_secs(10));
     let (run, _) = wait(&lanes, &["--timeout", "30s"]);
-    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.code, 0, "{run:?}\n{:?}", lanes.status("a"));
 
     for v in 1..=5 {
         let old = lanes.ready_id("a").unwrap();
@@ -93,7 +94,8 @@ fn wait_times_out_naming_the_lane_fails_at_once_when_invalid_and_waits_for_delet
     let (run, _) = wait(&lanes, &["slow", "--for", "deleted", "--timeout", "1s"]);
     assert_eq!(run.code, 1, "the status file is still there: {run:?}");
     let mut daemon = Daemon::start(&lanes, &[]);
-    let (run, _) = wait(&lanes, &["--for", "deleted", "--timeout", "30s"]);
+    daemon.wait_watching(&lanes.dir(), Duration::from_secs(10));
+    let (run, _) = wait(&lanes, &["slow", "--for", "deleted", "--timeout", "30s"]);
     assert_eq!(run.code, 0, "{run:?}\n{}", daemon.log());
     assert!(run.stdout.contains("slow  deleted"), "{run:?}");
     assert!(lanes.status("slow").is_none());
