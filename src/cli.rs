@@ -79,6 +79,13 @@ pub enum Command {
         /// Exit 0 for no changes, 2 for changes, 1 for errors.
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Under a spec change, each changed field's old -> new value (env
+        /// and label values only as `(changed)`).
+        #[arg(long)]
+        diff: bool,
+        /// A JSON array (lane, action, reason, fields) instead of lines.
+        #[arg(long, conflicts_with = "diff")]
+        json: bool,
     },
     /// The lanes' status files as a table.
     Status {

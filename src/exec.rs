@@ -612,6 +612,10 @@ pub fn create_request(spec: &LaneSpec, hash: &LaneHash, instance: &str) -> Creat
         workdir: spec.workdir.clone(),
         env,
         labels: all_labels,
+        annotations: std::collections::BTreeMap::from([(
+            labels::SPEC_ANNOTATION.to_string(),
+            crate::hash::stored_spec(spec).to_string(),
+        )]),
         mounts: spec
             .mounts
             .iter()

@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::digest::sha256_hex;
 use crate::labels::{
-    CODEX_FINGERPRINT, CONFIG_HASH, IMAGE_ID, INSTANCE, LANE, MANAGED_BY, SPEC_HASH, TRACKED_HASH,
+    CODEX_FINGERPRINT, CONFIG_HASH, HASH_VERSION, IMAGE_ID, INSTANCE, LANE, MANAGED_BY, SPEC_HASH,
+    TRACKED_HASH,
 };
 use crate::lanespec::LaneSpec;
 
@@ -40,6 +41,7 @@ impl LaneHash {
             (CONFIG_HASH.to_string(), self.config.clone()),
             (IMAGE_ID.to_string(), self.image_id.clone()),
             (TRACKED_HASH.to_string(), self.tracked.clone()),
+            (HASH_VERSION.to_string(), CANONICAL_VERSION.to_string()),
         ]);
         if let Some(fp) = &self.codex {
             labels.insert(CODEX_FINGERPRINT.to_string(), fp.clone());
@@ -51,7 +53,7 @@ impl LaneHash {
 /// Version of the canonical serialization. Changing anything that feeds
 /// [`lane_hash`] recreates every lane of every user on upgrade: the golden
 /// test below pins it.
-const CANONICAL_VERSION: u32 = 1;
+pub const CANONICAL_VERSION: u32 = 1;
 
 /// The lane hash: the canonical serialization is JSON (serde_json, struct
 /// fields in declaration order, maps sorted by key) of the resolved spec
@@ -96,6 +98,55 @@ pub fn lane_hash(
         codex: codex.map(str::to_string),
         tracked,
     }
+}
+
+/// The resolved spec as it is kept on the container
+/// ([`SPEC_ANNOTATION`](crate::labels::SPEC_ANNOTATION)): what the hash
+/// covers of it, in canonical JSON, every env and label value replaced by
+/// its sha256 (the container's inspect shows the values anyway; a label
+/// listing need not).
+pub fn stored_spec(spec: &LaneSpec) -> serde_json::Value {
+    let mut value = serde_json::to_value(spec).unwrap_or(serde_json::Value::Null);
+    for field in ["env", "labels"] {
+        if let Some(serde_json::Value::Object(map)) = value.get_mut(field) {
+            for v in map.values_mut() {
+                let text = v.as_str().unwrap_or_default();
+                *v = serde_json::Value::String(sha256_hex(text.as_bytes()));
+            }
+        }
+    }
+    value
+}
+
+/// The fields in which two stored specs differ, as paths
+/// (`env.INBOX_LANE_ID`, `mounts[0].read_only`, `image`), in order.
+pub fn changed_fields(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    use serde_json::Value;
+    fn walk(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<String>) {
+        match (old, new) {
+            (Some(Value::Object(a)), Some(Value::Object(b))) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for k in keys {
+                    let at = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(&at, a.get(k), b.get(k), out);
+                }
+            }
+            (Some(Value::Array(a)), Some(Value::Array(b))) => {
+                for i in 0..a.len().max(b.len()) {
+                    walk(&format!("{path}[{i}]"), a.get(i), b.get(i), out);
+                }
+            }
+            (a, b) if a == b => {}
+            _ => out.push(path.to_string()),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", Some(old), Some(new), &mut out);
+    out
 }
 
 /// The digest of a lane's `track_content` mounts (target, content hash),

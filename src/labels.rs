@@ -17,6 +17,14 @@ pub const CODEX_FINGERPRINT: &str = "io.lanectl.codex-fingerprint";
 pub const CONFIG_HASH: &str = "io.lanectl.config-hash";
 pub const IMAGE_ID: &str = "io.lanectl.image-id";
 pub const TRACKED_HASH: &str = "io.lanectl.tracked-hash";
+/// The version of the canonical serialization the hash was made with: a
+/// later lanectl that canonicalizes differently compares field by field
+/// ([`SPEC_ANNOTATION`]) instead of trusting a hash it cannot remake.
+pub const HASH_VERSION: &str = "io.lanectl.hash-version";
+/// An annotation (inspect shows it, the list call does not carry it): the
+/// resolved spec in canonical JSON, env and label values as their sha256,
+/// so that `plan` can name the fields that changed.
+pub const SPEC_ANNOTATION: &str = "io.lanectl.spec";
 /// On a start-first rollout's new container, made under [`next_name`]:
 /// `next`. A label is fixed at create, so the name, not this, tells whether
 /// the container still awaits its swap.

@@ -11,7 +11,13 @@ use crate::status::Phase;
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
     Apply,
-    Plan { detailed_exitcode: bool },
+    Plan {
+        detailed_exitcode: bool,
+        /// Old -> new values under each spec change.
+        diff: bool,
+        /// A JSON array instead of lines.
+        json: bool,
+    },
 }
 
 pub async fn run(
@@ -36,14 +42,24 @@ pub async fn run(
     };
     let outcomes = pass::pass(ctx, mode, &opts).await?;
     let width = outcomes.iter().map(|o| o.lane.len()).max().unwrap_or(0);
+    if let Kind::Plan { json: true, .. } = kind {
+        let planned: Vec<Planned> = outcomes.iter().map(Planned::of).collect();
+        println!("{}", serde_json::to_string_pretty(&planned)?);
+    }
     for o in &outcomes {
         let line = match kind {
             Kind::Apply => apply_line(o),
+            Kind::Plan { json: true, .. } => continue,
             Kind::Plan { .. } => plan_line(o),
         };
         match &o.status_error {
             Some(e) => println!("{:width$}  {line}; status not written: {e}", o.lane),
             None => println!("{:width$}  {line}", o.lane),
+        }
+        if let Kind::Plan { diff: true, .. } = kind {
+            for c in &o.changes {
+                println!("{:width$}    {}: {} -> {}", "", c.field, c.old, c.new);
+            }
         }
     }
     Ok(match kind {
@@ -54,7 +70,9 @@ pub async fn run(
             };
             Exit::failed_if(!outcomes.iter().all(ok))
         }
-        Kind::Plan { detailed_exitcode } => {
+        Kind::Plan {
+            detailed_exitcode, ..
+        } => {
             let errors = outcomes.iter().any(|o| {
                 o.action.is_none() || (!o.has_manifest && o.action == Some(Action::Nothing))
             });
@@ -85,11 +103,69 @@ fn apply_line(o: &Outcome) -> String {
     }
 }
 
+/// One lane of `plan --json`.
+#[derive(serde::Serialize)]
+struct Planned<'a> {
+    lane: &'a str,
+    /// `nothing`, `create`, `recreate`, `start`, `unpause`, `stop`,
+    /// `remove`, `finish-rollout`; or, when nothing can be planned, the
+    /// lane's phase (`invalid`, `failed`).
+    action: String,
+    /// Why: what changed for a recreate, the problem when nothing can be
+    /// planned; empty otherwise.
+    reason: String,
+    /// `start-first` for a recreate that starts the new container first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order: Option<&'static str>,
+    /// A spec change's fields.
+    fields: Vec<&'a str>,
+    /// Stray containers of the lane that go first.
+    extras: usize,
+}
+
+impl<'a> Planned<'a> {
+    fn of(o: &'a Outcome) -> Planned<'a> {
+        let (action, reason, order) = match &o.action {
+            None => (o.phase.to_string(), o.message.clone(), None),
+            Some(Action::Nothing) => ("nothing".into(), String::new(), None),
+            Some(Action::Create) => ("create".into(), String::new(), None),
+            Some(Action::Recreate(why)) => ("recreate".into(), why.to_string(), None),
+            Some(Action::Roll(why)) => ("recreate".into(), why.to_string(), Some("start-first")),
+            Some(Action::FinishRoll) => {
+                ("finish-rollout".into(), String::new(), Some("start-first"))
+            }
+            Some(Action::Start) => ("start".into(), String::new(), None),
+            Some(Action::Unpause) => ("unpause".into(), String::new(), None),
+            Some(Action::Stop) => ("stop".into(), String::new(), None),
+            Some(Action::Remove) => ("remove".into(), "manifest deleted".into(), None),
+        };
+        Planned {
+            lane: &o.lane,
+            action,
+            reason,
+            order,
+            fields: o.changes.iter().map(|c| c.field.as_str()).collect(),
+            extras: o.extras,
+        }
+    }
+}
+
 fn plan_line(o: &Outcome) -> String {
     let line = match &o.action {
         Some(Action::Nothing) if !o.has_manifest => "no manifest and no container".into(),
         Some(a) => a.to_string(),
         None => format!("{}: {}", o.phase, o.message),
+    };
+    // A spec change names its fields: `spec changed (env.A, mounts[0].read_only)`.
+    let line = if o.changes.is_empty() {
+        line
+    } else {
+        let fields: Vec<&str> = o.changes.iter().map(|c| c.field.as_str()).collect();
+        line.replacen(
+            "spec changed",
+            &format!("spec changed ({})", fields.join(", ")),
+            1,
+        )
     };
     match o.extras {
         0 => line,

@@ -64,11 +64,17 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Plan {
             lanes,
             detailed_exitcode,
+            diff,
+            json,
         } => runtime()?.block_on(apply::run(
             &global,
             lanes,
             false,
-            apply::Kind::Plan { detailed_exitcode },
+            apply::Kind::Plan {
+                detailed_exitcode,
+                diff,
+                json,
+            },
         )),
         Command::Down { lanes } => runtime()?.block_on(down::run(&global, lanes)),
         Command::Run {

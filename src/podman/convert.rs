@@ -65,6 +65,7 @@ pub(super) fn create_opts(req: &CreateRequest) -> Result<ContainerCreateOpts, St
         .image(&req.image)
         .env(&req.env)
         .labels(&req.labels)
+        .annotations(&req.annotations)
         .stop_timeout(req.stop_timeout_secs);
     if let Some(user) = &req.user {
         b = b.user(user);

@@ -76,6 +76,7 @@ pub struct Inspected {
     /// Started at least once (Podman keeps a start time from then on).
     pub ever_started: bool,
     pub ports: Vec<PublishedPort>,
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// SELinux relabelling of a bind mount.
@@ -117,6 +118,7 @@ pub struct CreateRequest {
     pub workdir: Option<String>,
     pub env: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
     pub mounts: Vec<MountRequest>,
     pub ports: Vec<PortRequest>,
     pub memory_bytes: Option<i64>,

@@ -252,12 +252,19 @@ impl Podman {
         let (status, started_at) = data
             .state
             .map_or((None, None), |s| (s.status, s.started_at));
+        let annotations = data
+            .config
+            .and_then(|c| c.annotations)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         Ok(Some(Inspected {
             id: data.id.unwrap_or_default(),
             name: data.name.unwrap_or_default(),
             state: State::parse(&status.unwrap_or_default()),
             ever_started: ever_started(started_at.map(|t| t.timestamp())),
             ports,
+            annotations,
         }))
     }
 

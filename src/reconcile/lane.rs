@@ -159,7 +159,8 @@ async fn converge(
                 container_name: &spec.container_name,
                 order: spec.update.order,
             };
-            plan::decide(desired, view.containers)
+            let containers = older_but_same(ctx, spec, &hash, view.containers).await;
+            plan::decide(desired, containers)
         }
         Err(_) if spec.state == DesiredState::Stopped => plan::decide_stopped(view.containers),
         // Podman went away during this run (the list answered, the image
@@ -208,6 +209,13 @@ async fn converge(
         }
         let mut outcome = Outcome::new(lane, Some(plan.action.clone()), Phase::Pending, "");
         outcome.extras = plan.extras.len();
+        if matches!(
+            plan.action,
+            Action::Recreate(plan::Why::SpecChanged) | Action::Roll(plan::Why::SpecChanged)
+        ) && let Some(old) = plan.step.current()
+        {
+            outcome.changes = spec_changes(ctx, old, spec).await;
+        }
         return outcome;
     }
 
@@ -352,6 +360,107 @@ async fn elsewhere(ctx: &Ctx, spec: &LaneSpec, previous: Option<&Status>) -> Opt
         crate::container::short(id),
         ctx.podman.url()
     ))
+}
+
+/// Containers made by a lanectl that canonicalized differently (another
+/// `io.lanectl.hash-version`) carry a hash this one cannot remake: one whose
+/// stored spec, image ID, codex fingerprint and tracked content are what
+/// the lane wants now is taken as having the desired hash (its labels are
+/// refreshed at its next recreate, never by a recreate of their own). An
+/// upgrade of lanectl never restarts a fleet.
+async fn older_but_same(
+    ctx: &Ctx,
+    spec: &LaneSpec,
+    hash: &LaneHash,
+    mut containers: Vec<Observed>,
+) -> Vec<Observed> {
+    let current = hash::CANONICAL_VERSION.to_string();
+    for c in &mut containers {
+        let label = |key: &str| c.labels.get(key).map(String::as_str);
+        // No version label: made before lanectl wrote one, by version 1.
+        let version = label(crate::labels::HASH_VERSION).unwrap_or("1");
+        if version == current || label(crate::labels::SPEC_HASH) == Some(hash.full.as_str()) {
+            continue;
+        }
+        let same_parts = label(crate::labels::IMAGE_ID) == Some(hash.image_id.as_str())
+            && label(crate::labels::CODEX_FINGERPRINT) == hash.codex.as_deref()
+            && label(crate::labels::TRACKED_HASH).unwrap_or_default() == hash.tracked;
+        if !same_parts {
+            continue;
+        }
+        let Ok(Some(inspected)) = ctx.podman.inspect(&c.id).await else {
+            continue;
+        };
+        let stored = inspected
+            .annotations
+            .get(crate::labels::SPEC_ANNOTATION)
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok());
+        if stored.as_ref() == Some(&hash::stored_spec(spec)) {
+            info!(container = %c.name, version, "made by a lanectl that hashed differently, for this very spec: kept");
+            c.labels
+                .insert(crate::labels::SPEC_HASH.to_string(), hash.full.clone());
+        }
+    }
+    containers
+}
+
+/// What differs between the spec `old` was made with (its annotation) and
+/// `spec`, field by field; nothing when the container has none (made by a
+/// lanectl before it kept one) or it cannot be read.
+async fn spec_changes(
+    ctx: &Ctx,
+    old: &Observed,
+    spec: &LaneSpec,
+) -> Vec<crate::reconcile::FieldChange> {
+    let Ok(Some(inspected)) = ctx.podman.inspect(&old.id).await else {
+        return Vec::new();
+    };
+    let Some(stored) = inspected
+        .annotations
+        .get(crate::labels::SPEC_ANNOTATION)
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+    else {
+        return Vec::new();
+    };
+    let wanted = hash::stored_spec(spec);
+    hash::changed_fields(&stored, &wanted)
+        .into_iter()
+        .map(|field| {
+            let (before, after) = (pointer(&stored, &field), pointer(&wanted, &field));
+            let secret = field.starts_with("env.") || field.starts_with("labels.");
+            let (old, new) = match (before, after) {
+                (None, _) if secret => ("(none)".into(), "(added)".into()),
+                (_, None) if secret => ("(removed)".into(), "(none)".into()),
+                _ if secret => ("(changed)".into(), "(changed)".into()),
+                (a, b) => (show(a), show(b)),
+            };
+            crate::reconcile::FieldChange { field, old, new }
+        })
+        .collect()
+}
+
+/// The value at a field path as `changed_fields` names it.
+fn pointer<'v>(v: &'v serde_json::Value, field: &str) -> Option<&'v serde_json::Value> {
+    let mut node = v;
+    for part in field.split('.') {
+        let (key, indices) = part
+            .split_once('[')
+            .map_or((part, ""), |(k, rest)| (k, rest));
+        node = node.get(key)?;
+        for index in indices.split('[').filter(|s| !s.is_empty()) {
+            node = node.get(index.trim_end_matches(']').parse::<usize>().ok()?)?;
+        }
+    }
+    Some(node)
+}
+
+/// A value as `plan --diff` shows it.
+fn show(v: Option<&serde_json::Value>) -> String {
+    match v {
+        None | Some(serde_json::Value::Null) => "(none)".into(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
 }
 
 /// The endpoint a status named and the container it named it for.

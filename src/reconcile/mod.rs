@@ -103,6 +103,18 @@ pub struct Outcome {
     pub interrupted: bool,
     /// The status file could not be written (disk full, read-only dir).
     pub status_error: Option<String>,
+    /// `plan`, a spec change: the fields that differ, with their values.
+    pub changes: Vec<FieldChange>,
+}
+
+/// One field of the spec that a recreate changes, as `plan` shows it. The
+/// values of env vars and labels are never known here (the container keeps
+/// only their sha256): those say `(changed)`, `(added)` or `(removed)`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldChange {
+    pub field: String,
+    pub old: String,
+    pub new: String,
 }
 
 impl Outcome {
@@ -124,6 +136,7 @@ impl Outcome {
             retry_at: None,
             interrupted: false,
             status_error: None,
+            changes: Vec::new(),
         }
     }
 

@@ -229,3 +229,100 @@ fn plan_leaves_even_a_killed_lanectls_temporary_status_file_alone() {
     lanes.apply_ok();
     assert!(!temp.exists(), "apply tidies what a killed lanectl left");
 }
+
+#[test]
+fn plan_names_the_fields_a_spec_change_touches_and_never_an_env_value() {
+    let lanes = Lanes::new("plan-fields");
+    let base = |extra: &str| {
+        lanes.worker_lane(&format!(
+            "env: {{A: secret-a}}\nresources: {{memory: 256m}}\n{extra}"
+        ))
+    };
+    lanes.write("a", &base(""));
+    lanes.apply_ok();
+    podman(&[
+        "tag",
+        &crate::common::image(),
+        "localhost/lanectl-plan-fields:alt",
+    ]);
+
+    let worker = |yaml: String| yaml;
+    let edits: Vec<(String, &str)> = vec![
+        (base("").replace("secret-a", "secret-b"), "env.A"),
+        (
+            base("").replace("{A: secret-a}", "{A: secret-a, B: secret-c}"),
+            "env.B",
+        ),
+        (
+            base("").replace("read_only: true", "read_only: false"),
+            "mounts[0].read_only",
+        ),
+        (
+            base("").replace(
+                "ports: [{container: 31417}]",
+                "ports: [{container: 31417, host_ip: 127.0.0.2}]",
+            ),
+            "ports[0].host_ip",
+        ),
+        (
+            base("").replace("memory: 256m", "memory: 512m"),
+            "resources.memory_bytes",
+        ),
+        (
+            worker(base("")).replace(&crate::common::image(), "localhost/lanectl-plan-fields:alt"),
+            "image",
+        ),
+        (
+            base("").replace(
+                "entrypoint: [/usr/local/bin/lane-worker]",
+                "entrypoint: [/usr/local/bin/lane-worker, --verbose]",
+            ),
+            "entrypoint[1]",
+        ),
+    ];
+    for (yaml, field) in edits {
+        lanes.write("a", &yaml);
+        let run = lanes.lanectl(&["plan"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        assert_eq!(
+            run.stdout.trim(),
+            format!("a  recreate: spec changed ({field})"),
+            "{run:?}"
+        );
+        let diff = lanes.lanectl(&["plan", "--diff"]);
+        let json = lanes.lanectl(&["plan", "--json"]);
+        for out in [&run, &diff, &json] {
+            assert!(
+                !out.stdout.contains("secret-") && !out.stderr.contains("secret-"),
+                "an env value was printed: {out:?}"
+            );
+        }
+        assert!(diff.stdout.contains(&format!("    {field}: ")), "{diff:?}");
+        let planned: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+        assert_eq!(planned[0]["fields"][0], field, "{planned}");
+    }
+
+    // The exact shapes, for one edit.
+    lanes.write(
+        "a",
+        &base("")
+            .replace("memory: 256m", "memory: 512m")
+            .replace("secret-a", "secret-b"),
+    );
+    let diff = lanes.lanectl(&["plan", "--diff"]);
+    assert_eq!(
+        diff.stdout,
+        "a  recreate: spec changed (env.A, resources.memory_bytes)\n\
+         \x20    env.A: (changed) -> (changed)\n\
+         \x20    resources.memory_bytes: 268435456 -> 536870912\n",
+        "{diff:?}"
+    );
+    let json = lanes.lanectl(&["plan", "--json"]);
+    assert_eq!(
+        json.stdout,
+        "[\n  {\n    \"lane\": \"a\",\n    \"action\": \"recreate\",\n    \"reason\": \"spec changed\",\n    \
+         \"fields\": [\n      \"env.A\",\n      \"resources.memory_bytes\"\n    ],\n    \"extras\": 0\n  }\n]\n",
+        "{json:?}"
+    );
+    podman(&["rmi", "localhost/lanectl-plan-fields:alt"]);
+}
