@@ -326,3 +326,98 @@ fn plan_names_the_fields_a_spec_change_touches_and_never_an_env_value() {
     );
     podman(&["rmi", "localhost/lanectl-plan-fields:alt"]);
 }
+
+/// Remakes lane `lane`'s container as an older lanectl, hashing differently,
+/// would have made it for the very same spec: same create body, labels and
+/// stored spec, but another spec hash and `io.lanectl.hash-version: 0`.
+/// Returns the new container's id.
+fn remake_as_an_older_lanectl(lanes: &Lanes, lane: &str) -> String {
+    let id = lanes.ready_id(lane).expect("ready");
+    let c = inspect(&id);
+    let name = c["Name"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches('/')
+        .to_string();
+    let mut args: Vec<String> = vec![
+        "create".into(),
+        "--name".into(),
+        name,
+        "--user".into(),
+        "root".into(),
+        "--entrypoint".into(),
+        "/usr/local/bin/lane-worker".into(),
+        "-v".into(),
+        format!(
+            "{}:/usr/local/bin/lane-worker:ro,z",
+            crate::common::worker().display()
+        ),
+        "-p".into(),
+        "127.0.0.1::31417".into(),
+        "--stop-timeout".into(),
+        "2".into(),
+        "-e".into(),
+        "A=x".into(),
+    ];
+    let labels = c["Config"]["Labels"].as_object().unwrap();
+    for (k, v) in labels {
+        let v = match k.as_str() {
+            "io.lanectl.spec-hash" => format!("sha256:{}", "0".repeat(64)),
+            "io.lanectl.config-hash" => "0".repeat(64),
+            "io.lanectl.hash-version" => "0".into(),
+            _ => v.as_str().unwrap().to_string(),
+        };
+        args.push("--label".into());
+        args.push(format!("{k}={v}"));
+    }
+    let stored = c["Config"]["Annotations"]["io.lanectl.spec"]
+        .as_str()
+        .expect("the stored spec")
+        .to_string();
+    // The CLI reads the flag as CSV: quoted whole, its quotes doubled.
+    args.push("--annotation".into());
+    let value = format!("io.lanectl.spec={stored}").replace('"', "\"\"");
+    args.push(format!("\"{value}\""));
+    args.push(labels["io.lanectl.image-id"].as_str().unwrap().to_string());
+    args.push("serve".into());
+    podman(&["rm", "-f", "-t", "0", &id]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let made = podman(&args).trim().to_string();
+    podman(&["start", &made]);
+    made
+}
+
+#[test]
+fn an_upgrade_of_lanectl_that_hashes_differently_recreates_nothing_but_real_changes() {
+    let lanes = Lanes::new("plan-upgrade");
+    for lane in ["a", "b"] {
+        lanes.write(lane, &lanes.worker_lane("env: {A: x}\n"));
+    }
+    lanes.apply_ok();
+    let a = remake_as_an_older_lanectl(&lanes, "a");
+    let b = remake_as_an_older_lanectl(&lanes, "b");
+    assert_eq!(
+        inspect(&a)["Config"]["Labels"]["io.lanectl.hash-version"],
+        "0"
+    );
+
+    let plan = lanes.lanectl(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    assert_eq!(plan.stdout, "a  nothing\nb  nothing\n", "{plan:?}");
+    lanes.apply_ok();
+    assert_eq!(lanes.ready_id("a").as_deref(), Some(a.as_str()), "a kept");
+    assert_eq!(lanes.ready_id("b").as_deref(), Some(b.as_str()), "b kept");
+
+    // A real change still recreates, and names its field.
+    lanes.write("a", &lanes.worker_lane("env: {A: y}\n"));
+    let plan = lanes.lanectl(&["plan"]);
+    assert_eq!(
+        plan.stdout, "a  recreate: spec changed (env.A)\nb  nothing\n",
+        "{plan:?}"
+    );
+    lanes.apply_ok();
+    assert_ne!(lanes.ready_id("a").as_deref(), Some(a.as_str()));
+    assert_eq!(lanes.ready_id("b").as_deref(), Some(b.as_str()));
+    let now = inspect(&lanes.ready_id("a").unwrap());
+    assert_eq!(now["Config"]["Labels"]["io.lanectl.hash-version"], "1");
+}
