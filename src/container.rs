@@ -90,6 +90,8 @@ pub struct Now {
     pub ports: Vec<PublishedPort>,
     pub spec_hash: Option<String>,
     pub codex: Option<String>,
+    /// The git commit it was made at ([`crate::provenance`]).
+    pub git_commit: Option<String>,
 }
 
 impl From<&Observed> for Now {
@@ -101,6 +103,7 @@ impl From<&Observed> for Now {
             ports: c.ports.clone(),
             spec_hash: c.labels.get(crate::labels::SPEC_HASH).cloned(),
             codex: c.labels.get(crate::labels::CODEX_FINGERPRINT).cloned(),
+            git_commit: c.labels.get(crate::labels::GIT_COMMIT).cloned(),
         }
     }
 }

@@ -84,6 +84,8 @@ pub struct Exec<'a> {
     pub instance: &'a str,
     /// Whose files may be copied in (judged as each is opened).
     pub policy: content::Policy,
+    /// The lanes directory (its git commit goes on what is made).
+    pub lanes_dir: &'a std::path::Path,
 }
 
 /// A step that failed, with the container the lane still has (if any).
@@ -186,17 +188,20 @@ impl Exec<'_> {
         before: &[PublishedPort],
         role: Role,
     ) -> Result<Now, ExecError> {
-        let made = |_: ()| {
-            create_and_start(
-                self.podman,
-                spec,
-                hash,
-                self.instance,
-                self.policy,
-                before,
-                role,
-            )
-        };
+        let mut request = create_request(spec, hash, self.instance);
+        if role == Role::Next {
+            request.name = labels::next_name(&spec.container_name);
+            request.labels.insert(labels::ROLE.into(), "next".into());
+        }
+        // Provenance: the commit checked out when the container is made.
+        let commit = crate::provenance::git_commit(self.lanes_dir);
+        if let Some(commit) = &commit {
+            request
+                .labels
+                .insert(labels::GIT_COMMIT.into(), commit.clone());
+        }
+        let request = &request;
+        let made = |_: ()| create_and_start(self.podman, spec, hash, self.policy, before, request);
         let mut created = made(()).await;
         for _ in 0..10 {
             let Err(ExecError::Podman(PodmanError::NameInUse { name })) = &created else {
@@ -241,6 +246,7 @@ impl Exec<'_> {
                 ports: c.ports,
                 spec_hash: Some(hash.full.clone()),
                 codex: hash.codex.clone(),
+                git_commit: commit,
             }),
             Err(e) => Err(self.explain_name_conflict(e, &spec.lane).await),
         }
@@ -367,21 +373,15 @@ async fn create_and_start(
     podman: &Podman,
     spec: &LaneSpec,
     hash: &LaneHash,
-    instance: &str,
     policy: content::Policy,
     before: &[PublishedPort],
-    role: Role,
+    request: &CreateRequest,
 ) -> Result<Inspected, ExecError> {
-    let mut request = create_request(spec, hash, instance);
-    if role == Role::Next {
-        request.name = labels::next_name(&spec.container_name);
-        request.labels.insert(labels::ROLE.into(), "next".into());
-    }
     let mut attempt = 0;
     loop {
         attempt += 1;
         let again = if attempt == 1 { before } else { &[] };
-        let request = with_free_ports(&request, again).await;
+        let request = with_free_ports(request, again).await;
         let clock = std::time::Instant::now();
         let ms = |from: std::time::Instant| {
             u64::try_from(from.elapsed().as_millis()).unwrap_or(u64::MAX)

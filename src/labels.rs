@@ -21,6 +21,9 @@ pub const TRACKED_HASH: &str = "io.lanectl.tracked-hash";
 /// later lanectl that canonicalizes differently compares field by field
 /// ([`SPEC_ANNOTATION`]) instead of trusting a hash it cannot remake.
 pub const HASH_VERSION: &str = "io.lanectl.hash-version";
+/// The git commit checked out where the lanes directory lives, when the
+/// container was made (never a reason to recreate).
+pub const GIT_COMMIT: &str = "io.lanectl.git-commit";
 /// An annotation (inspect shows it, the list call does not carry it): the
 /// resolved spec in canonical JSON, env and label values as their sha256,
 /// so that `plan` can name the fields that changed.

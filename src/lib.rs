@@ -38,6 +38,7 @@ pub mod observe;
 pub mod plan;
 pub mod podman;
 pub mod probe;
+pub mod provenance;
 pub mod queue;
 pub mod reconcile;
 pub mod sources;

@@ -63,6 +63,10 @@ pub struct Status {
     pub desired_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub codex_fingerprint: Option<String>,
+    /// The git commit the container was made at, when the lanes directory
+    /// is in a git work tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_commit: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_sha256: Option<String>,
     /// Every input this status answers to (the manifest, `_defaults.yaml`,
@@ -89,6 +93,7 @@ impl Status {
             spec_hash: None,
             desired_hash: None,
             codex_fingerprint: None,
+            git_commit: None,
             manifest_sha256: None,
             inputs_sha256: None,
             restarts: 0,

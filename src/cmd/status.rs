@@ -34,25 +34,27 @@ pub fn run(global: &Global, json: bool) -> anyhow::Result<super::Exit> {
     }
     let mut table = Table::new();
     table.load_preset(presets::NOTHING);
-    table.set_header([
-        "LANE",
-        "PHASE",
-        "ENDPOINT",
-        "CONTAINER",
-        "RESTARTS",
-        "SINCE",
-        "MESSAGE",
-    ]);
+    // The commit a lane's container was made at, short, when any has one.
+    let commits = statuses.iter().any(|s| s.git_commit.is_some());
+    let mut header = vec!["LANE", "PHASE", "ENDPOINT", "CONTAINER"];
+    if commits {
+        header.push("COMMIT");
+    }
+    header.extend(["RESTARTS", "SINCE", "MESSAGE"]);
+    table.set_header(header);
     for s in &statuses {
-        table.add_row([
+        let mut row = vec![
             s.lane.clone(),
             s.phase.to_string(),
             s.endpoint.clone().unwrap_or_default(),
             s.container.clone().unwrap_or_default(),
-            s.restarts.to_string(),
-            s.since.clone(),
-            s.message.clone(),
-        ]);
+        ];
+        if commits {
+            let commit = s.git_commit.as_deref().map(crate::provenance::short);
+            row.push(commit.unwrap_or_default().to_string());
+        }
+        row.extend([s.restarts.to_string(), s.since.clone(), s.message.clone()]);
+        table.add_row(row);
     }
     println!("{table}");
     Ok(super::Exit::Ok)

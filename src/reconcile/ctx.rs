@@ -103,6 +103,7 @@ impl Ctx {
             podman: &self.podman,
             instance: &self.instance,
             policy: self.policy,
+            lanes_dir: &self.dir,
         }
     }
 

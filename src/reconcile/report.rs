@@ -244,6 +244,7 @@ fn name(st: &mut Status, container: Option<&Now>) {
         st.container_id = Some(c.id.clone());
         st.spec_hash.clone_from(&c.spec_hash);
         st.codex_fingerprint.clone_from(&c.codex);
+        st.git_commit.clone_from(&c.git_commit);
     }
 }
 
@@ -336,6 +337,7 @@ mod tests {
             }],
             spec_hash: Some("sha256:x".into()),
             codex: None,
+            git_commit: None,
         }
     }
 

@@ -421,3 +421,56 @@ fn an_upgrade_of_lanectl_that_hashes_differently_recreates_nothing_but_real_chan
     let now = inspect(&lanes.ready_id("a").unwrap());
     assert_eq!(now["Config"]["Labels"]["io.lanectl.hash-version"], "1");
 }
+
+#[test]
+fn a_lane_in_a_git_work_tree_records_its_commit_and_a_new_commit_alone_recreates_nothing() {
+    use crate::readme::git_ok;
+    let lanes = Lanes::new("plan-git");
+    let root = lanes.path("");
+    std::fs::write(root.join(".gitignore"), "*.status.yaml\n").unwrap();
+    lanes.write("a", &lanes.worker_lane("env: {A: '1'}\n"));
+    git_ok(&root, &["init", "-q"]);
+    git_ok(&root, &["add", "-A"]);
+    git_ok(&root, &["commit", "-qm", "one"]);
+    git_ok(&root, &["pack-refs", "--all"]); // the ref is read from packed-refs
+    let head = || git_ok(&root, &["rev-parse", "HEAD"]).trim().to_string();
+    let one = head();
+
+    lanes.apply_ok();
+    let st = lanes.status("a").unwrap();
+    assert_eq!(st["git_commit"], one.as_str(), "{st}");
+    let id = lanes.ready_id("a").unwrap();
+    assert_eq!(
+        inspect(&id)["Config"]["Labels"]["io.lanectl.git-commit"],
+        one.as_str()
+    );
+    let table = lanes.lanectl(&["status"]);
+    assert!(table.stdout.contains("COMMIT"), "{table:?}");
+    assert!(
+        table.stdout.contains(&format!(" {} ", &one[..7])),
+        "{table:?}"
+    );
+
+    // A commit that changes no manifest: nothing to do, the status keeps
+    // the commit the container was made at.
+    std::fs::write(root.join("NOTES"), "unrelated\n").unwrap();
+    git_ok(&root, &["add", "NOTES"]);
+    git_ok(&root, &["commit", "-qm", "notes"]);
+    let plan = lanes.lanectl(&["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        (plan.code, plan.stdout.as_str()),
+        (0, "a  nothing\n"),
+        "{plan:?}"
+    );
+    lanes.apply_ok();
+    assert_eq!(lanes.ready_id("a").as_deref(), Some(id.as_str()));
+    assert_eq!(lanes.status("a").unwrap()["git_commit"], one.as_str());
+
+    // A manifest change committed: the new container carries the new commit.
+    lanes.write("a", &lanes.worker_lane("env: {A: '2'}\n"));
+    git_ok(&root, &["commit", "-qam", "two"]);
+    let two = head();
+    lanes.apply_ok();
+    assert_ne!(lanes.ready_id("a").as_deref(), Some(id.as_str()));
+    assert_eq!(lanes.status("a").unwrap()["git_commit"], two.as_str());
+}

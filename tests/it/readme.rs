@@ -225,7 +225,7 @@ fn masking_keeps_what_matters() {
 
 /// Runs git in `dir` with a fixed identity and lanectl on PATH; `env`
 /// overrides (e.g. `CONTAINER_HOST`).
-fn git(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+pub(crate) fn git(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new("git");
     cmd.arg("-C")
         .arg(dir)
@@ -243,7 +243,7 @@ fn git(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output 
     cmd.output().expect("git")
 }
 
-fn git_ok(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn git_ok(dir: &Path, args: &[&str]) -> String {
     let out = git(dir, args, &[]);
     assert!(
         out.status.success(),
