@@ -193,6 +193,19 @@ impl Exec<'_> {
             request.name = labels::next_name(&spec.container_name);
             request.labels.insert(labels::ROLE.into(), "next".into());
         }
+        // The codex's files by digest, for `plan` to name what changes.
+        if let Some(codex) = &spec.codex {
+            let (source, policy) = (codex.source.clone(), self.policy);
+            let digests =
+                tokio::task::spawn_blocking(move || content::codex_file_digests(&source, policy))
+                    .await;
+            if let Ok(Ok(digests)) = digests {
+                request.annotations.insert(
+                    labels::CODEX_FILES_ANNOTATION.into(),
+                    serde_json::to_string(&digests).unwrap_or_default(),
+                );
+            }
+        }
         // Provenance: the commit checked out when the container is made.
         let commit = crate::provenance::git_commit(self.lanes_dir);
         if let Some(commit) = &commit {
@@ -589,6 +602,27 @@ fn resolve_owner(user: &str, group: &str, passwd: &str) -> Option<(u64, u64)> {
     Some((uid, group.parse().unwrap_or(primary)))
 }
 
+/// What a container keeps for `plan` to explain a later change: the stored
+/// spec, and each tracked mount's content hash.
+fn annotations(spec: &LaneSpec, hash: &LaneHash) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::from([(
+        labels::SPEC_ANNOTATION.to_string(),
+        crate::hash::stored_spec(spec).to_string(),
+    )]);
+    if !hash.tracked_parts.is_empty() {
+        let parts: std::collections::BTreeMap<&str, &str> = hash
+            .tracked_parts
+            .iter()
+            .map(|(t, h)| (t.as_str(), h.as_str()))
+            .collect();
+        out.insert(
+            labels::TRACKED_ANNOTATION.to_string(),
+            serde_json::to_string(&parts).unwrap_or_default(),
+        );
+    }
+    out
+}
+
 /// The create body: the resolved spec plus lanectl's labels and the
 /// fingerprint env.
 pub fn create_request(spec: &LaneSpec, hash: &LaneHash, instance: &str) -> CreateRequest {
@@ -612,10 +646,7 @@ pub fn create_request(spec: &LaneSpec, hash: &LaneHash, instance: &str) -> Creat
         workdir: spec.workdir.clone(),
         env,
         labels: all_labels,
-        annotations: std::collections::BTreeMap::from([(
-            labels::SPEC_ANNOTATION.to_string(),
-            crate::hash::stored_spec(spec).to_string(),
-        )]),
+        annotations: annotations(spec, hash),
         mounts: spec
             .mounts
             .iter()

@@ -27,6 +27,9 @@ pub struct LaneHash {
     pub codex: Option<String>,
     /// sha256 over the `track_content` mounts' content hashes ("" when none).
     pub tracked: String,
+    /// Those content hashes by mount target (kept on the container so that
+    /// `plan` can name the mount whose content changed).
+    pub tracked_parts: Vec<(String, String)>,
 }
 
 impl LaneHash {
@@ -83,6 +86,7 @@ pub fn lane_hash(
         v: CANONICAL_VERSION,
         spec,
     });
+    let tracked_parts = tracked.to_vec();
     let tracked = tracked_digest(tracked);
     let full = canonical(&Full {
         v: CANONICAL_VERSION,
@@ -97,6 +101,7 @@ pub fn lane_hash(
         image_id: image_id.to_string(),
         codex: codex.map(str::to_string),
         tracked,
+        tracked_parts,
     }
 }
 

@@ -28,6 +28,10 @@ pub const GIT_COMMIT: &str = "io.lanectl.git-commit";
 /// resolved spec in canonical JSON, env and label values as their sha256,
 /// so that `plan` can name the fields that changed.
 pub const SPEC_ANNOTATION: &str = "io.lanectl.spec";
+/// An annotation: the sha256 of each codex file by path (never the bytes).
+pub const CODEX_FILES_ANNOTATION: &str = "io.lanectl.codex-files";
+/// An annotation: each `track_content` mount's content hash by target.
+pub const TRACKED_ANNOTATION: &str = "io.lanectl.tracked";
 /// On a start-first rollout's new container, made under [`next_name`]:
 /// `next`. A label is fixed at create, so the name, not this, tells whether
 /// the container still awaits its swap.

@@ -293,6 +293,7 @@ mod tests {
             image_id: "img".into(),
             codex: Some("cx".into()),
             tracked: String::new(),
+            tracked_parts: Vec::new(),
         }
     }
 

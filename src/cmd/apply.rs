@@ -156,16 +156,18 @@ fn plan_line(o: &Outcome) -> String {
         Some(a) => a.to_string(),
         None => format!("{}: {}", o.phase, o.message),
     };
-    // A spec change names its fields: `spec changed (env.A, mounts[0].read_only)`.
-    let line = if o.changes.is_empty() {
-        line
-    } else {
-        let fields: Vec<&str> = o.changes.iter().map(|c| c.field.as_str()).collect();
-        line.replacen(
-            "spec changed",
-            &format!("spec changed ({})", fields.join(", ")),
-            1,
-        )
+    // A change names what it touches: `spec changed (env.A, mounts[0].read_only)`,
+    // `codex changed (config.toml)`, `tracked content changed (/data)`.
+    let why = match &o.action {
+        Some(Action::Recreate(why) | Action::Roll(why)) => Some(why.to_string()),
+        _ => None,
+    };
+    let line = match why {
+        Some(why) if !o.changes.is_empty() => {
+            let fields: Vec<&str> = o.changes.iter().map(|c| c.field.as_str()).collect();
+            line.replacen(&why, &format!("{why} ({})", fields.join(", ")), 1)
+        }
+        _ => line,
     };
     match o.extras {
         0 => line,

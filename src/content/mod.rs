@@ -140,6 +140,30 @@ pub fn codex_archive<W: Write>(
     Ok(fingerprint)
 }
 
+/// The sha256 of each file of a codex directory, by relative path (`/`
+/// separators, as the fingerprint names them): kept beside the fingerprint
+/// so that `plan` can name the files a codex change touches, never their
+/// bytes.
+pub fn codex_file_digests(
+    dir: &Path,
+    policy: Policy,
+) -> Result<std::collections::BTreeMap<String, String>, ContentError> {
+    let (_, files) = walk::listing(dir, policy, None)?;
+    let mut out = std::collections::BTreeMap::new();
+    for file in &files {
+        let (handle, meta) = file.open(policy)?;
+        let mut sum = Sha256::new();
+        let mut reader = Exact::new(&file.path, handle, meta.len(), &mut sum);
+        let drained = io::copy(&mut reader, &mut io::sink()).map(drop);
+        reader.finish(drained)?;
+        out.insert(
+            String::from_utf8_lossy(&file.rel).into_owned(),
+            hex::encode(sum.finalize()),
+        );
+    }
+    Ok(out)
+}
+
 /// Content hash of a `track_content` mount source: the fingerprint of a directory, the
 /// lower-hex sha256 of the bytes of a regular file.
 pub fn tracked_content(path: &Path, policy: Policy) -> Result<String, ContentError> {

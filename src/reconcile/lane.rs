@@ -209,12 +209,21 @@ async fn converge(
         }
         let mut outcome = Outcome::new(lane, Some(plan.action.clone()), Phase::Pending, "");
         outcome.extras = plan.extras.len();
-        if matches!(
-            plan.action,
-            Action::Recreate(plan::Why::SpecChanged) | Action::Roll(plan::Why::SpecChanged)
-        ) && let Some(old) = plan.step.current()
-        {
-            outcome.changes = spec_changes(ctx, old, spec).await;
+        let why = match &plan.action {
+            Action::Recreate(why) | Action::Roll(why) => Some(*why),
+            _ => None,
+        };
+        let hash = match &plan.step {
+            Step::Make { hash, .. } | Step::Roll { hash, .. } => Some(hash),
+            _ => None,
+        };
+        if let (Some(why), Some(hash), Some(old)) = (why, hash, plan.step.current()) {
+            outcome.changes = match why {
+                plan::Why::SpecChanged => spec_changes(ctx, old, spec).await,
+                plan::Why::CodexChanged => codex_changes(ctx, old, spec).await,
+                plan::Why::TrackedContentChanged => tracked_changes(ctx, old, hash).await,
+                _ => Vec::new(),
+            };
         }
         return outcome;
     }
@@ -437,6 +446,75 @@ async fn spec_changes(
             crate::reconcile::FieldChange { field, old, new }
         })
         .collect()
+}
+
+/// The annotation `key` of container `old`, parsed as a map of strings.
+async fn kept_map(
+    ctx: &Ctx,
+    old: &Observed,
+    key: &str,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let inspected = ctx.podman.inspect(&old.id).await.ok()??;
+    serde_json::from_str(inspected.annotations.get(key)?).ok()
+}
+
+/// The entries of two digest maps that differ: changed, added, removed.
+fn map_changes(
+    old: &std::collections::BTreeMap<String, String>,
+    new: &std::collections::BTreeMap<String, String>,
+) -> Vec<crate::reconcile::FieldChange> {
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    keys.into_iter()
+        .filter_map(|k| {
+            let (old, new) = match (old.get(k), new.get(k)) {
+                (Some(a), Some(b)) if a == b => return None,
+                (Some(_), Some(_)) => ("(changed)", "(changed)"),
+                (None, _) => ("(none)", "(added)"),
+                (_, None) => ("(removed)", "(none)"),
+            };
+            Some(crate::reconcile::FieldChange {
+                field: k.clone(),
+                old: old.into(),
+                new: new.into(),
+            })
+        })
+        .collect()
+}
+
+/// The codex files that changed, were added or removed since `old` was
+/// made (from the digests it keeps, never the bytes).
+async fn codex_changes(
+    ctx: &Ctx,
+    old: &Observed,
+    spec: &LaneSpec,
+) -> Vec<crate::reconcile::FieldChange> {
+    let Some(codex) = &spec.codex else {
+        return Vec::new();
+    };
+    let Some(kept) = kept_map(ctx, old, crate::labels::CODEX_FILES_ANNOTATION).await else {
+        return Vec::new();
+    };
+    let (source, policy) = (codex.source.clone(), ctx.policy);
+    let now =
+        tokio::task::spawn_blocking(move || crate::content::codex_file_digests(&source, policy))
+            .await;
+    match now {
+        Ok(Ok(now)) => map_changes(&kept, &now),
+        _ => Vec::new(),
+    }
+}
+
+/// The `track_content` mounts whose content changed since `old` was made.
+async fn tracked_changes(
+    ctx: &Ctx,
+    old: &Observed,
+    hash: &LaneHash,
+) -> Vec<crate::reconcile::FieldChange> {
+    let Some(kept) = kept_map(ctx, old, crate::labels::TRACKED_ANNOTATION).await else {
+        return Vec::new();
+    };
+    let now = hash.tracked_parts.iter().cloned().collect();
+    map_changes(&kept, &now)
 }
 
 /// The value at a field path as `changed_fields` names it.

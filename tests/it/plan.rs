@@ -84,10 +84,41 @@ fn plan_names_tracked_content_changes() {
     lanes.apply_ok();
     lanes.file("work/secret.txt", "two\n");
     let plan = lanes.lanectl(&["plan"]);
-    assert!(
-        plan.stdout.contains("a  recreate: tracked content changed"),
+    assert_eq!(
+        plan.stdout, "a  recreate: tracked content changed (/run/secret.txt)\n",
         "{plan:?}"
     );
+}
+
+#[test]
+fn plan_names_the_codex_files_that_changed_were_added_or_removed() {
+    let lanes = Lanes::new("plan-codex");
+    lanes.file("codex/a/config.toml", "model = 1\n");
+    lanes.file("codex/a/old.md", "old\n");
+    lanes.file("codex/a/same.md", "same\n");
+    lanes.write(
+        "a",
+        &lanes.worker_lane("codex: {source: ../codex/a, target: /root/.codex}\n"),
+    );
+    lanes.apply_ok();
+    lanes.file("codex/a/config.toml", "model = 2\n");
+    lanes.file("codex/a/prompts/new.md", "new\n");
+    std::fs::remove_file(lanes.path("codex/a/old.md")).unwrap();
+    let plan = lanes.lanectl(&["plan"]);
+    assert_eq!(
+        plan.stdout, "a  recreate: codex changed (config.toml, old.md, prompts/new.md)\n",
+        "{plan:?}"
+    );
+    let diff = lanes.lanectl(&["plan", "--diff"]);
+    assert_eq!(
+        diff.stdout,
+        "a  recreate: codex changed (config.toml, old.md, prompts/new.md)\n\
+         \x20    config.toml: (changed) -> (changed)\n\
+         \x20    old.md: (removed) -> (none)\n\
+         \x20    prompts/new.md: (none) -> (added)\n",
+        "{diff:?}"
+    );
+    assert!(!diff.stdout.contains("model"), "never a file's bytes");
 }
 
 #[test]
