@@ -109,7 +109,7 @@ fn a_start_first_rollout_never_drops_a_request() {
         let plan = lanes.lanectl(&["plan"]);
         assert!(
             plan.stdout
-                .contains("a  recreate: spec changed (start-first)"),
+                .contains("a  recreate: spec changed (env.V) (start-first)"),
             "{plan:?}"
         );
         let run = lanes.apply_ok();
