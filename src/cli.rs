@@ -102,6 +102,15 @@ pub enum Command {
         #[arg(value_parser = lane_name)]
         lanes: Vec<String>,
     },
+    /// Print a completion script for a shell (e.g. `lanectl completions bash >
+    /// /etc/bash_completion.d/lanectl`).
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print the man page (roff), made from this command line's definition.
+    #[command(hide = true)]
+    Man,
     /// Wait until the lanes (default all) reached a state for their current
     /// manifest, defaults, codex and tracked content. Needs no Podman.
     Wait {
@@ -115,6 +124,14 @@ pub enum Command {
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: std::time::Duration,
     },
+}
+
+/// A shell `completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 /// What `wait` waits for.

@@ -47,6 +47,22 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         }
         Command::Validate { paths } => validate::run(&global, &paths),
         Command::Status { json } => status::run(&global, json),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let shell = match shell {
+                crate::cli::Shell::Bash => clap_complete::Shell::Bash,
+                crate::cli::Shell::Zsh => clap_complete::Shell::Zsh,
+                crate::cli::Shell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "lanectl", &mut std::io::stdout());
+            Ok(Exit::Ok)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(Exit::Ok)
+        }
         Command::Wait {
             lanes,
             wait_for,

@@ -205,3 +205,33 @@ fn an_error_prints_each_cause_once() {
         assert_eq!(run.stderr.matches("os error 2").count(), 1, "{run:?}");
     }
 }
+
+#[test]
+fn completions_for_bash_zsh_and_fish_and_a_man_page_that_does_not_drift() {
+    let lanes = Lanes::new("completions");
+    for (shell, marker) in [
+        ("bash", "complete -F _lanectl"),
+        ("zsh", "#compdef lanectl"),
+        ("fish", "complete -c lanectl"),
+    ] {
+        let run = lanes.lanectl_offline(&["completions", shell]);
+        assert_eq!(run.code, 0, "{shell}: {run:?}");
+        assert!(run.stdout.contains(marker), "{shell}: {}", run.stdout);
+        for sub in ["apply", "plan", "wait", "status", "validate"] {
+            assert!(run.stdout.contains(sub), "{shell} lacks {sub}");
+        }
+    }
+    assert_eq!(lanes.lanectl_offline(&["completions", "tcsh"]).code, 64);
+    // docs/lanectl.1 is `lanectl man`: regenerate it when the CLI changes.
+    let man = lanes.lanectl_offline(&["man"]);
+    assert_eq!(man.code, 0, "{man:?}");
+    let kept = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/lanectl.1"),
+    )
+    .unwrap();
+    assert_eq!(
+        man.stdout, kept,
+        "docs/lanectl.1 drifted from the CLI: lanectl man > docs/lanectl.1"
+    );
+    assert!(kept.contains(".TH lanectl 1") && kept.contains("completions"));
+}
