@@ -87,8 +87,11 @@ pub enum Command {
         #[arg(long, conflicts_with = "diff")]
         json: bool,
     },
-    /// The lanes' status files as a table.
+    /// The lanes' status files as a table; named lanes in full, with their
+    /// history.
     Status {
+        #[arg(value_parser = lane_name)]
+        lanes: Vec<String>,
         /// A JSON array instead.
         #[arg(long)]
         json: bool,

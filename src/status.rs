@@ -77,8 +77,34 @@ pub struct Status {
     pub restarts: u32,
     #[serde(default)]
     pub message: String,
+    /// The last [`HISTORY`] phase changes, oldest first; written only when
+    /// the phase changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Transition>,
+    /// Written last: a file cut short lacks it.
     pub since: String,
 }
+
+/// One phase change of a lane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transition {
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// `None` for the lane's first status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Phase>,
+    pub to: Phase,
+    /// The new status's message, bounded.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Phase changes a status file keeps.
+pub const HISTORY: usize = 10;
+
+/// Bytes of a transition's reason.
+const MAX_REASON_BYTES: usize = 300;
 
 impl Status {
     /// A status with nothing known but the lane and its phase.
@@ -98,6 +124,7 @@ impl Status {
             inputs_sha256: None,
             restarts: 0,
             message: String::new(),
+            history: Vec::new(),
             since: now_rfc3339(),
         }
     }
@@ -199,6 +226,27 @@ pub struct Rewrote {
 pub fn write_if_changed(dir: &Path, mut new: Status) -> Result<Option<Rewrote>, StatusError> {
     bound_message(&mut new.message);
     let old = read(dir, &new.lane);
+    // The history goes on from the file's, one entry per phase change.
+    new.history = old.as_ref().map(|o| o.history.clone()).unwrap_or_default();
+    if old.as_ref().is_none_or(|o| o.phase != new.phase) {
+        let mut reason = new.message.clone();
+        if reason.len() > MAX_REASON_BYTES {
+            let mut end = MAX_REASON_BYTES;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+            reason.push('…');
+        }
+        new.history.push(Transition {
+            at: new.since.clone(),
+            from: old.as_ref().map(|o| o.phase),
+            to: new.phase,
+            reason,
+        });
+        let extra = new.history.len().saturating_sub(HISTORY);
+        new.history.drain(..extra);
+    }
     if let Some(old) = &old {
         if old.phase == new.phase {
             new.since.clone_from(&old.since);

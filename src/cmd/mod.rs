@@ -46,7 +46,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
             Ok(Exit::Ok)
         }
         Command::Validate { paths } => validate::run(&global, &paths),
-        Command::Status { json } => status::run(&global, json),
+        Command::Status { lanes, json } => status::run(&global, &lanes, json),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let shell = match shell {

@@ -9,12 +9,19 @@ use crate::status::{self, Phase, Status};
 /// The message of a lane that has no (readable) status file.
 const NO_STATUS: &str = "no status file yet: run lanectl apply (or lanectl run)";
 
-pub fn run(global: &Global, json: bool) -> anyhow::Result<super::Exit> {
+pub fn run(global: &Global, named: &[String], json: bool) -> anyhow::Result<super::Exit> {
     let listing = lane::list_dir(&global.dir)?;
     let mut names: Vec<String> = listing.lanes.keys().cloned().collect();
     names.extend(listing.status_files);
     names.sort();
     names.dedup();
+    if let Some(unknown) = named.iter().find(|n| !names.contains(n)) {
+        eprintln!("no lane {unknown}: neither a manifest nor a status file");
+        return Ok(super::Exit::Failed);
+    }
+    if !named.is_empty() {
+        names.retain(|n| named.contains(n));
+    }
     // A lane without a readable status file is shown, in both forms, as
     // `pending` (not converged yet) with a message saying so: one of the
     // SPEC's phases, never a phase of our own, and no `since` it never had.
@@ -30,6 +37,16 @@ pub fn run(global: &Global, json: bool) -> anyhow::Result<super::Exit> {
         .collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&statuses)?);
+        return Ok(super::Exit::Ok);
+    }
+    // Named lanes in full, history included, as their status files say.
+    if !named.is_empty() {
+        for (i, s) in statuses.iter().enumerate() {
+            if i > 0 {
+                println!("---");
+            }
+            print!("{}", crate::yaml::to_string(s)?);
+        }
         return Ok(super::Exit::Ok);
     }
     let mut table = Table::new();

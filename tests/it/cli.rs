@@ -235,3 +235,35 @@ fn completions_for_bash_zsh_and_fish_and_a_man_page_that_does_not_drift() {
     );
     assert!(kept.contains(".TH lanectl 1") && kept.contains("completions"));
 }
+
+#[test]
+fn the_status_file_keeps_the_last_ten_phase_changes_and_status_lane_shows_them() {
+    let lanes = Lanes::new("history");
+    // Invalid and valid in turn: each apply is a phase change (no Podman
+    // is needed to make an invalid lane; a valid one without an image fails).
+    for i in 0..12 {
+        let yaml = if i % 2 == 0 {
+            "imgae: x\n".to_string()
+        } else {
+            "image: localhost/lanectl-no-such-image:1\n".to_string()
+        };
+        lanes.write("a", &yaml);
+        lanes.lanectl(&["apply"]);
+    }
+    let st = lanes.status("a").unwrap();
+    let history = st["history"].as_array().unwrap();
+    assert_eq!(history.len(), 10, "{st}");
+    assert_eq!(history[9]["to"], "failed", "{st}");
+    assert_eq!(history[9]["from"], "invalid", "{st}");
+    assert!(
+        history[8]["reason"].as_str().unwrap().contains("imgae"),
+        "{st}"
+    );
+    // An apply that changes no phase adds nothing.
+    lanes.lanectl(&["apply"]);
+    assert_eq!(lanes.status("a").unwrap()["history"], st["history"]);
+    let full = lanes.lanectl_offline(&["status", "a"]);
+    assert_eq!(full.code, 0, "{full:?}");
+    assert!(full.stdout.starts_with("lane: a\n"), "{full:?}");
+    assert_eq!(full.stdout.matches("\n- at: ").count(), 10, "{full:?}");
+}

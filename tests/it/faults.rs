@@ -756,7 +756,7 @@ fn is_hex(s: &str, len: usize) -> bool {
 /// `ready` names its container, spec hash and endpoint. `since` is written
 /// last, so a file cut anywhere fails here.
 fn whole_status(lane: &str, text: &str) -> Result<(), String> {
-    const KEYS: [&str; 14] = [
+    const KEYS: [&str; 16] = [
         "lane",
         "phase",
         "endpoint",
@@ -768,6 +768,8 @@ fn whole_status(lane: &str, text: &str) -> Result<(), String> {
         "manifest_sha256",
         "inputs_sha256",
         "desired_hash",
+        "git_commit",
+        "history",
         "restarts",
         "message",
         "since",

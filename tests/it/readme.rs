@@ -469,6 +469,11 @@ fn every_row_of_the_exit_code_table() {
 
     // status: 0; 1 when the lanes dir is missing.
     assert_eq!(code(&["status"]), 0, "status");
+    assert_eq!(code(&["status", "a"]), 0, "status, a named lane");
+    assert_eq!(code(&["status", "nope"]), 1, "status, an unknown lane");
+    // completions: 0; another shell is a usage error.
+    assert_eq!(code(&["completions", "bash"]), 0, "completions");
+    assert_eq!(code(&["completions", "tcsh"]), 64, "completions, tcsh");
     assert_eq!(
         lanectl_on(&lanes, &missing, &["status"]),
         1,
