@@ -62,6 +62,8 @@ struct Shared {
     /// read at: lanes reuse it until a file-system batch or a resync makes it
     /// old (so a resync over N lanes reads the directory once, not N times).
     snapshot: Mutex<Option<(u64, Arc<desired::DirState>)>>,
+    /// systemd's notifications (no-ops outside systemd).
+    notifier: crate::systemd::Notifier,
 }
 
 /// Runs until `shutdown` is cancelled (then returns Ok once in-flight
@@ -81,6 +83,7 @@ pub async fn run(
         restarts: RestartBook::backing_off(),
         probing: probing.clone(),
         snapshot: Mutex::new(None),
+        notifier: crate::systemd::Notifier::default(),
     });
 
     // Never plan against a partial view: the first full list comes first.
@@ -95,8 +98,25 @@ pub async fn run(
     }
     sources::trigger_all(&index, &queue, "startup", sources::Backoffs::Keep);
     info!(lanes = lock(&index).lanes.len(), dir = %ctx.dir.display(), "converging");
+    if queue.is_idle() {
+        shared.notifier.ready(); // no lane to converge
+    }
 
     let tracker = TaskTracker::new();
+    if let Some(every) = crate::systemd::watchdog_interval() {
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                if shared.notifier.is_ready() {
+                    crate::systemd::watchdog();
+                }
+            }
+        });
+    }
     tracker.spawn(dispatch(shared.clone(), queue.clone(), tracker.clone()));
     let fs = tokio::spawn(sources::fs::run(
         ctx.dir.clone(),
@@ -131,6 +151,7 @@ pub async fn run(
         },
     };
     // Stop handing out work; let the workers finish what they hold.
+    shared.notifier.stopping();
     shutdown.cancel();
     queue.close();
     tracker.close();
@@ -298,6 +319,8 @@ async fn run_one(
     debug!(parent: &span, took_ms = started.elapsed().as_millis() as u64, retry_in_ms = retry_at.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64), "reconciled");
     if queue.is_idle() {
         release_free_memory();
+        // Every lane has been converged once: the daemon is up.
+        shared.notifier.ready();
     }
 }
 
@@ -387,9 +410,12 @@ async fn reconcile_lane(shared: &Shared, lane: &str, cancel: &CancellationToken)
         restarts: Some(&shared.restarts),
         probing: Some(&shared.probing),
     };
-    lane::reconcile(ctx, view, Mode::Apply, hooks)
-        .await
-        .requeue()
+    let outcome = lane::reconcile(ctx, view, Mode::Apply, hooks).await;
+    if !outcome.interrupted {
+        let phase = outcome.has_manifest.then_some(outcome.phase);
+        shared.notifier.lane(lane, phase);
+    }
+    outcome.requeue()
 }
 
 #[cfg(test)]

@@ -43,4 +43,5 @@ pub mod queue;
 pub mod reconcile;
 pub mod sources;
 pub mod status;
+pub mod systemd;
 pub mod yaml;

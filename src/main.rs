@@ -63,15 +63,31 @@ fn init_tracing(global: &cli::Global, daemon: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LANECTL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("lanectl={level},warn")));
     let filter = filter.and(tracing_subscriber::filter::filter_fn(never_secrets));
+    // The journal stamps each line itself and shows no colour.
+    let journal = stderr_is_journal();
     let fmt = tracing_subscriber::fmt::layer()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(!journal && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    let layer = match global.log_format {
-        cli::LogFormat::Json => fmt.json().with_filter(filter).boxed(),
-        cli::LogFormat::Text => fmt.with_filter(filter).boxed(),
+    let layer = match (global.log_format, journal) {
+        (cli::LogFormat::Json, _) => fmt.json().with_filter(filter).boxed(),
+        (cli::LogFormat::Text, true) => fmt.without_time().with_filter(filter).boxed(),
+        (cli::LogFormat::Text, false) => fmt.with_filter(filter).boxed(),
     };
     // Another subscriber already set (only in tests) is fine to keep.
     let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// Whether stderr is systemd's journal: `JOURNAL_STREAM` names its device
+/// and inode (`dev:ino`), as systemd sets it for a unit's stderr.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", meta.dev(), meta.ino())
 }
 
 /// lanectl's own events at any level; other crates' at `info` and above.

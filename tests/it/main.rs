@@ -19,6 +19,7 @@ mod promises;
 mod readme;
 mod rollout;
 mod secrets;
+mod systemd;
 mod validate;
 mod wait;
 mod watch;
