@@ -62,6 +62,10 @@ pub enum Command {
         /// Remove every container when the directory holds no manifest.
         #[arg(long)]
         allow_prune_all: bool,
+        /// Serve Prometheus metrics at /metrics and a /healthz on this
+        /// address (e.g. 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Converge once; one line per lane.
     Apply {

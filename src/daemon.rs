@@ -41,6 +41,8 @@ pub struct Options {
     pub resync: Duration,
     pub allow_prune_all: bool,
     pub load: LoadOptions,
+    /// Where `/metrics` and `/healthz` are served (bound already).
+    pub metrics: Option<Arc<std::net::TcpListener>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     let queue = Queue::with_root(shutdown.clone());
+    // Before the first list, so that it counts for /healthz.
+    let metrics = opts.metrics.as_ref().map(|_| crate::metrics::enable());
     let index: SharedIndex = Arc::new(Mutex::new(Index::default()));
     let probing = Arc::new(Probing::default());
     let shared = Arc::new(Shared {
@@ -103,6 +107,22 @@ pub async fn run(
     }
 
     let tracker = TaskTracker::new();
+    if let (Some(listener), Some(metrics)) = (&opts.metrics, metrics) {
+        let depth: Arc<dyn Fn() -> i64 + Send + Sync> = {
+            let queue = queue.clone();
+            Arc::new(move || i64::try_from(queue.waiting()).unwrap_or(i64::MAX))
+        };
+        let (listener, stop) = (listener.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let listener = match listener.try_clone() {
+                Ok(l) => l,
+                Err(e) => return warn!(error = %e, "cannot serve metrics"),
+            };
+            if let Err(e) = crate::metrics::serve(listener, metrics, depth, stop).await {
+                warn!(error = %e, "the metrics server stopped");
+            }
+        });
+    }
     if let Some(every) = crate::systemd::watchdog_interval() {
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
         tracker.spawn(async move {
@@ -203,6 +223,9 @@ async fn refresh(shared: &Shared, list: bool) -> bool {
             .await
             .map(|d| (Arc::new(d), None))
     };
+    if list {
+        crate::metrics::full_list(seen.as_ref().map(drop).map_err(ToString::to_string));
+    }
     let (state, world) = match seen {
         Ok(seen) => seen,
         Err(e) => {
@@ -302,6 +325,7 @@ async fn run_one(
         }
     };
     queue.done(&lane);
+    crate::metrics::reconciled(started.elapsed(), matches!(next, Requeue::Failed));
     let retry_at = match next {
         Requeue::Done => {
             queue.succeeded(&lane);
@@ -414,6 +438,7 @@ async fn reconcile_lane(shared: &Shared, lane: &str, cancel: &CancellationToken)
     if !outcome.interrupted {
         let phase = outcome.has_manifest.then_some(outcome.phase);
         shared.notifier.lane(lane, phase);
+        crate::metrics::lane(&outcome);
     }
     outcome.requeue()
 }

@@ -34,6 +34,7 @@ pub mod lane;
 pub mod lanespec;
 pub mod lock;
 pub mod manifest;
+pub mod metrics;
 pub mod observe;
 pub mod plan;
 pub mod podman;

@@ -278,7 +278,6 @@ impl Queue {
     }
 
     /// Lanes waiting (not running).
-    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         lock(&self.inner)
             .lanes

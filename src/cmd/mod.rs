@@ -96,9 +96,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Run {
             resync,
             allow_prune_all,
+            metrics,
         } => {
             crate::daemon::limit_malloc_arenas(); // before any thread starts
-            runtime()?.block_on(run::run(&global, resync, allow_prune_all))
+            runtime()?.block_on(run::run(&global, resync, allow_prune_all, metrics))
         }
     }
 }

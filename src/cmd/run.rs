@@ -21,7 +21,15 @@ pub async fn run(
     global: &Global,
     resync: Duration,
     allow_prune_all: bool,
+    metrics: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<super::Exit> {
+    // Bound at once: a taken address is an error before anything else.
+    let metrics = metrics
+        .map(|addr| {
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot serve metrics on {addr}"))
+        })
+        .transpose()?;
     let shutdown = CancellationToken::new();
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -76,6 +84,7 @@ pub async fn run(
         load: LoadOptions {
             allow_insecure_permissions: global.allow_insecure_permissions,
         },
+        metrics: metrics.map(std::sync::Arc::new),
     };
     daemon::run(std::sync::Arc::new(ctx), opts, shutdown).await?;
     info!("stopped; lanes keep running");

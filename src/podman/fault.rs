@@ -8,10 +8,14 @@ use crate::container::short;
 
 /// A podman-api call that gives up after `limit`.
 pub(super) async fn bounded<T>(
+    operation: &'static str,
     limit: Duration,
     call: impl std::future::Future<Output = podman_api::Result<T>>,
 ) -> podman_api::Result<T> {
-    match tokio::time::timeout(limit, call).await {
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(limit, call).await;
+    crate::metrics::podman_request(operation, started.elapsed());
+    match answer {
         Ok(result) => result,
         Err(_) => Err(podman_api::Error::IO(std::io::Error::new(
             std::io::ErrorKind::TimedOut,

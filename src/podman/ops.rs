@@ -39,7 +39,7 @@ impl Podman {
             .all(true)
             .filter(filters)
             .build();
-        let list = bounded(CALL_TIMEOUT, self.api.containers().list(&opts)).await;
+        let list = bounded("list", CALL_TIMEOUT, self.api.containers().list(&opts)).await;
         let call = || format!("list containers of lane {lane}");
         let found = list
             .map_err(|e| api_error(call(), e))?
@@ -65,7 +65,13 @@ impl Podman {
         if reference.is_empty() || reference.contains(['?', '#', '%', ' ']) {
             return Err(PodmanError::api(call(), "not a valid image reference"));
         }
-        match bounded(CALL_TIMEOUT, self.api.images().get(reference).inspect()).await {
+        match bounded(
+            "image-inspect",
+            CALL_TIMEOUT,
+            self.api.images().get(reference).inspect(),
+        )
+        .await
+        {
             // The ID goes into the lane hash: an answer without one is an
             // error, never an empty ID that would hash as a different image.
             Ok(image) => match image.id.as_deref().filter(|id| !id.is_empty()) {
@@ -81,7 +87,7 @@ impl Podman {
     pub async fn create(&self, req: &CreateRequest) -> Result<String, PodmanError> {
         let call = || format!("create container {}", req.name);
         let opts = create_opts(req).map_err(|message| PodmanError::api(call(), message))?;
-        let e = match bounded(CALL_TIMEOUT, self.api.containers().create(&opts)).await {
+        let e = match bounded("create", CALL_TIMEOUT, self.api.containers().create(&opts)).await {
             Ok(created) => return Ok(created.id),
             Err(e) => e,
         };
@@ -118,6 +124,7 @@ impl Podman {
         let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(tar));
         let body = hyper::Body::wrap_stream(stream);
         let answer = bounded(
+            "copy",
             COPY_TIMEOUT,
             self.api.containers().get(id).copy_to("/", body),
         )
@@ -182,7 +189,12 @@ impl Podman {
 
     /// Starts a container; one already running is fine.
     pub async fn start(&self, id: &str) -> Result<(), PodmanError> {
-        let answer = bounded(CALL_TIMEOUT, self.api.containers().get(id).start(None)).await;
+        let answer = bounded(
+            "start",
+            CALL_TIMEOUT,
+            self.api.containers().get(id).start(None),
+        )
+        .await;
         settle(answer, Err(not_found(id)), || {
             format!("start container {}", short(id))
         })
@@ -190,7 +202,12 @@ impl Podman {
 
     /// Renames a container (the swap of a start-first rollout).
     pub async fn rename(&self, id: &str, name: &str) -> Result<(), PodmanError> {
-        let answer = bounded(CALL_TIMEOUT, self.api.containers().get(id).rename(name)).await;
+        let answer = bounded(
+            "rename",
+            CALL_TIMEOUT,
+            self.api.containers().get(id).rename(name),
+        )
+        .await;
         settle(answer, Err(not_found(id)), || {
             format!("rename container {} to {name}", short(id))
         })
@@ -198,7 +215,12 @@ impl Podman {
 
     /// Thaws a paused container.
     pub async fn unpause(&self, id: &str) -> Result<(), PodmanError> {
-        let answer = bounded(CALL_TIMEOUT, self.api.containers().get(id).unpause()).await;
+        let answer = bounded(
+            "unpause",
+            CALL_TIMEOUT,
+            self.api.containers().get(id).unpause(),
+        )
+        .await;
         settle(answer, Err(not_found(id)), || {
             format!("unpause container {}", short(id))
         })
@@ -207,7 +229,12 @@ impl Podman {
     /// Stops a container within its own stop timeout; one already stopped is fine.
     pub async fn stop(&self, id: &str) -> Result<(), PodmanError> {
         let opts = ContainerStopOpts::default();
-        let answer = bounded(STOP_TIMEOUT, self.api.containers().get(id).stop(&opts)).await;
+        let answer = bounded(
+            "stop",
+            STOP_TIMEOUT,
+            self.api.containers().get(id).stop(&opts),
+        )
+        .await;
         settle(answer, Err(not_found(id)), || {
             format!("stop container {}", short(id))
         })
@@ -217,14 +244,25 @@ impl Podman {
     /// gone is fine.
     pub async fn remove(&self, id: &str) -> Result<(), PodmanError> {
         let opts = ContainerDeleteOpts::builder().force(true).build();
-        let answer = bounded(STOP_TIMEOUT, self.api.containers().get(id).delete(&opts)).await;
+        let answer = bounded(
+            "remove",
+            STOP_TIMEOUT,
+            self.api.containers().get(id).delete(&opts),
+        )
+        .await;
         settle(answer, Ok(()), || format!("remove container {}", short(id)))
     }
 
     /// Inspects a container; `None` when it does not exist. Published ports are known
     /// from create on, before the first start.
     pub async fn inspect(&self, id: &str) -> Result<Option<Inspected>, PodmanError> {
-        let data = match bounded(CALL_TIMEOUT, self.api.containers().get(id).inspect()).await {
+        let data = match bounded(
+            "inspect",
+            CALL_TIMEOUT,
+            self.api.containers().get(id).inspect(),
+        )
+        .await
+        {
             Ok(data) => data,
             Err(e) if status(&e) == Some(404) => return Ok(None),
             Err(e) => return Err(api_error(format!("inspect container {}", short(id)), e)),
@@ -277,7 +315,7 @@ impl Podman {
             .all(true)
             .filter([filter])
             .build();
-        let list = bounded(CALL_TIMEOUT, self.api.containers().list(&opts)).await;
+        let list = bounded("list", CALL_TIMEOUT, self.api.containers().list(&opts)).await;
         Ok(list
             .map_err(|e| api_error(call(), e))?
             .into_iter()

@@ -717,6 +717,7 @@ pub(super) fn finish(
         st.message.clone(),
     );
     outcome.endpoint.clone_from(&st.endpoint);
+    outcome.restarts = st.restarts;
     outcome.extras = plan.map_or(0, |p| p.extras.len());
     if mode == Mode::Apply {
         outcome.status_error = write_status(ctx, st);

@@ -105,6 +105,8 @@ pub struct Outcome {
     pub status_error: Option<String>,
     /// `plan`, a spec change: the fields that differ, with their values.
     pub changes: Vec<FieldChange>,
+    /// The restarts its status counts.
+    pub restarts: u32,
 }
 
 /// One field of the spec that a recreate changes, as `plan` shows it. The
@@ -137,6 +139,7 @@ impl Outcome {
             interrupted: false,
             status_error: None,
             changes: Vec::new(),
+            restarts: 0,
         }
     }
 

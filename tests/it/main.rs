@@ -14,6 +14,7 @@ mod events;
 mod failures;
 mod faults;
 mod hardening;
+mod metrics;
 mod plan;
 mod promises;
 mod readme;

@@ -1,0 +1,116 @@
+//! `run --metrics`: the scrape parsed with a Prometheus exposition parser,
+//! and `/healthz`.
+
+use std::time::Duration;
+
+use crate::common::{Daemon, Lanes, http_get, wait_for};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One sample's value, by metric name and labels.
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .and_then(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            prometheus_parse::Value::Histogram(ref h) => h.last().map(|b| b.count),
+            _ => None,
+        })
+}
+
+fn scrape(base: &str) -> (String, prometheus_parse::Scrape) {
+    let text = http_get(base, "/metrics");
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("the exposition parses");
+    (text, parsed)
+}
+
+#[test]
+fn a_scrape_during_a_run_shows_each_lanes_phase_recreates_and_podman_timings() {
+    let lanes = Lanes::new("metrics");
+    lanes.write("a", &lanes.worker_lane("env: {TOKEN: sk-METRICS-SECRET}\n"));
+    lanes.write("bad", &lanes.failing_probe_lane(""));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let base = format!("http://{addr}");
+    let mut daemon = Daemon::start(&lanes, &["--metrics", &addr]);
+    daemon.wait_watching(&lanes.dir(), Duration::from_secs(10));
+    wait_for(Duration::from_secs(30), || {
+        let a = lanes.status("a")?;
+        let bad = lanes.status("bad")?;
+        (a["phase"] == "ready" && bad["phase"] == "failed").then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", daemon.log()));
+
+    let (text, s) = scrape(&base);
+    let phase = |lane, phase| {
+        value(
+            &s,
+            "lanectl_lane_phase",
+            &[("lane", lane), ("phase", phase)],
+        )
+    };
+    assert_eq!(phase("a", "ready"), Some(1.0), "{text}");
+    assert_eq!(phase("bad", "failed"), Some(1.0), "{text}");
+    assert_eq!(phase("a", "failed"), None, "one phase per lane: {text}");
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        value(&s, "lanectl_build_info", &[("version", version)]),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        value(
+            &s,
+            "lanectl_reconcile_duration_seconds_count",
+            &[("result", "ok")]
+        )
+        .is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+    assert!(
+        value(
+            &s,
+            "lanectl_podman_request_duration_seconds_count",
+            &[("operation", "list")]
+        )
+        .is_some_and(|v| v >= 1.0),
+        "{text}"
+    );
+    assert!(
+        value(&s, "lanectl_last_full_resync_timestamp_seconds", &[]).is_some_and(|v| v > 1e9),
+        "{text}"
+    );
+    assert!(value(&s, "lanectl_queue_depth", &[]).is_some(), "{text}");
+    assert!(
+        !text.contains("METRICS-SECRET"),
+        "an env value in the scrape"
+    );
+    assert_eq!(http_get(&base, "/healthz").trim(), "ok");
+
+    // A spec edit is a recreate with its reason.
+    lanes.write(
+        "a",
+        &lanes.worker_lane("env: {TOKEN: sk-METRICS-SECRET-2}\n"),
+    );
+    wait_for(Duration::from_secs(30), || {
+        let (_, s) = scrape(&base);
+        value(
+            &s,
+            "lanectl_recreates_total",
+            &[("lane", "a"), ("reason", "spec")],
+        )
+        .filter(|v| *v >= 1.0)
+    })
+    .unwrap_or_else(|| panic!("no recreate counted: {}", scrape(&base).0));
+    daemon.terminate(Duration::from_secs(10));
+}
