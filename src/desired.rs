@@ -369,7 +369,9 @@ pub fn declared_instance(dir: &Path) -> Result<Option<String>, String> {
 fn check_file(path: &Path, policy: Policy) -> Result<(), Problem> {
     let meta =
         std::fs::metadata(path).map_err(|e| Problem::in_file(path, format!("cannot stat: {e}")))?;
-    policy.content(&meta).map_err(|m| Problem::in_file(path, m))
+    policy
+        .content(&meta, path)
+        .map_err(|m| Problem::in_file(path, m))
 }
 
 /// The lanes directory, and its parents up to `/`.
@@ -380,7 +382,7 @@ fn check_dir_chain(dir: &Path, policy: Policy) -> Result<(), Problem> {
         let meta = std::fs::metadata(parent)
             .map_err(|e| Problem::in_file(parent, format!("cannot stat: {e}")))?;
         policy
-            .parent(&meta)
+            .parent(&meta, parent)
             .map_err(|m| Problem::in_file(parent, m))?;
     }
     Ok(())

@@ -67,8 +67,9 @@ pub enum ExecError {
     )]
     NameHeldByTwin { name: String, holder: String },
     #[error(
-        "container name {name} is held by {holder}, not by this instance ({instance}); lanectl leaves it alone: \
-         remove or rename it, or set another container_name"
+        "container name {name} is held by {holder}, not by this instance ({instance}); lanectl leaves it alone. \
+         Either free the name (`podman rm -f {name}`, or `podman rename {name} NEW` to keep it) or give \
+         this lane another container_name"
     )]
     NameHeldByOther {
         name: String,

@@ -126,10 +126,17 @@ fn instance(global: &Global) -> anyhow::Result<String> {
     }
 }
 
+/// What to do when no Podman answers: the commands that start one.
+pub const NO_PODMAN_FIX: &str = "start Podman's API service: `systemctl enable --now podman.socket` \
+     (as root; rootless: `systemctl --user enable --now podman.socket`), or point --podman or \
+     CONTAINER_HOST at one that runs (e.g. unix:///run/podman/podman.sock)";
+
 /// Connects to Podman and builds the context shared by a pass.
 async fn context(global: &Global) -> anyhow::Result<Arc<Ctx>> {
     let instance = instance(global)?;
-    let podman = Podman::connect(global.podman.as_deref()).await?;
+    let podman = Podman::connect(global.podman.as_deref())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{NO_PODMAN_FIX}"))?;
     tracing::debug!(url = podman.url(), instance = %instance, "connected to podman");
     let ctx = Ctx::new(podman, dir_of(&global.dir), instance)
         .with_jobs(global.jobs.into())

@@ -65,7 +65,9 @@ pub async fn run(
         let wait = waits.next().unwrap_or(Duration::from_secs(30));
         match Podman::connect(global.podman.as_deref()).await {
             Ok(p) => break p,
-            Err(e) => warn!(error = %e, retry_in_s = wait.as_secs(), "podman is not reachable yet"),
+            Err(e) => {
+                warn!(error = %e, retry_in_s = wait.as_secs(), fix = super::NO_PODMAN_FIX, "podman is not reachable yet")
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return Ok(super::Exit::Ok),

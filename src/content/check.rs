@@ -30,8 +30,8 @@ pub fn check_source(source: &Path, shape: Shape, policy: Policy) -> Findings {
     }
     match fs::metadata(source) {
         Ok(meta) if shape == Shape::DirOrFile && meta.is_file() => {
-            if let Err(message) = policy.content(&meta) {
-                let real = fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+            let real = fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf());
+            if let Err(message) = policy.content(&meta, &real) {
                 found.push(refused(&real, message));
             }
         }
@@ -58,7 +58,7 @@ fn check_parents(source: &Path, policy: Policy, found: &mut Findings) {
             }
             let checked = fs::metadata(parent)
                 .map_err(io_error(parent))
-                .and_then(|meta| policy.parent(&meta).map_err(|m| refused(parent, m)));
+                .and_then(|meta| policy.parent(&meta, parent).map_err(|m| refused(parent, m)));
             if let Err(err) = checked {
                 found.push(err);
             }
@@ -67,7 +67,7 @@ fn check_parents(source: &Path, policy: Policy, found: &mut Findings) {
     parents(source, found);
     if let Ok(meta) = fs::symlink_metadata(source)
         && meta.file_type().is_symlink()
-        && let Err(message) = policy.owner(&meta)
+        && let Err(message) = policy.link_owner(&meta, source)
     {
         found.push(refused(source, message));
     }

@@ -3,9 +3,14 @@
 
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
-/// The usual fix of a refused permission.
-const FIX: &str = "(fix with chmod go-w / chown root, or pass --allow-insecure-permissions)";
+/// The fix of a refused permission: the exact command for `path`, or the
+/// flag that accepts it.
+fn fix(command: &str, path: &Path) -> String {
+    let quoted = shell_words::quote(&path.to_string_lossy()).into_owned();
+    format!("(fix: {command} {quoted}, or pass --allow-insecure-permissions)")
+}
 
 /// Who may have written what lanectl trusts (SPEC.md "Safety"): a manifest can mount
 /// any host path into a root container, and a codex or `track_content` source puts
@@ -37,14 +42,15 @@ impl Policy {
         }
     }
 
-    /// A file or directory whose content is trusted.
-    pub fn content(&self, meta: &Metadata) -> Result<(), String> {
-        self.owner(meta)?;
+    /// A file or directory (`path`) whose content is trusted.
+    pub fn content(&self, meta: &Metadata, path: &Path) -> Result<(), String> {
+        self.owner(meta, path)?;
         let mode = meta.mode();
         if self.check && mode & 0o022 != 0 {
             return Err(format!(
-                "writable by group or others (mode {:o}): refused because lanectl runs as root {FIX}",
-                mode & 0o7777
+                "writable by group or others (mode {:o}): refused because lanectl runs as root {}",
+                mode & 0o7777,
+                fix("chmod go-w", path)
             ));
         }
         Ok(())
@@ -52,24 +58,35 @@ impl Policy {
 
     /// A directory above one whose content is trusted: whoever may write it can
     /// rename what lies below, unless the sticky bit keeps them to their own entries.
-    pub fn parent(&self, meta: &Metadata) -> Result<(), String> {
-        self.owner(meta)?;
+    pub fn parent(&self, meta: &Metadata, path: &Path) -> Result<(), String> {
+        self.owner(meta, path)?;
         let mode = meta.mode();
         if self.check && mode & 0o002 != 0 && mode & 0o1000 == 0 {
             return Err(format!(
-                "writable by others without the sticky bit (mode {:o}): anyone could swap what lies below it {FIX}",
-                mode & 0o7777
+                "writable by others without the sticky bit (mode {:o}): anyone could swap what lies below it {}",
+                mode & 0o7777,
+                fix("chmod o-w", path)
             ));
         }
         Ok(())
     }
 
     /// Who owns it; all that counts for a symlink, whose mode means nothing.
-    pub fn owner(&self, meta: &Metadata) -> Result<(), String> {
+    pub fn owner(&self, meta: &Metadata, path: &Path) -> Result<(), String> {
+        self.owned(meta, path, "chown root")
+    }
+
+    /// Who owns a symlink (`chown -h`: a plain chown would follow it).
+    pub fn link_owner(&self, meta: &Metadata, path: &Path) -> Result<(), String> {
+        self.owned(meta, path, "chown -h root")
+    }
+
+    fn owned(&self, meta: &Metadata, path: &Path, command: &str) -> Result<(), String> {
         if self.check && meta.uid() != 0 && meta.uid() != self.euid {
             return Err(format!(
-                "owned by uid {}, not root: refused because a manifest can mount any host path into a root container {FIX}",
-                meta.uid()
+                "owned by uid {}, not root: refused because a manifest can mount any host path into a root container {}",
+                meta.uid(),
+                fix(command, path)
             ));
         }
         Ok(())

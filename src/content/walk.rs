@@ -51,7 +51,7 @@ impl Listed {
             });
         }
         policy
-            .content(&meta)
+            .content(&meta, &self.open)
             .map_err(|message| refused(&self.open, message))?;
         Ok((file, meta))
     }
@@ -82,7 +82,7 @@ impl Walk<'_> {
 
     /// Applies the policy to what `meta` shows of `path`.
     fn permit(&mut self, path: &Path, meta: &Metadata) -> Result<(), ContentError> {
-        match self.policy.content(meta) {
+        match self.policy.content(meta, path) {
             Ok(()) => Ok(()),
             Err(message) => self.problem(refused(path, message)),
         }

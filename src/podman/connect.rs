@@ -54,7 +54,11 @@ impl Podman {
         }
         let spawned = PrivateService::spawn().map_err(|e| PodmanError::Unreachable {
             url: url.clone(),
-            reason: format!("{reason}; starting a private podman service: {e}"),
+            reason: if e.kind() == std::io::ErrorKind::NotFound {
+                format!("{reason}; and no `podman` binary on PATH to start a private service")
+            } else {
+                format!("{reason}; starting a private podman service: {e}")
+            },
         })?;
         let url = format!("unix://{}", spawned.socket.display());
         let api = client(&url)?;

@@ -566,9 +566,11 @@ async fn hash_lane(
         Ok(Some(id)) => id,
         Ok(None) => {
             return Err(failed(format!(
-                "image {} is not present in the Podman at {} (lanectl never pulls: build or load it)",
-                spec.image,
-                ctx.podman.url()
+                "image {image} is not present in the Podman at {url}; lanectl never pulls: build it \
+                 there (`podman build -t {image} DIR`) or load it (`podman save {image} > image.tar` \
+                 where it exists, then `podman load -i image.tar`)",
+                image = spec.image,
+                url = ctx.podman.url()
             )));
         }
         Err(e) => return Err(failed(e)),

@@ -10,6 +10,7 @@ mod cli;
 mod converge;
 mod daemon;
 mod diskfull;
+mod errors;
 mod events;
 mod failures;
 mod faults;
