@@ -75,6 +75,18 @@ pub enum Command {
         /// Remove every container of this instance when the directory holds no manifest.
         #[arg(long)]
         allow_prune_all: bool,
+        /// How to show the lanes' steps as they happen: auto (live lines on a
+        /// terminal, else only the result lines), plain (a line per step, no
+        /// control characters), json (NDJSON events), quiet (only lanes that
+        /// did not converge).
+        #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+        progress: ProgressMode,
+        /// The same as --progress quiet.
+        #[arg(short, long, conflicts_with = "progress")]
+        quiet: bool,
+        /// Colour the phases (auto: on a terminal, unless NO_COLOR is set).
+        #[arg(long, value_enum, default_value_t = ColorMode::Auto)]
+        color: ColorMode,
     },
     /// Show what apply would do and why; changes nothing.
     Plan {
@@ -131,6 +143,23 @@ pub enum Command {
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: std::time::Duration,
     },
+}
+
+/// How `apply` shows its progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    Auto,
+    Plain,
+    Json,
+    Quiet,
+}
+
+/// Whether `apply` colours its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorMode {
+    Auto,
+    Always,
+    Never,
 }
 
 /// A shell `completions` writes for.

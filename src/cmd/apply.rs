@@ -1,7 +1,7 @@
 //! `apply` and `plan`: one pass over the lanes, acting or only deciding.
 
 use super::Exit;
-use crate::cli::Global;
+use crate::cli::{ColorMode, Global, ProgressMode};
 use crate::desired::LoadOptions;
 use crate::plan::Action;
 use crate::reconcile::pass::{self, PassOptions};
@@ -10,7 +10,10 @@ use crate::status::Phase;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
-    Apply,
+    Apply {
+        progress: ProgressMode,
+        color: ColorMode,
+    },
     Plan {
         detailed_exitcode: bool,
         /// Old -> new values under each spec change.
@@ -27,10 +30,18 @@ pub async fn run(
     kind: Kind,
 ) -> anyhow::Result<Exit> {
     let mode = match kind {
-        Kind::Apply => Mode::Apply,
+        Kind::Apply { .. } => Mode::Apply,
         Kind::Plan { .. } => Mode::Plan,
     };
-    let ctx = super::context(global).await?;
+    let (progress_mode, colour) = match kind {
+        // plain is for logs: never a control character.
+        Kind::Apply { progress, color } => {
+            (progress, progress != ProgressMode::Plain && colours(color))
+        }
+        Kind::Plan { .. } => (ProgressMode::Auto, false),
+    };
+    let live = Live::start(progress_mode);
+    let ctx = super::context_with(global, live.sink()).await?;
     let named = !lanes.is_empty();
     let opts = PassOptions {
         only: lanes,
@@ -41,6 +52,7 @@ pub async fn run(
         },
     };
     let outcomes = pass::pass(ctx, mode, &opts).await?;
+    live.finish();
     let width = outcomes.iter().map(|o| o.lane.len()).max().unwrap_or(0);
     if let Kind::Plan { json: true, .. } = kind {
         let planned: Vec<Planned> = outcomes.iter().map(Planned::of).collect();
@@ -48,7 +60,11 @@ pub async fn run(
     }
     for o in &outcomes {
         let line = match kind {
-            Kind::Apply => apply_line(o),
+            // JSON events said it all; quiet says only what did not converge.
+            Kind::Apply { .. } if progress_mode == ProgressMode::Json => continue,
+            Kind::Apply { .. } if progress_mode == ProgressMode::Quiet && o.converged() => continue,
+            Kind::Apply { .. } if colour => coloured(&apply_line(o), o.phase),
+            Kind::Apply { .. } => apply_line(o),
             Kind::Plan { json: true, .. } => continue,
             Kind::Plan { .. } => plan_line(o),
         };
@@ -63,7 +79,7 @@ pub async fn run(
         }
     }
     Ok(match kind {
-        Kind::Apply => {
+        Kind::Apply { .. } => {
             // A pruned lane is fine, unless it was named: then its manifest is missing.
             let ok = |o: &Outcome| {
                 o.converged() || (!o.has_manifest && !named && o.phase != Phase::Failed)
@@ -86,6 +102,148 @@ pub async fn run(
             }
         }
     })
+}
+
+/// Whether to colour: always, never, or on a terminal without `NO_COLOR`.
+fn colours(mode: ColorMode) -> bool {
+    match mode {
+        ColorMode::Always => true,
+        ColorMode::Never => false,
+        ColorMode::Auto => {
+            std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::io::IsTerminal::is_terminal(&std::io::stdout())
+        }
+    }
+}
+
+/// The line with its phase word coloured (green ready, yellow pending,
+/// red for trouble).
+fn coloured(line: &str, phase: Phase) -> String {
+    let code = match phase {
+        Phase::Ready | Phase::Stopped => "32",
+        Phase::Pending => "33",
+        Phase::Failed | Phase::Invalid | Phase::Degraded => "31",
+    };
+    let word = phase.to_string();
+    match line.find(&word) {
+        Some(at) => format!(
+            "{}\x1b[{code}m{word}\x1b[0m{}",
+            &line[..at],
+            &line[at + word.len()..]
+        ),
+        None => line.to_string(),
+    }
+}
+
+/// What `apply` shows while the lanes converge.
+enum Live {
+    None,
+    /// A line per step on stdout, no control characters.
+    Plain(std::time::Instant),
+    /// NDJSON events on stdout, after a line naming the format.
+    Json(std::time::Instant),
+    /// A spinner line per lane on the terminal (indicatif).
+    Bars(std::sync::Arc<Bars>),
+}
+
+struct Bars {
+    multi: indicatif::MultiProgress,
+    lanes: std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
+}
+
+/// The version of `--progress json`'s events.
+const JSON_FORMAT_VERSION: u32 = 1;
+
+impl Live {
+    fn start(mode: ProgressMode) -> Live {
+        let clock = std::time::Instant::now();
+        match mode {
+            ProgressMode::Plain => Live::Plain(clock),
+            ProgressMode::Json => {
+                println!(
+                    "{}",
+                    serde_json::json!({"format": "lanectl-progress", "version": JSON_FORMAT_VERSION})
+                );
+                Live::Json(clock)
+            }
+            ProgressMode::Auto if std::io::IsTerminal::is_terminal(&std::io::stdout()) => {
+                Live::Bars(std::sync::Arc::new(Bars {
+                    multi: indicatif::MultiProgress::new(),
+                    lanes: std::sync::Mutex::default(),
+                }))
+            }
+            ProgressMode::Auto | ProgressMode::Quiet => Live::None,
+        }
+    }
+
+    /// The sink the reconcile tells each step.
+    fn sink(&self) -> Option<crate::reconcile::ctx::Progress> {
+        match self {
+            Live::None => None,
+            Live::Plain(clock) => {
+                let clock = *clock;
+                Some(std::sync::Arc::new(
+                    move |lane: &str, step: &str, done: Option<&Outcome>| {
+                        let step = match done {
+                            Some(o) => format!("done: {}", o.phase),
+                            None => step.to_string(),
+                        };
+                        // No control characters: whatever a message holds.
+                        let line =
+                            format!("{:7.3}s  {lane}  {step}", clock.elapsed().as_secs_f64());
+                        println!("{}", line.replace(|c: char| c.is_control(), " "));
+                    },
+                ))
+            }
+            Live::Json(clock) => {
+                let clock = *clock;
+                Some(std::sync::Arc::new(
+                    move |lane: &str, step: &str, done: Option<&Outcome>| {
+                        let mut event = serde_json::json!({
+                            "lane": lane,
+                            "step": step,
+                            "elapsed": clock.elapsed().as_secs_f64(),
+                        });
+                        if let Some(o) = done {
+                            event["result"] = serde_json::json!(o.phase.to_string());
+                            event["message"] = serde_json::json!(o.message);
+                        }
+                        println!("{event}");
+                    },
+                ))
+            }
+            Live::Bars(bars) => {
+                let bars = bars.clone();
+                Some(std::sync::Arc::new(
+                    move |lane: &str, step: &str, done: Option<&Outcome>| {
+                        let mut lanes = crate::lock::lock(&bars.lanes);
+                        let bar = lanes.entry(lane.to_string()).or_insert_with(|| {
+                            let bar = bars.multi.add(indicatif::ProgressBar::new_spinner());
+                            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+                            bar.set_prefix(lane.to_string());
+                            if let Ok(style) =
+                                indicatif::ProgressStyle::with_template("{spinner} {prefix}  {msg}")
+                            {
+                                bar.set_style(style);
+                            }
+                            bar
+                        });
+                        match done {
+                            Some(o) => bar.finish_with_message(format!("{}", o.phase)),
+                            None => bar.set_message(step.to_string()),
+                        }
+                    },
+                ))
+            }
+        }
+    }
+
+    /// The live lines make way for the result lines.
+    fn finish(&self) {
+        if let Live::Bars(bars) = self {
+            let _ = bars.multi.clear();
+        }
+    }
 }
 
 fn apply_line(o: &Outcome) -> String {

@@ -71,11 +71,21 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Apply {
             lanes,
             allow_prune_all,
+            progress,
+            quiet,
+            color,
         } => runtime()?.block_on(apply::run(
             &global,
             lanes,
             allow_prune_all,
-            apply::Kind::Apply,
+            apply::Kind::Apply {
+                progress: if quiet {
+                    crate::cli::ProgressMode::Quiet
+                } else {
+                    progress
+                },
+                color,
+            },
         )),
         Command::Plan {
             lanes,
@@ -133,6 +143,14 @@ pub const NO_PODMAN_FIX: &str = "start Podman's API service: `systemctl enable -
 
 /// Connects to Podman and builds the context shared by a pass.
 async fn context(global: &Global) -> anyhow::Result<Arc<Ctx>> {
+    context_with(global, None).await
+}
+
+/// [`context`], telling `progress` each step a lane takes.
+async fn context_with(
+    global: &Global,
+    progress: Option<crate::reconcile::ctx::Progress>,
+) -> anyhow::Result<Arc<Ctx>> {
     let instance = instance(global)?;
     let podman = Podman::connect(global.podman.as_deref())
         .await
@@ -142,6 +160,10 @@ async fn context(global: &Global) -> anyhow::Result<Arc<Ctx>> {
         .with_jobs(global.jobs.into())
         .with_policy(Policy::of_process(global.allow_insecure_permissions))
         .with_change_lock(global.lock_wait);
+    let ctx = match progress {
+        Some(progress) => ctx.with_progress(progress),
+        None => ctx,
+    };
     Ok(Arc::new(ctx))
 }
 

@@ -41,7 +41,12 @@ pub struct Ctx {
     /// `log_transitions`): their recovery is logged once they are ready,
     /// whatever `pending` came between.
     pub troubled: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Told each step a lane takes (`apply --progress`).
+    pub progress: Option<Progress>,
 }
+
+/// A sink for a lane's steps: (lane, step, the outcome when it is done).
+pub type Progress = Arc<dyn Fn(&str, &str, Option<&super::Outcome>) + Send + Sync>;
 
 /// How many lanes are hashed at once.
 pub const CHECKS_AT_ONCE: usize = 32;
@@ -59,6 +64,20 @@ impl Ctx {
             changes: None,
             log_transitions: false,
             troubled: Default::default(),
+            progress: None,
+        }
+    }
+
+    /// Tells `progress` each step a lane takes.
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// A lane takes a step (`apply --progress`).
+    pub fn step(&self, lane: &str, step: &str) {
+        if let Some(progress) = &self.progress {
+            progress(lane, step, None);
         }
     }
 

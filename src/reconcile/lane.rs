@@ -255,6 +255,7 @@ async fn converge(
     };
     ctx.exec().remove_strays(&plan.extras).await;
     if matches!(plan.step, Step::Roll { .. } | Step::FinishRoll { .. }) {
+        ctx.step(lane, &plan.action.to_string());
         return super::rollout::run(ctx, spec, &plan, &facts, hooks, (held, acting)).await;
     }
     // Restarts: counted per container; a crashed one may have to wait.
@@ -281,6 +282,9 @@ async fn converge(
         if let Some(book) = hooks.restarts {
             book.forget(lane);
         }
+    }
+    if plan.action.changes_something() {
+        ctx.step(lane, &plan.action.to_string());
     }
     let acted = ctx.exec().act(spec, &plan.step).await;
     drop((held, acting));
@@ -682,6 +686,7 @@ async fn probe(
     if let Some(probing) = hooks.probing {
         probing.start(&spec.lane, &now.id);
     }
+    ctx.step(&spec.lane, "probe");
     let waited = probe::wait_ready(addr, &p.path, p.timeout, p.interval);
     let result = match hooks.cancel {
         Some(cancel) => tokio::select! {

@@ -108,7 +108,12 @@ async fn run_bounded(
     let mut outcomes = Vec::new();
     while let Some(joined) = tasks.join_next_with_id().await {
         match joined {
-            Ok((_, outcome)) => outcomes.push(outcome),
+            Ok((_, outcome)) => {
+                if let Some(progress) = &ctx.progress {
+                    progress(&outcome.lane, "done", Some(&outcome));
+                }
+                outcomes.push(outcome);
+            }
             Err(e) => {
                 let lane = names.get(&e.id()).cloned().unwrap_or_default();
                 warn!(lane = %lane, error = %e, "a lane's reconcile task ended abnormally");

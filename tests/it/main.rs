@@ -17,6 +17,7 @@ mod faults;
 mod hardening;
 mod metrics;
 mod plan;
+mod progress;
 mod promises;
 mod readme;
 mod rollout;
