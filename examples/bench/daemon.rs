@@ -22,12 +22,18 @@ pub(crate) struct Daemon {
 
 impl Daemon {
     pub(crate) fn start(bench: &Bench, fleet: &Fleet) -> Result<Daemon> {
+        Self::start_with(bench, fleet, &[])
+    }
+
+    /// [`Daemon::start`] with more flags of `run`.
+    pub(crate) fn start_with(bench: &Bench, fleet: &Fleet, extra: &[&str]) -> Result<Daemon> {
         let log = std::fs::File::create(fleet.root.path().join("daemon.log"))?;
         let mut command = tokio::process::Command::new(&bench.lanectl);
         command
             .arg("--dir")
             .arg(fleet.dir())
             .args(["--instance", &fleet.tag, "--jobs", &JOBS.to_string(), "run"])
+            .args(extra)
             .env("CONTAINER_HOST", &bench.url)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -84,6 +90,48 @@ impl Daemon {
             .ok_or_else(|| anyhow!("no VmRSS"))?;
         Ok((ticks / hz, rss_kib / 1024.0))
     }
+}
+
+/// The daemon idle for `idle`: (max RSS MiB, CPU % of a core, median
+/// second's CPU %). With `scrape`, `/metrics` on that port is fetched every
+/// 5 s meanwhile.
+async fn idle_usage(
+    daemon: &mut Daemon,
+    idle: Duration,
+    scrape: Option<u16>,
+    res: &mut Results,
+    n: usize,
+) -> Result<(f64, f64, f64)> {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (cpu0, mut rss) = daemon.usage()?;
+    let (start, mut last, mut per_second) = (Instant::now(), cpu0, Vec::new());
+    while start.elapsed() < idle {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        daemon.alive()?;
+        if let Some(port) = scrape
+            && per_second.len() % 5 == 0
+        {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            ensure!(
+                lanectl::probe::once(addr, "/metrics").await,
+                "the metrics endpoint did not answer"
+            );
+        }
+        let (cpu, now_rss) = daemon.usage()?;
+        per_second.push((cpu - last) * 100.0);
+        (last, rss) = (cpu, rss.max(now_rss));
+    }
+    let cpu = (last - cpu0) / start.elapsed().as_secs_f64() * 100.0;
+    let with = if scrape.is_some() {
+        " with --metrics"
+    } else {
+        ""
+    };
+    res.notes.push(format!(
+        "daemon idle CPU per second with {n} lanes{with} (%): {per_second:?}"
+    ));
+    // Busy polling shows in every second; a resync only in a few.
+    Ok((rss, cpu, Stats::of(&per_second).median))
 }
 
 /// Polls until `done` holds, checking that the daemon still runs.
@@ -149,24 +197,26 @@ pub(crate) async fn measure_daemon(
             res.add_time(n, Key::DaemonRemoved, start.elapsed());
         }
         if let Some(idle) = idle {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let (cpu0, mut rss) = daemon.usage()?;
-            let (start, mut last, mut per_second) = (Instant::now(), cpu0, Vec::new());
-            while start.elapsed() < idle {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                daemon.alive()?;
-                let (cpu, now_rss) = daemon.usage()?;
-                per_second.push((cpu - last) * 100.0);
-                (last, rss) = (cpu, rss.max(now_rss));
-            }
-            let cpu = (last - cpu0) / start.elapsed().as_secs_f64() * 100.0;
+            // Idle is measured on a daemon started over ready lanes, without
+            // and then with --metrics, so that the two compare.
+            daemon.stop().await?;
+            daemon = Daemon::start(bench, &fleet)?;
+            wait_until(&mut daemon, Duration::from_millis(50), all_ready).await?;
+            let (rss, cpu, quiet) = idle_usage(&mut daemon, idle, None, res, n).await?;
             res.add(n, Key::DaemonRss, rss);
             res.add(n, Key::DaemonCpu, cpu);
-            // Busy polling shows in every second; a resync only in a few.
-            res.add(n, Key::DaemonCpuQuiet, Stats::of(&per_second).median);
-            res.notes.push(format!(
-                "daemon idle CPU per second with {n} lanes (%): {per_second:?}"
-            ));
+            res.add(n, Key::DaemonCpuQuiet, quiet);
+            // The same with --metrics, scraped every 5 s as Prometheus would.
+            daemon.stop().await?;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let addr = format!("127.0.0.1:{port}");
+            daemon = Daemon::start_with(bench, &fleet, &["--metrics", &addr])?;
+            wait_until(&mut daemon, Duration::from_millis(50), all_ready).await?;
+            let (rss, cpu, _) = idle_usage(&mut daemon, idle, Some(port), res, n).await?;
+            res.add(n, Key::DaemonRssMetrics, rss);
+            res.add(n, Key::DaemonCpuMetrics, cpu);
         }
         daemon.stop().await
     }

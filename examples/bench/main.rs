@@ -41,7 +41,8 @@
 //! API) until its status is `ready` with a new container ID. For the largest N
 //! only, the daemon's idle RSS (max `VmRSS` sampled each second) and CPU
 //! (`utime+stime` from `/proc/PID/stat`, in % of one core) over 30 s (10 s with
-//! `--quick`).
+//! `--quick`), on a daemon started over the ready lanes: without `--metrics`
+//! and then with it (`/metrics` scraped every 5 s).
 //!
 //! Beside the smallest N, once per run: **rollouts** of one lane (issue 11,
 //! `rollout.rs`): a client polling the endpoint every 10 ms while the lane is
@@ -422,6 +423,8 @@ async fn measure(
                 Key::DaemonRss,
                 Key::DaemonCpu,
                 Key::DaemonCpuQuiet,
+                Key::DaemonRssMetrics,
+                Key::DaemonCpuMetrics,
             ]
         }
     })

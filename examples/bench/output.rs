@@ -229,6 +229,18 @@ pub(crate) fn targets(res: &Results, lanes: &[usize]) -> Vec<Target> {
         }),
     );
     check(
+        "daemon idle with 100 lanes and --metrics (scraped every 5 s): RSS ≤ 15 MB, CPU ≤ 1%",
+        idle(Key::DaemonRssMetrics)
+            .zip(idle(Key::DaemonCpuMetrics))
+            .map(|(rss, cpu)| {
+                let mb = rss * 1.048_576;
+                (
+                    format!("{at}{rss:.1} MiB = {mb:.1} MB, CPU {cpu:.2} %"),
+                    mb <= 15.0 && cpu <= 1.0,
+                )
+            }),
+    );
+    check(
         "unchanged codex dir of 1 000 files re-fingerprinted ≤ 5 ms; hashing ≥ 500 MB/s",
         None,
     );

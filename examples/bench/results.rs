@@ -15,6 +15,8 @@ pub(crate) enum Key {
     DaemonRss,
     DaemonCpu,
     DaemonCpuQuiet,
+    DaemonRssMetrics,
+    DaemonCpuMetrics,
     FloorCold,
     FloorNoop,
     FloorEdit,
@@ -57,6 +59,8 @@ impl Key {
             Key::DaemonRss => "lanectl run: idle RSS (max)",
             Key::DaemonCpu => "lanectl run: idle CPU (% of a core)",
             Key::DaemonCpuQuiet => "lanectl run: idle CPU, median second",
+            Key::DaemonRssMetrics => "lanectl run --metrics: idle RSS (max), scraped every 5 s",
+            Key::DaemonCpuMetrics => "lanectl run --metrics: idle CPU (% of a core)",
             Key::FloorCold => "floor: cold (create, copy, start, inspect, probe)",
             Key::FloorNoop => "floor: no-op (1 list + 1 probe per lane)",
             Key::FloorEdit => "floor: one edit (rm -f + one lane)",
@@ -94,8 +98,11 @@ impl Key {
 
     pub(crate) fn unit(self) -> Unit {
         match self {
-            Key::DaemonRss => Unit::MiB,
-            Key::DaemonCpu | Key::DaemonCpuQuiet | Key::RolloutStablePorts => Unit::Percent,
+            Key::DaemonRss | Key::DaemonRssMetrics => Unit::MiB,
+            Key::DaemonCpu
+            | Key::DaemonCpuQuiet
+            | Key::DaemonCpuMetrics
+            | Key::RolloutStablePorts => Unit::Percent,
             Key::RolloutStopFailed | Key::RolloutStartFailed | Key::RolloutComposeFailed => {
                 Unit::Count
             }

@@ -114,3 +114,46 @@ fn a_scrape_during_a_run_shows_each_lanes_phase_recreates_and_podman_timings() {
     .unwrap_or_else(|| panic!("no recreate counted: {}", scrape(&base).0));
     daemon.terminate(Duration::from_secs(10));
 }
+
+#[test]
+fn healthz_is_503_with_the_reason_while_podman_does_not_answer_and_200_once_it_does() {
+    let lanes = Lanes::new("healthz");
+    let mut own = crate::common::OwnPodman::new(&lanes);
+    own.load_test_image(&lanes);
+    lanes.write("a", &lanes.worker_lane(""));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let base = format!("http://{addr}");
+    let mut daemon =
+        Daemon::start_with(&lanes, &own.url(), &["--metrics", &addr, "--resync", "1s"]);
+    // The daemon may not listen yet: no answer is no health either.
+    let health = |base: &str| {
+        use std::io::{Read, Write};
+        let addr = base.trim_start_matches("http://");
+        let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+            return String::new();
+        };
+        let _ = write!(stream, "GET /healthz HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text.split_once("\r\n\r\n")
+            .map(|(_, body)| body.trim().to_string())
+            .unwrap_or_default()
+    };
+    wait_for(Duration::from_secs(30), || {
+        (health(&base) == "ok").then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", daemon.log()));
+    own.kill();
+    let why = wait_for(Duration::from_secs(30), || {
+        let body = health(&base);
+        body.contains("podman did not answer").then_some(body)
+    })
+    .unwrap_or_else(|| panic!("{}", daemon.log()));
+    assert!(why.contains("error trying to connect"), "{why}");
+    own.start();
+    wait_for(Duration::from_secs(60), || {
+        (health(&base) == "ok").then_some(())
+    })
+    .unwrap_or_else(|| panic!("{}", daemon.log()));
+    daemon.terminate(Duration::from_secs(10));
+}
