@@ -383,6 +383,22 @@ async fn dir_state(shared: &Shared) -> Result<Arc<desired::DirState>, WorldError
     Ok(state)
 }
 
+/// Why a lane's container was recreated, in the metrics' words.
+fn recreated(outcome: &crate::reconcile::Outcome) -> Option<&'static str> {
+    use crate::plan::{Action, Why};
+    match (&outcome.action, outcome.phase) {
+        (Some(Action::Roll(_)), crate::status::Phase::Degraded) => Some("rollout-failed"),
+        (Some(Action::Recreate(why) | Action::Roll(why)), _) => Some(match why {
+            Why::SpecChanged => "spec",
+            Why::ImageRebuilt => "image",
+            Why::CodexChanged => "codex",
+            Why::TrackedContentChanged => "tracked",
+            Why::HalfMade => "half-made",
+        }),
+        _ => None,
+    }
+}
+
 /// One lane, fresh from the files and Podman; says when it wants to be
 /// looked at again.
 async fn reconcile_lane(shared: &Shared, lane: &str, cancel: &CancellationToken) -> Requeue {
@@ -438,7 +454,12 @@ async fn reconcile_lane(shared: &Shared, lane: &str, cancel: &CancellationToken)
     if !outcome.interrupted {
         let phase = outcome.has_manifest.then_some(outcome.phase);
         shared.notifier.lane(lane, phase);
-        crate::metrics::lane(&outcome);
+        crate::metrics::lane(&crate::metrics::LaneEnd {
+            lane,
+            phase,
+            restarts: outcome.restarts,
+            recreated: recreated(&outcome),
+        });
     }
     outcome.requeue()
 }

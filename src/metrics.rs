@@ -16,8 +16,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::lock::lock;
-use crate::plan::{Action, Why};
-use crate::reconcile::Outcome;
 use crate::status::Phase;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -169,45 +167,47 @@ impl Metrics {
     }
 }
 
-/// A lane's reconcile ended with `outcome` (the daemon).
-pub fn lane(outcome: &Outcome) {
+/// How one lane's reconcile ended, as the metrics count it.
+#[derive(Debug, Clone)]
+pub struct LaneEnd<'a> {
+    pub lane: &'a str,
+    /// `None`: the lane is gone (its manifest was deleted).
+    pub phase: Option<Phase>,
+    pub restarts: u32,
+    /// Why its container was recreated, if it was: spec, image, codex,
+    /// tracked, half-made, rollout-failed.
+    pub recreated: Option<&'static str>,
+}
+
+/// A lane's reconcile ended (the daemon). The adapter side (Podman request
+/// timings) needs nothing of the reconcile: the daemon says it in these terms.
+pub fn lane(end: &LaneEnd<'_>) {
     let Some(m) = get() else { return };
-    let name = outcome.lane.clone();
+    let name = end.lane.to_string();
     let mut lanes = lock(&m.lanes);
     let was = lanes.get(&name).copied();
     let phase_of = |p: Phase| LanePhase {
         lane: name.clone(),
         phase: p.to_string(),
     };
-    if !outcome.has_manifest {
+    let Some(phase) = end.phase else {
         if let Some((p, _)) = lanes.remove(&name) {
             m.phase.remove(&phase_of(p));
         }
         return;
-    }
-    if let Some((p, _)) = was.filter(|(p, _)| *p != outcome.phase) {
+    };
+    if let Some((p, _)) = was.filter(|(p, _)| *p != phase) {
         m.phase.remove(&phase_of(p));
     }
-    m.phase.get_or_create(&phase_of(outcome.phase)).set(1);
+    m.phase.get_or_create(&phase_of(phase)).set(1);
     let before = was.map_or(0, |(_, r)| r);
-    if outcome.restarts > before {
+    if end.restarts > before {
         m.restarts
             .get_or_create(&LaneLabel { lane: name.clone() })
-            .inc_by(u64::from(outcome.restarts - before));
+            .inc_by(u64::from(end.restarts - before));
     }
-    lanes.insert(name.clone(), (outcome.phase, outcome.restarts));
-    let reason = match (&outcome.action, outcome.phase) {
-        (Some(Action::Roll(_)), Phase::Degraded) => Some("rollout-failed"),
-        (Some(Action::Recreate(why) | Action::Roll(why)), _) => Some(match why {
-            Why::SpecChanged => "spec",
-            Why::ImageRebuilt => "image",
-            Why::CodexChanged => "codex",
-            Why::TrackedContentChanged => "tracked",
-            Why::HalfMade => "half-made",
-        }),
-        _ => None,
-    };
-    if let Some(reason) = reason {
+    lanes.insert(name.clone(), (phase, end.restarts));
+    if let Some(reason) = end.recreated {
         m.recreates
             .get_or_create(&Recreate {
                 lane: name,
