@@ -123,11 +123,28 @@ pub fn stored_spec(spec: &LaneSpec) -> serde_json::Value {
     value
 }
 
-/// The fields in which two stored specs differ, as paths
-/// (`env.INBOX_LANE_ID`, `mounts[0].read_only`, `image`), in order.
-pub fn changed_fields(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+/// One field in which two stored specs differ: its path
+/// (`env.INBOX_LANE_ID`, `mounts[0].read_only`, `image`) and its value on
+/// each side (`None` where it is absent).
+#[derive(Debug, PartialEq)]
+pub struct Changed<'a> {
+    pub field: String,
+    pub old: Option<&'a serde_json::Value>,
+    pub new: Option<&'a serde_json::Value>,
+}
+
+/// The fields in which two stored specs differ, in order.
+pub fn changed_fields<'a>(
+    old: &'a serde_json::Value,
+    new: &'a serde_json::Value,
+) -> Vec<Changed<'a>> {
     use serde_json::Value;
-    fn walk(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<String>) {
+    fn walk<'a>(
+        path: &str,
+        old: Option<&'a Value>,
+        new: Option<&'a Value>,
+        out: &mut Vec<Changed<'a>>,
+    ) {
         match (old, new) {
             (Some(Value::Object(a)), Some(Value::Object(b))) => {
                 let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
@@ -146,7 +163,11 @@ pub fn changed_fields(old: &serde_json::Value, new: &serde_json::Value) -> Vec<S
                 }
             }
             (a, b) if a == b => {}
-            _ => out.push(path.to_string()),
+            (old, new) => out.push(Changed {
+                field: path.to_string(),
+                old,
+                new,
+            }),
         }
     }
     let mut out = Vec::new();

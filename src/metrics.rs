@@ -4,7 +4,6 @@
 //! number is bounded by the lanes', and no env value, label value or codex
 //! byte can reach one. Without `--metrics` every record is a no-op.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -68,7 +67,6 @@ pub struct Metrics {
     lanes: Mutex<std::collections::BTreeMap<String, (Phase, u32)>>,
     /// `None`: healthy; else why not.
     unhealthy: Mutex<Option<String>>,
-    podman_answered: AtomicBool,
 }
 
 static METRICS: OnceLock<Arc<Metrics>> = OnceLock::new();
@@ -147,7 +145,6 @@ impl Metrics {
             last_resync,
             lanes: Mutex::default(),
             unhealthy: Mutex::new(Some("the first full list has not answered yet".into())),
-            podman_answered: AtomicBool::new(false),
         }
     }
 
@@ -249,7 +246,6 @@ pub fn full_list(result: Result<(), String>) {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64());
             m.last_resync.set(now);
-            m.podman_answered.store(true, Ordering::Relaxed);
             *lock(&m.unhealthy) = None;
         }
         Err(why) => {

@@ -178,16 +178,22 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 /// Cuts a message to [`MAX_MESSAGE_BYTES`] at a character boundary, saying
 /// how much was left out.
 fn bound_message(message: &mut String) {
-    if message.len() <= MAX_MESSAGE_BYTES {
+    bound(message, MAX_MESSAGE_BYTES);
+}
+
+/// Cuts `text` to at most `max` bytes (on a character boundary), saying how
+/// much was left out.
+fn bound(text: &mut String, max: usize) {
+    if text.len() <= max {
         return;
     }
-    let mut cut = MAX_MESSAGE_BYTES - 64;
-    while !message.is_char_boundary(cut) {
+    let mut cut = max.saturating_sub(64);
+    while !text.is_char_boundary(cut) {
         cut -= 1;
     }
-    let left = message.len() - cut;
-    message.truncate(cut);
-    message.push_str(&format!(" … ({left} more bytes left out)"));
+    let left = text.len() - cut;
+    text.truncate(cut);
+    text.push_str(&format!(" … ({left} more bytes left out)"));
 }
 
 /// Reads a lane's status file; `None` when absent or unreadable (a status
@@ -230,14 +236,7 @@ pub fn write_if_changed(dir: &Path, mut new: Status) -> Result<Option<Rewrote>, 
     new.history = old.as_ref().map(|o| o.history.clone()).unwrap_or_default();
     if old.as_ref().is_none_or(|o| o.phase != new.phase) {
         let mut reason = new.message.clone();
-        if reason.len() > MAX_REASON_BYTES {
-            let mut end = MAX_REASON_BYTES;
-            while !reason.is_char_boundary(end) {
-                end -= 1;
-            }
-            reason.truncate(end);
-            reason.push('…');
-        }
+        bound(&mut reason, MAX_REASON_BYTES);
         new.history.push(Transition {
             at: new.since.clone(),
             from: old.as_ref().map(|o| o.phase),

@@ -20,7 +20,7 @@ use notify::{RecursiveMode, Watcher};
 
 use super::Exit;
 use crate::cli::{Global, WaitFor};
-use crate::content::{self, Policy};
+use crate::content::{FingerprintCache, Policy};
 use crate::desired::{self, Desired, LoadOptions};
 use crate::hash;
 use crate::lanespec::LaneSpec;
@@ -60,8 +60,9 @@ pub fn run(
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
 
     let deadline = Instant::now() + timeout;
+    let cache = FingerprintCache::default();
     loop {
-        let stands = look(dir, &lanes, wait_for, load, policy)?;
+        let stands = look(dir, &lanes, wait_for, load, &cache, policy)?;
         let never: Vec<_> = stands
             .iter()
             .filter_map(|(lane, s)| match s {
@@ -116,6 +117,7 @@ fn look(
     named: &[String],
     wait_for: WaitFor,
     load: LoadOptions,
+    cache: &FingerprintCache,
     policy: Policy,
 ) -> anyhow::Result<BTreeMap<String, Stand>> {
     let state = desired::load_dir(dir, load)?;
@@ -167,6 +169,7 @@ fn look(
                     spec,
                     manifest_sha256,
                     state.defaults_sha256.as_deref(),
+                    cache,
                     policy,
                 ) {
                     Err(why) => Stand::Waiting(format!("its inputs cannot be read: {why}")),
@@ -204,29 +207,23 @@ fn stand_of(status: Option<&status::Status>, inputs: &str, want: Phase) -> Stand
 }
 
 /// The lane's inputs digest as the files stand now: what a status written
-/// for them carries.
+/// for them carries. Read through the same cache as the lane hash, kept
+/// across looks, so an unchanged codex is not hashed again at each event.
 fn current_inputs(
     spec: &LaneSpec,
     manifest_sha256: &str,
     defaults_sha256: Option<&str>,
+    cache: &FingerprintCache,
     policy: Policy,
 ) -> Result<String, String> {
-    let codex = spec
-        .codex
-        .as_ref()
-        .map(|c| content::codex_fingerprint(&c.source, policy))
-        .transpose()
-        .map_err(|e| format!("codex: {}", crate::error::chain(&e)))?;
-    let tracked = spec
+    let tracked: Vec<(String, std::path::PathBuf)> = spec
         .mounts
         .iter()
         .filter(|m| m.track_content)
-        .map(|m| {
-            content::tracked_content(&m.source, policy)
-                .map(|h| (m.target.clone(), h))
-                .map_err(|e| format!("track_content: {}", crate::error::chain(&e)))
-        })
-        .collect::<Result<Vec<_>, String>>()?;
+        .map(|m| (m.target.clone(), m.source.clone()))
+        .collect();
+    let codex = spec.codex.as_ref().map(|c| c.source.as_path());
+    let (codex, tracked) = cache.lane_content(codex, &tracked, policy)?;
     Ok(hash::inputs_digest(
         manifest_sha256,
         defaults_sha256,

@@ -13,6 +13,10 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 
 use super::read::hash_listing;
+
+/// A lane's content inputs: the codex fingerprint, if it has a codex, and
+/// each tracked source's hash by mount target.
+pub type LaneContent = (Option<String>, Vec<(String, String)>);
 use super::walk::listing;
 use super::{ContentError, Policy, io_error, tracked_content};
 use crate::lock::lock;
@@ -73,6 +77,31 @@ impl FingerprintCache {
 
     /// [`tracked_content`], from the cache when nothing changed: a directory as
     /// [`FingerprintCache::fingerprint`], a file by its own stat.
+    /// A lane's content inputs: the codex fingerprint of `codex`, and each
+    /// `track_content` source's hash by its target, with the reason (in the
+    /// user's words) when one cannot be had. The one way both the lane hash
+    /// and `lanectl wait` read them.
+    pub fn lane_content(
+        &self,
+        codex: Option<&Path>,
+        tracked: &[(String, PathBuf)],
+        policy: Policy,
+    ) -> Result<LaneContent, String> {
+        let codex = codex
+            .map(|s| self.fingerprint(s, policy))
+            .transpose()
+            .map_err(|e| format!("codex: {}", crate::error::chain(&e)))?;
+        let tracked = tracked
+            .iter()
+            .map(|(target, source)| {
+                self.tracked(source, policy)
+                    .map(|h| (target.clone(), h))
+                    .map_err(|e| format!("track_content: {}", crate::error::chain(&e)))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok((codex, tracked))
+    }
+
     pub fn tracked(&self, path: &Path, policy: Policy) -> Result<String, ContentError> {
         let statted = SystemTime::now();
         let meta = fs::metadata(path).map_err(io_error(path))?;

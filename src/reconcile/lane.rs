@@ -401,13 +401,8 @@ async fn older_but_same(
         if !same_parts {
             continue;
         }
-        let Ok(Some(inspected)) = ctx.podman.inspect(&c.id).await else {
-            continue;
-        };
-        let stored = inspected
-            .annotations
-            .get(crate::labels::SPEC_ANNOTATION)
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok());
+        let stored: Option<serde_json::Value> =
+            kept(ctx, &c.id, crate::labels::SPEC_ANNOTATION).await;
         if stored.as_ref() == Some(&hash::stored_spec(spec)) {
             info!(container = %c.name, version, "made by a lanectl that hashed differently, for this very spec: kept");
             c.labels
@@ -425,40 +420,35 @@ async fn spec_changes(
     old: &Observed,
     spec: &LaneSpec,
 ) -> Vec<crate::reconcile::FieldChange> {
-    let Ok(Some(inspected)) = ctx.podman.inspect(&old.id).await else {
-        return Vec::new();
-    };
-    let Some(stored) = inspected
-        .annotations
-        .get(crate::labels::SPEC_ANNOTATION)
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+    let Some(stored) =
+        kept::<serde_json::Value>(ctx, &old.id, crate::labels::SPEC_ANNOTATION).await
     else {
         return Vec::new();
     };
     let wanted = hash::stored_spec(spec);
     hash::changed_fields(&stored, &wanted)
         .into_iter()
-        .map(|field| {
-            let (before, after) = (pointer(&stored, &field), pointer(&wanted, &field));
-            let secret = field.starts_with("env.") || field.starts_with("labels.");
-            let (old, new) = match (before, after) {
+        .map(|c| {
+            let secret = c.field.starts_with("env.") || c.field.starts_with("labels.");
+            let (old, new) = match (c.old, c.new) {
                 (None, _) if secret => ("(none)".into(), "(added)".into()),
                 (_, None) if secret => ("(removed)".into(), "(none)".into()),
                 _ if secret => ("(changed)".into(), "(changed)".into()),
                 (a, b) => (show(a), show(b)),
             };
-            crate::reconcile::FieldChange { field, old, new }
+            crate::reconcile::FieldChange {
+                field: c.field,
+                old,
+                new,
+            }
         })
         .collect()
 }
 
-/// The annotation `key` of container `old`, parsed as a map of strings.
-async fn kept_map(
-    ctx: &Ctx,
-    old: &Observed,
-    key: &str,
-) -> Option<std::collections::BTreeMap<String, String>> {
-    let inspected = ctx.podman.inspect(&old.id).await.ok()??;
+/// What container `id` keeps under the annotation `key`, parsed; `None`
+/// when it keeps none (made before lanectl kept it) or it cannot be read.
+async fn kept<T: serde::de::DeserializeOwned>(ctx: &Ctx, id: &str, key: &str) -> Option<T> {
+    let inspected = ctx.podman.inspect(id).await.ok()??;
     serde_json::from_str(inspected.annotations.get(key)?).ok()
 }
 
@@ -495,7 +485,7 @@ async fn codex_changes(
     let Some(codex) = &spec.codex else {
         return Vec::new();
     };
-    let Some(kept) = kept_map(ctx, old, crate::labels::CODEX_FILES_ANNOTATION).await else {
+    let Some(kept) = kept(ctx, &old.id, crate::labels::CODEX_FILES_ANNOTATION).await else {
         return Vec::new();
     };
     let (source, policy) = (codex.source.clone(), ctx.policy);
@@ -514,26 +504,17 @@ async fn tracked_changes(
     old: &Observed,
     hash: &LaneHash,
 ) -> Vec<crate::reconcile::FieldChange> {
-    let Some(kept) = kept_map(ctx, old, crate::labels::TRACKED_ANNOTATION).await else {
+    let Some(kept) = kept::<std::collections::BTreeMap<String, String>>(
+        ctx,
+        &old.id,
+        crate::labels::TRACKED_ANNOTATION,
+    )
+    .await
+    else {
         return Vec::new();
     };
     let now = hash.tracked_parts.iter().cloned().collect();
     map_changes(&kept, &now)
-}
-
-/// The value at a field path as `changed_fields` names it.
-fn pointer<'v>(v: &'v serde_json::Value, field: &str) -> Option<&'v serde_json::Value> {
-    let mut node = v;
-    for part in field.split('.') {
-        let (key, indices) = part
-            .split_once('[')
-            .map_or((part, ""), |(k, rest)| (k, rest));
-        node = node.get(key)?;
-        for index in indices.split('[').filter(|s| !s.is_empty()) {
-            node = node.get(index.trim_end_matches(']').parse::<usize>().ok()?)?;
-        }
-    }
-    Some(node)
 }
 
 /// A value as `plan --diff` shows it.
@@ -588,20 +569,7 @@ async fn hash_lane(
         .collect();
     let (fingerprints, policy) = (ctx.fingerprints.clone(), ctx.policy);
     let hashed = tokio::task::spawn_blocking(move || {
-        let codex = codex_source
-            .map(|s| fingerprints.fingerprint(&s, policy))
-            .transpose()
-            .map_err(|e| format!("codex: {}", error::chain(&e)))?;
-        let tracked = tracked_sources
-            .into_iter()
-            .map(|(target, source)| {
-                fingerprints
-                    .tracked(&source, policy)
-                    .map(|h| (target, h))
-                    .map_err(|e| format!("track_content: {}", error::chain(&e)))
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        Ok::<_, String>((codex, tracked))
+        fingerprints.lane_content(codex_source.as_deref(), &tracked_sources, policy)
     })
     .await
     .map_err(|e| failed(format!("hashing task: {e}")))?;

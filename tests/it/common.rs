@@ -310,6 +310,12 @@ fn write_file(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
 }
 
+/// A host port free on 127.0.0.1 when asked.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("local addr").port()
+}
+
 /// A minimal HTTP GET returning the body.
 pub fn http_get(base: &str, path: &str) -> String {
     use std::io::{Read, Write};

@@ -3,15 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::{Daemon, Lanes, http_get, wait_for};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::common::{Daemon, Lanes, free_port, http_get, wait_for};
 
 /// One sample's value, by metric name and labels.
 fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

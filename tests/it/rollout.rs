@@ -221,15 +221,7 @@ fn kill_9_anywhere_in_a_start_first_rollout_is_finished_or_undone_by_the_next_ap
         if seen.iter().any(|n| n.ends_with(".next")) {
             mid_rollout += 1;
         }
-        if let Some(id) = lanes
-            .status("a")
-            .and_then(|s| s["container_id"].as_str().map(String::from))
-        {
-            assert!(
-                crate::common::try_inspect(&id).is_some(),
-                "kill {i}: the status names container {id}, which does not exist"
-            );
-        }
+        assert_status_names_a_live_container(&lanes, i);
 
         // The next apply finishes or undoes it.
         let run = lanes.lanectl(&["apply"]);
@@ -272,13 +264,10 @@ fn the_daemon_rolls_out_start_first_through_an_edit_mid_rollout_and_backs_off_a_
     let mut daemon = crate::common::Daemon::start(&lanes, &[]);
     let limit = std::time::Duration::from_secs(30);
     daemon.wait_watching(&lanes.dir(), limit);
+    // V of the ready container.
     let env_of = |lanes: &Lanes| {
-        let id = lanes.ready_id("a")?;
-        let c = crate::common::try_inspect(&id)?;
-        let env = c["Config"]["Env"].as_array()?.clone();
-        env.iter()
-            .filter_map(|e| e.as_str()?.strip_prefix("V=").map(String::from))
-            .next()
+        lanes.ready_id("a")?;
+        env_of_status(lanes)
     };
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -393,15 +382,7 @@ fn kill_9_of_the_daemon_mid_rollout_then_an_edit_ends_with_the_newest_spec_alone
         if names(&lanes).iter().any(|n| n.ends_with(".next")) {
             mid_rollout += 1;
         }
-        if let Some(id) = lanes
-            .status("a")
-            .and_then(|s| s["container_id"].as_str().map(String::from))
-        {
-            assert!(
-                crate::common::try_inspect(&id).is_some(),
-                "kill {i}: the status names container {id}, which does not exist"
-            );
-        }
+        assert_status_names_a_live_container(&lanes, i);
         // ...the manifest changes meanwhile, and a new daemon converges.
         let newest = format!("b{i}");
         lanes.write(
@@ -432,4 +413,17 @@ fn kill_9_of_the_daemon_mid_rollout_then_an_edit_ends_with_the_newest_spec_alone
         mid_rollout >= 1,
         "no kill left a new container beside the old one: the kills missed the rollouts"
     );
+}
+
+/// After kill `i`: the status, if it names a container, names one that exists.
+fn assert_status_names_a_live_container(lanes: &Lanes, i: u32) {
+    if let Some(id) = lanes
+        .status("a")
+        .and_then(|s| s["container_id"].as_str().map(String::from))
+    {
+        assert!(
+            crate::common::try_inspect(&id).is_some(),
+            "kill {i}: the status names container {id}, which does not exist"
+        );
+    }
 }

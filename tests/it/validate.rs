@@ -8,7 +8,7 @@
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::PathBuf;
 
-use crate::common::{Lanes, image, wait_for};
+use crate::common::{Lanes, free_port, image, wait_for};
 
 /// Writes five lanes, each with one kind of problem; every manifest starts
 /// with `image: <image>`. Returns each lane with the paths its problems name
@@ -307,12 +307,6 @@ fn an_invalid_lane_whose_container_runs_keeps_its_endpoint() {
     assert_eq!(after["endpoint"], before["endpoint"], "{after}");
     assert_eq!(after["endpoints"], before["endpoints"], "{after}");
     assert_eq!(after["container_id"], before["container_id"], "{after}");
-}
-
-/// A free host port on 127.0.0.1 (free when asked).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 #[test]
