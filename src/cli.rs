@@ -40,6 +40,10 @@ pub struct Global {
     /// Accept manifests, directories and sources writable by others (as root).
     #[arg(long, global = true)]
     pub allow_insecure_permissions: bool,
+    /// This host's name: lanes whose `host` names another host are skipped
+    /// (default: the machine's hostname).
+    #[arg(long, global = true, value_parser = host_name)]
+    pub host: Option<String>,
     /// How long to wait for another lanectl (a daemon, a hook) changing this
     /// directory's containers before giving up.
     #[arg(long, global = true, default_value = "5m", value_parser = parse_duration)]
@@ -193,6 +197,34 @@ impl std::fmt::Display for WaitFor {
 /// can never reach outside the lanes directory, e.g. `../x`).
 fn lane_name(name: &str) -> Result<String, String> {
     crate::lane::check_name(name).map(|()| name.to_string())
+}
+
+/// `--host`: a hostname, as a lane's `host` must be.
+fn host_name(name: &str) -> Result<String, String> {
+    crate::lanespec::check_host(name).map(|()| name.to_string())
+}
+
+impl Global {
+    /// How the lanes directory is read, as these flags say.
+    pub fn load_options(&self) -> crate::desired::LoadOptions {
+        crate::desired::LoadOptions {
+            allow_insecure_permissions: self.allow_insecure_permissions,
+            host: Some(self.host.clone().unwrap_or_else(this_host)),
+        }
+    }
+}
+
+/// The machine's hostname (empty when it has none: then only lanes without
+/// `host` are this host's).
+pub fn this_host() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is writable for its whole length, which is passed.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// `--instance`: see [`labels::instance_id`](crate::labels::instance_id).

@@ -211,7 +211,7 @@ async fn refresh(shared: &Shared, list: bool) -> bool {
     };
     let seen = if list {
         let look = Look {
-            load: shared.opts.load,
+            load: shared.opts.load.clone(),
             probe_early: None,
             tidy: true,
         };
@@ -219,7 +219,7 @@ async fn refresh(shared: &Shared, list: bool) -> bool {
             .await
             .map(|w| (w.dir.clone(), Some(w)))
     } else {
-        world::read_dir(ctx, shared.opts.load)
+        world::read_dir(ctx, shared.opts.load.clone())
             .await
             .map(|d| (Arc::new(d), None))
     };
@@ -378,7 +378,7 @@ async fn dir_state(shared: &Shared) -> Result<Arc<desired::DirState>, WorldError
     {
         return Ok(state.clone());
     }
-    let state = Arc::new(world::read_dir(&shared.ctx, shared.opts.load).await?);
+    let state = Arc::new(world::read_dir(&shared.ctx, shared.opts.load.clone()).await?);
     *lock(&shared.snapshot) = Some((generation, state.clone()));
     Ok(state)
 }
@@ -444,6 +444,7 @@ async fn reconcile_lane(shared: &Shared, lane: &str, cancel: &CancellationToken)
         images,
         answered: None,
         defaults_sha256: state.defaults_sha256.clone(),
+        elsewhere: state.elsewhere.get(lane).cloned(),
     };
     let hooks = Hooks {
         cancel: Some(cancel),

@@ -38,6 +38,9 @@ pub struct DirState {
     /// sha256 of `_defaults.yaml`'s bytes, when there is one and it could
     /// be read: one of the inputs every lane's status answers to.
     pub defaults_sha256: Option<String>,
+    /// Lanes whose `host` names another host, with that host: not lanes of
+    /// this lanectl (SPEC.md "Beyond one host").
+    pub elsewhere: BTreeMap<String, String>,
 }
 
 impl DirState {
@@ -53,10 +56,13 @@ impl DirState {
     }
 }
 
-/// Options that relax checks.
-#[derive(Debug, Clone, Copy, Default)]
+/// How the directory is read.
+#[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     pub allow_insecure_permissions: bool,
+    /// This host's name (`--host`): a lane whose `host` names another is
+    /// not a lane here. `None`: every lane is (a test's view).
+    pub host: Option<String>,
 }
 
 /// Reads the whole directory. Only a directory that cannot be listed is an
@@ -70,17 +76,21 @@ pub fn load_dir(dir: &Path, opts: LoadOptions) -> Result<DirState, ListError> {
 /// Reads the whole directory up to the cross-lane rules, which
 /// [`Unsettled::settle`] applies once it is known who holds what.
 pub fn read_dir(dir: &Path, opts: LoadOptions) -> Result<Unsettled, ListError> {
-    read(dir, Policy::of_process(opts.allow_insecure_permissions))
+    read(
+        dir,
+        Policy::of_process(opts.allow_insecure_permissions),
+        opts.host.as_deref(),
+    )
 }
 
 /// [`load_dir`] under a given permission policy, for tests.
 #[cfg(test)]
 fn load(dir: &Path, policy: Policy) -> Result<DirState, ListError> {
-    Ok(read(dir, policy)?.settle(&Holders::default()))
+    Ok(read(dir, policy, None)?.settle(&Holders::default()))
 }
 
-/// [`read_dir`] under a given permission policy.
-fn read(dir: &Path, policy: Policy) -> Result<Unsettled, ListError> {
+/// [`read_dir`] under a given permission policy, for the host `here`.
+fn read(dir: &Path, policy: Policy, here: Option<&str>) -> Result<Unsettled, ListError> {
     let listing = lane::list_dir(dir)?;
     let check = policy.check;
     let dir_problem = if check {
@@ -120,6 +130,7 @@ fn read(dir: &Path, policy: Policy) -> Result<Unsettled, ListError> {
     let mut resolved: BTreeMap<String, (Result<LaneSpec, Vec<Problem>>, String)> = BTreeMap::new();
     let mut names: BTreeMap<String, (String, Problem)> = BTreeMap::new();
     let mut fixed = Vec::new();
+    let mut elsewhere = BTreeMap::new();
     for (name, file) in &listing.lanes {
         let mut problems = Vec::new();
         if let Some(p) = &file.problem {
@@ -155,6 +166,12 @@ fn read(dir: &Path, policy: Policy) -> Result<Unsettled, ListError> {
         let defaults_source: Option<&Source> = defaults.as_ref().and_then(|d| d.as_ref().ok());
         match manifest::load(source, defaults_source) {
             Ok(l) => {
+                // Another host's lane is not a lane here, whatever else is
+                // wrong with it: its host says so.
+                if let Some(host) = other_host(&l, here) {
+                    elsewhere.insert(name.clone(), host);
+                    continue;
+                }
                 // The cross-lane rule looks at every manifest that loaded,
                 // valid or not: two lanes declaring one container name are
                 // both invalid, whatever else is wrong with either.
@@ -201,7 +218,34 @@ fn read(dir: &Path, policy: Policy) -> Result<Unsettled, ListError> {
         fixed,
         listing,
         defaults_sha256,
+        elsewhere,
     })
+}
+
+/// The lanes whose `host` names another host than `here`, with that host
+/// (what `status` leaves out): each manifest only parsed, nothing resolved.
+pub fn elsewhere(listing: &DirListing, here: &str) -> BTreeMap<String, String> {
+    let defaults = listing
+        .defaults
+        .as_ref()
+        .and_then(|path| manifest::read_source(path).ok());
+    listing
+        .lanes
+        .iter()
+        .filter_map(|(name, file)| {
+            let source = manifest::read_source(&file.path).ok()?;
+            let loaded = manifest::load(source, defaults.as_ref()).ok()?;
+            Some((name.clone(), other_host(&loaded, Some(here))?))
+        })
+        .collect()
+}
+
+/// The host a loaded manifest names, when it is a hostname and not `here`.
+/// A `host` that is not a hostname leaves the lane here, invalid.
+fn other_host(loaded: &manifest::Loaded, here: Option<&str>) -> Option<String> {
+    let (host, here) = (loaded.raw.host.as_deref()?, here?);
+    let other = lanespec::check_host(host).is_ok() && !lanespec::is_this_host(host, here);
+    other.then(|| host.to_string())
 }
 
 /// A directory read and every lane resolved, before the cross-lane rules:
@@ -217,6 +261,7 @@ pub struct Unsettled {
     fixed: Vec<lanespec::FixedPort>,
     listing: DirListing,
     defaults_sha256: Option<String>,
+    elsewhere: BTreeMap<String, String>,
 }
 
 /// What the lanes' containers hold now. SPEC.md: in a clash, the lane whose
@@ -285,6 +330,7 @@ impl Unsettled {
             fixed,
             listing,
             defaults_sha256,
+            elsewhere,
         } = self;
         let holds_name =
             |lane: &str, name: &str| holders.names.get(name).is_some_and(|l| l == lane);
@@ -324,6 +370,7 @@ impl Unsettled {
             lanes,
             listing,
             defaults_sha256,
+            elsewhere,
         }
     }
 }
@@ -509,6 +556,125 @@ mod tests {
             .any(|p| p.starts_with(&head) && p.contains(what))
     }
 
+    /// The directory as the lanectl of host `here` reads it.
+    fn on_host(root: &Path, here: &str) -> DirState {
+        read(&root.join("lanes.d"), Policy::OFF, Some(here))
+            .unwrap()
+            .settle(&Holders::default())
+    }
+
+    #[test]
+    fn a_lane_for_another_host_is_not_a_lane_here_and_clashes_with_nothing() {
+        let root = lane_with(
+            "image: i
+host: web-2
+container_name: shared
+",
+        );
+        let b = root.path().join("lanes.d/b.yaml");
+        std::fs::write(
+            &b,
+            "image: i
+host: WEB-1
+container_name: shared
+",
+        )
+        .unwrap();
+        // Another host's lane is skipped even when it is invalid: its
+        // sources are on that host.
+        let c = root.path().join("lanes.d/c.yaml");
+        std::fs::write(
+            &c,
+            "image: i
+host: web-2
+mounts: [{source: /nowhere, target: /x}]
+",
+        )
+        .unwrap();
+
+        let web1 = on_host(root.path(), "web-1");
+        assert_eq!(web1.lanes.keys().collect::<Vec<_>>(), ["b"]);
+        assert!(
+            matches!(web1.lanes["b"], Desired::Valid { .. }),
+            "{:?}",
+            web1.lanes
+        );
+        let skipped: Vec<_> = web1.elsewhere.iter().collect();
+        assert_eq!(
+            skipped,
+            [
+                (&"a".into(), &"web-2".into()),
+                (&"c".into(), &"web-2".into())
+            ]
+        );
+
+        let web2 = on_host(root.path(), "web-2");
+        assert_eq!(web2.lanes.keys().collect::<Vec<_>>(), ["a", "c"]);
+        assert!(matches!(web2.lanes["a"], Desired::Valid { .. }));
+        assert!(matches!(web2.lanes["c"], Desired::Invalid { .. }));
+        assert_eq!(web2.elsewhere.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(
+            elsewhere(&web2.listing, "web-2").keys().collect::<Vec<_>>(),
+            ["b"]
+        );
+
+        // A host no lane names: every lane is elsewhere, an empty set that
+        // the prune guard refuses to act on.
+        let web3 = on_host(root.path(), "web-3");
+        assert!(web3.lanes.is_empty());
+        assert!(crate::reconcile::world::refuses_to_prune(&web3, false));
+    }
+
+    #[test]
+    fn a_host_in_the_defaults_places_every_lane_and_a_lane_may_override_it() {
+        let root = lane_with(
+            "image: i
+",
+        );
+        let lanes = root.path().join("lanes.d");
+        std::fs::write(
+            lanes.join("_defaults.yaml"),
+            "host: web-2
+",
+        )
+        .unwrap();
+        std::fs::write(
+            lanes.join("b.yaml"),
+            "image: i
+host: web-1
+",
+        )
+        .unwrap();
+        let web1 = on_host(root.path(), "web-1");
+        assert_eq!(web1.lanes.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(web1.elsewhere.keys().collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn a_host_that_is_not_a_hostname_makes_the_lane_invalid_on_every_host() {
+        for bad in ["web 1", "-web", "web_1", "", "a..b"] {
+            let root = lane_with(&format!(
+                "image: i
+host: {bad:?}
+"
+            ));
+            let state = on_host(root.path(), "web-1");
+            let Desired::Invalid { problems, .. } = &state.lanes["a"] else {
+                panic!("{bad:?} accepted: {:?}", state.lanes["a"]);
+            };
+            let text = problems[0].to_string();
+            assert!(text.contains("a.yaml:2:7: host"), "{text}");
+            assert!(text.contains("is not a hostname"), "{text}");
+        }
+        let root = lane_with(
+            "image: i
+host: [web-1]
+",
+        );
+        let state = on_host(root.path(), "web-1");
+        assert!(matches!(state.lanes["a"], Desired::Invalid { .. }));
+    }
+
     #[test]
     fn two_lanes_publishing_one_fixed_host_port_are_both_invalid() {
         let root = lane_with("image: i\nports: [{container: 80, host_port: 18080}]\n");
@@ -544,7 +710,7 @@ mod tests {
 
     /// Problems of each lane once `holders` settled the clashes.
     fn settled(root: &Path, holders: &Holders) -> BTreeMap<String, Vec<String>> {
-        let state = read(&root.join("lanes.d"), Policy::OFF)
+        let state = read(&root.join("lanes.d"), Policy::OFF, None)
             .unwrap()
             .settle(holders);
         state
@@ -924,6 +1090,7 @@ mod tests {
         set_mode(&root.path().join("lanes.d/a.yaml"), 0o666);
         let opts = LoadOptions {
             allow_insecure_permissions: true,
+            host: None,
         };
         let state = load_dir(&root.path().join("lanes.d"), opts).unwrap();
         assert!(matches!(state.lanes["a"], Desired::Valid { .. }));

@@ -2,7 +2,6 @@
 
 use super::Exit;
 use crate::cli::{ColorMode, Global, ProgressMode};
-use crate::desired::LoadOptions;
 use crate::plan::Action;
 use crate::reconcile::pass::{self, PassOptions};
 use crate::reconcile::{Mode, Outcome};
@@ -47,9 +46,7 @@ pub async fn run(
         only: lanes,
         jobs: usize::from(global.jobs),
         allow_prune_all,
-        load: LoadOptions {
-            allow_insecure_permissions: global.allow_insecure_permissions,
-        },
+        load: global.load_options(),
     };
     let outcomes = pass::pass(ctx, mode, &opts).await?;
     live.finish();
@@ -90,7 +87,10 @@ pub async fn run(
             detailed_exitcode, ..
         } => {
             let errors = outcomes.iter().any(|o| {
-                o.action.is_none() || (!o.has_manifest && o.action == Some(Action::Nothing))
+                o.action.is_none()
+                    || (!o.has_manifest
+                        && o.elsewhere.is_none()
+                        && o.action == Some(Action::Nothing))
             });
             let changes = outcomes
                 .iter()
@@ -247,6 +247,9 @@ impl Live {
 }
 
 fn apply_line(o: &Outcome) -> String {
+    if let Some(line) = elsewhere_line(o) {
+        return line;
+    }
     let done = match &o.action {
         Some(Action::Nothing) => "nothing to do".to_string(),
         Some(a) => a.to_string(),
@@ -261,12 +264,26 @@ fn apply_line(o: &Outcome) -> String {
     }
 }
 
+/// The line of a lane that runs on another host: skipped, or a container
+/// of it left from before removed.
+fn elsewhere_line(o: &Outcome) -> Option<String> {
+    let host = o.elsewhere.as_ref()?;
+    Some(match (&o.action, o.phase) {
+        (_, Phase::Failed) => format!("failed: {} (runs on host {host})", o.message),
+        (Some(Action::Nothing), _) => format!("skipped: runs on host {host}"),
+        (Some(Action::Remove), _) if o.message == "removed" => {
+            format!("removed: runs on host {host}")
+        }
+        _ => format!("remove: runs on host {host}"),
+    })
+}
+
 /// One lane of `plan --json`.
 #[derive(serde::Serialize)]
 struct Planned<'a> {
     lane: &'a str,
     /// `nothing`, `create`, `recreate`, `start`, `unpause`, `stop`,
-    /// `remove`, `finish-rollout`; or, when nothing can be planned, the
+    /// `remove`, `finish-rollout`, `skip` (a lane of another host); or, when nothing can be planned, the
     /// lane's phase (`invalid`, `failed`).
     action: String,
     /// Why: what changed for a recreate, the problem when nothing can be
@@ -295,7 +312,18 @@ impl<'a> Planned<'a> {
             Some(Action::Start) => ("start".into(), String::new(), None),
             Some(Action::Unpause) => ("unpause".into(), String::new(), None),
             Some(Action::Stop) => ("stop".into(), String::new(), None),
-            Some(Action::Remove) => ("remove".into(), "manifest deleted".into(), None),
+            Some(Action::Remove) => match &o.elsewhere {
+                Some(host) => ("remove".into(), format!("runs on host {host}"), None),
+                None => ("remove".into(), "manifest deleted".into(), None),
+            },
+        };
+        let action = match &o.elsewhere {
+            Some(_) if o.action == Some(Action::Nothing) => "skip".into(),
+            _ => action,
+        };
+        let reason = match &o.elsewhere {
+            Some(host) if o.action == Some(Action::Nothing) => format!("runs on host {host}"),
+            _ => reason,
         };
         Planned {
             lane: &o.lane,
@@ -309,6 +337,9 @@ impl<'a> Planned<'a> {
 }
 
 fn plan_line(o: &Outcome) -> String {
+    if let Some(line) = elsewhere_line(o) {
+        return line.replacen("skipped:", "skip:", 1);
+    }
     let line = match &o.action {
         Some(Action::Nothing) if !o.has_manifest => "no manifest and no container".into(),
         Some(a) => a.to_string(),

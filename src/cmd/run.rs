@@ -13,7 +13,6 @@ use crate::backoff::Backoff;
 use crate::cli::Global;
 use crate::content::Policy;
 use crate::daemon::{self, Options};
-use crate::desired::LoadOptions;
 use crate::podman::Podman;
 use crate::reconcile::Ctx;
 
@@ -83,9 +82,7 @@ pub async fn run(
     let opts = Options {
         resync,
         allow_prune_all,
-        load: LoadOptions {
-            allow_insecure_permissions: global.allow_insecure_permissions,
-        },
+        load: global.load_options(),
         metrics: metrics.map(std::sync::Arc::new),
     };
     daemon::run(std::sync::Arc::new(ctx), opts, shutdown).await?;

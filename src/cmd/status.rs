@@ -11,12 +11,19 @@ const NO_STATUS: &str = "no status file yet: run lanectl apply (or lanectl run)"
 
 pub fn run(global: &Global, named: &[String], json: bool) -> anyhow::Result<super::Exit> {
     let listing = lane::list_dir(&global.dir)?;
+    // Only this host's lanes: another host's have their status there.
+    let here = global.load_options().host.unwrap_or_default();
+    let elsewhere = crate::desired::elsewhere(&listing, &here);
     let mut names: Vec<String> = listing.lanes.keys().cloned().collect();
     names.extend(listing.status_files);
     names.sort();
     names.dedup();
+    names.retain(|n| !elsewhere.contains_key(n));
     if let Some(unknown) = named.iter().find(|n| !names.contains(n)) {
-        eprintln!("no lane {unknown}: neither a manifest nor a status file");
+        match elsewhere.get(unknown) {
+            Some(host) => eprintln!("lane {unknown} runs on host {host}, not on {here}"),
+            None => eprintln!("no lane {unknown}: neither a manifest nor a status file"),
+        }
         return Ok(super::Exit::Failed);
     }
     if !named.is_empty() {

@@ -2,18 +2,17 @@
 //! message` each, exit 1 on any. A directory is checked whole (with the
 //! cross-lane rules); a file is checked within its directory. Codex and
 //! `track_content` sources are checked as `apply` would hash them, every bad
-//! entry as `path: message` (none of their bytes are read). Needs no Podman.
+//! entry as `path: message` (none of their bytes are read). A lane whose
+//! `host` names another host is skipped, and said so. Needs no Podman.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::cli::Global;
-use crate::desired::{self, Desired, LoadOptions};
+use crate::desired::{self, Desired};
 
 pub fn run(global: &Global, paths: &[PathBuf]) -> anyhow::Result<super::Exit> {
-    let opts = LoadOptions {
-        allow_insecure_permissions: global.allow_insecure_permissions,
-    };
+    let opts = global.load_options();
     let targets: Vec<(PathBuf, Option<String>, PathBuf)> = if paths.is_empty() {
         vec![(global.dir.clone(), None, global.dir.clone())]
     } else {
@@ -25,21 +24,42 @@ pub fn run(global: &Global, paths: &[PathBuf]) -> anyhow::Result<super::Exit> {
             })
             .collect()
     };
+    let here = opts.host.clone().unwrap_or_default();
     let mut seen = HashSet::new();
     let mut count = 0usize;
     let mut lanes = 0usize;
+    let mut skipped = 0usize;
     for (dir, only, given) in targets {
         if only.is_some() && std::fs::symlink_metadata(&given).is_err() {
             anyhow::bail!("{}: no such file", given.display());
         }
-        let state = desired::load_dir(&dir, opts)?;
+        let state = desired::load_dir(&dir, opts.clone())?;
         if let Some(name) = &only
             && !state.lanes.contains_key(name)
+            && !state.elsewhere.contains_key(name)
         {
             anyhow::bail!(
                 "{}: not a lane manifest (lanes are <name>.yaml or .yml)",
                 given.display()
             );
+        }
+        // Another host's lanes are that host's to check: its mount and
+        // codex sources are on that host.
+        for (name, host) in &state.elsewhere {
+            if only.as_ref().is_some_and(|o| o != name) {
+                continue;
+            }
+            let file = state
+                .listing
+                .lanes
+                .get(name)
+                .map(|f| f.path.display().to_string());
+            eprintln!(
+                "{}: skipped: lane {name} runs on host {host}, this is {here} \
+                 (--host {host} checks it as that host)",
+                file.unwrap_or_else(|| name.clone())
+            );
+            skipped += 1;
         }
         for (name, d) in &state.lanes {
             if only.as_ref().is_some_and(|o| o != name) {
@@ -57,11 +77,15 @@ pub fn run(global: &Global, paths: &[PathBuf]) -> anyhow::Result<super::Exit> {
             }
         }
     }
+    let skipped = match skipped {
+        0 => String::new(),
+        n => format!(", {n} skipped (other hosts)"),
+    };
     if count > 0 {
-        eprintln!("{count} problem(s) in {lanes} lane(s)");
+        eprintln!("{count} problem(s) in {lanes} lane(s){skipped}");
         return Ok(super::Exit::Failed);
     }
-    eprintln!("{lanes} lane(s) valid");
+    eprintln!("{lanes} lane(s) valid{skipped}");
     Ok(super::Exit::Ok)
 }
 

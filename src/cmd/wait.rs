@@ -45,9 +45,7 @@ pub fn run(
 ) -> anyhow::Result<Exit> {
     let dir = &global.dir;
     crate::lane::list_dir(dir)?; // a missing directory is an error at once
-    let load = LoadOptions {
-        allow_insecure_permissions: global.allow_insecure_permissions,
-    };
+    let load = global.load_options();
     let policy = Policy::of_process(global.allow_insecure_permissions);
 
     // Watch first, then look: a status written in between wakes the loop.
@@ -62,7 +60,7 @@ pub fn run(
     let deadline = Instant::now() + timeout;
     let cache = FingerprintCache::default();
     loop {
-        let stands = look(dir, &lanes, wait_for, load, &cache, policy)?;
+        let stands = look(dir, &lanes, wait_for, &load, &cache, policy)?;
         let never: Vec<_> = stands
             .iter()
             .filter_map(|(lane, s)| match s {
@@ -116,11 +114,11 @@ fn look(
     dir: &Path,
     named: &[String],
     wait_for: WaitFor,
-    load: LoadOptions,
+    load: &LoadOptions,
     cache: &FingerprintCache,
     policy: Policy,
 ) -> anyhow::Result<BTreeMap<String, Stand>> {
-    let state = desired::load_dir(dir, load)?;
+    let state = desired::load_dir(dir, load.clone())?;
     let lanes: Vec<String> = if !named.is_empty() {
         named.to_vec()
     } else if wait_for == WaitFor::Deleted {
@@ -147,7 +145,10 @@ fn look(
                     (true, None) => Stand::Waiting("its status file is still there".into()),
                 }
             }
-            (_, None) => Stand::Never("no manifest".into()),
+            (_, None) => Stand::Never(match state.elsewhere.get(&lane) {
+                Some(host) => format!("it runs on host {host}, not this one"),
+                None => "no manifest".into(),
+            }),
             (_, Some(Desired::Invalid { problems, .. })) => Stand::Never(format!(
                 "invalid: {}",
                 crate::reconcile::report::problems_text(problems)

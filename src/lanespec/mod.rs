@@ -17,6 +17,31 @@ pub use paths::absolute;
 pub use resolve::{container_name, resolve};
 pub use types::{Codex, DEFAULT_STOP_TIMEOUT, LaneSpec, Mount, Port, Probe, Resources, Update};
 
+/// A lane's `host` (and `--host`): a hostname, as DNS has it (labels of
+/// letters, digits and `-`, joined by `.`), which is also what Kubernetes
+/// accepts as a node name.
+pub fn check_host(name: &str) -> Result<(), String> {
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        let shown: String = name.chars().take(64).collect();
+        return Err(format!(
+            "host {shown:?} is not a hostname: labels of letters, digits and '-' \
+             (not first or last), joined by '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a lane's `host` names this host: hostnames compare without case.
+pub fn is_this_host(lane_host: &str, this_host: &str) -> bool {
+    lane_host.eq_ignore_ascii_case(this_host)
+}
+
 /// Cross-lane rule: two lanes with one container name. The lane that
 /// `holds` it (its container has the name now) keeps it and only the others
 /// are invalid; when none holds it, all are.
@@ -148,11 +173,12 @@ pub(crate) mod tests {
             stop_timeout: DEFAULT_STOP_TIMEOUT,
             state: DesiredState::Running,
             update: Update::default(),
+            host: Some("web-1".into()),
         }
     }
 
     #[test]
-    fn state_probe_and_stop_timeout_are_not_in_the_hash() {
+    fn state_probe_stop_timeout_update_and_host_are_not_in_the_hash() {
         let a = golden_spec();
         let mut b = golden_spec();
         b.state = DesiredState::Stopped;
@@ -168,6 +194,7 @@ pub(crate) mod tests {
             order: crate::manifest::UpdateOrder::StartFirst,
             drain: Duration::from_secs(9),
         };
+        b.host = Some("web-2".into());
         let h = |s: &LaneSpec| crate::hash::lane_hash(s, "img", None, &[]);
         assert_eq!(h(&a), h(&b));
         b.env.insert("NEW".into(), "1".into());

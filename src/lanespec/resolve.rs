@@ -46,6 +46,7 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
     let probe = c.probe(raw.probe.as_ref(), &ports);
     let resources = c.resources(raw.resources.as_ref());
     let update = c.update(raw.update.as_ref(), &ports, probe.as_ref());
+    c.host(raw.host.as_deref());
     // Names are reported after every other problem.
     c.names("env", "env", &env);
     c.names("labels", "label", &user_labels);
@@ -75,6 +76,7 @@ pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<
         stop_timeout,
         state: raw.state.unwrap_or_default(),
         update,
+        host: raw.host.clone(),
     })
 }
 
@@ -124,6 +126,12 @@ impl Checker<'_> {
             );
         }
         name
+    }
+
+    fn host(&mut self, host: Option<&str>) {
+        if let Some(Err(why)) = host.map(super::check_host) {
+            self.bad(&[Seg::Key("host")], why);
+        }
     }
 
     fn words(&mut self, key: &'static str, words: Option<&Words>) -> Option<Vec<String>> {

@@ -33,6 +33,9 @@ pub struct LaneSpec {
     pub state: DesiredState,
     #[serde(skip)]
     pub update: Update,
+    /// The only host whose lanectl runs the lane (`None`: every host).
+    #[serde(skip)]
+    pub host: Option<String>,
 }
 
 /// How a recreate replaces the running container (never in the hash).

@@ -80,6 +80,11 @@ pub struct RawManifest {
     pub state: Option<DesiredState>,
     /// How a recreate replaces the running container (not in the hash).
     pub update: Option<RawUpdate>,
+    /// The host that runs this lane: only the lanectl whose `--host`
+    /// (default: the machine's hostname) is this name; on every other host
+    /// the lane is skipped, and a container of it left from before removed.
+    /// Not in the hash.
+    pub host: Option<String>,
     /// Only in `_defaults.yaml`: the instance id of the whole lanes directory
     /// (what `--instance` sets; letters, digits, `_ . -`). It travels with
     /// the directory, so that a move or a symlink-swap deploy

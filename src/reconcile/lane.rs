@@ -69,7 +69,11 @@ async fn gone(ctx: &Ctx, view: LaneView, has_status: bool, mode: Mode) -> Outcom
     let plan = plan::decide_gone(view.containers, has_status);
     let mut outcome = Outcome::new(&view.lane, Some(plan.action.clone()), Phase::Stopped, "");
     outcome.has_manifest = false;
-    outcome.message = "no manifest".into();
+    outcome.message = match &view.elsewhere {
+        Some(host) => format!("runs on host {host}"),
+        None => "no manifest".into(),
+    };
+    outcome.elsewhere = view.elsewhere;
     let Step::Remove(containers) = &plan.step else {
         return outcome;
     };

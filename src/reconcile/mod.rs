@@ -107,6 +107,8 @@ pub struct Outcome {
     pub changes: Vec<FieldChange>,
     /// The restarts its status counts.
     pub restarts: u32,
+    /// The lane's manifest names another host (it is not a lane here).
+    pub elsewhere: Option<String>,
 }
 
 /// One field of the spec that a recreate changes, as `plan` shows it. The
@@ -140,6 +142,7 @@ impl Outcome {
             status_error: None,
             changes: Vec::new(),
             restarts: 0,
+            elsewhere: None,
         }
     }
 

@@ -35,14 +35,18 @@ pub async fn pass(
     opts: &PassOptions,
 ) -> Result<Vec<Outcome>, WorldError> {
     let look = Look {
-        load: opts.load,
+        load: opts.load.clone(),
         probe_early: (mode == Mode::Apply).then(|| opts.only.clone()),
         tidy: mode == Mode::Apply,
     };
     let mut world = World::look(&ctx, &look).await?;
     world.guard_prune_all(&ctx.dir, opts.allow_prune_all)?;
     let names = if opts.only.is_empty() {
-        world.lanes()
+        // Another host's lanes too: each says it is skipped, and a
+        // container of it left from before goes.
+        let mut names = world.lanes();
+        names.extend(world.dir.elsewhere.keys().cloned());
+        names
     } else {
         opts.only.iter().cloned().collect()
     };

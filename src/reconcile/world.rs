@@ -72,6 +72,9 @@ pub struct LaneView {
     pub answered: Option<(String, SocketAddr)>,
     /// sha256 of `_defaults.yaml` as read with the manifest.
     pub defaults_sha256: Option<String>,
+    /// The host the lane's manifest names, when it is another one (then
+    /// `desired` is `None`: it is not a lane here).
+    pub elsewhere: Option<String>,
 }
 
 /// What a look includes besides the directory and the containers.
@@ -100,7 +103,7 @@ impl World {
             async {
                 // Images and early probes look at every lane that resolved,
                 // before the cross-lane rules (they need the containers).
-                let dir = read_unsettled(ctx, look.load).await?;
+                let dir = read_unsettled(ctx, look.load.clone()).await?;
                 let images = look_up_images(ctx, &dir).await;
                 let answered = match &look.probe_early {
                     Some(only) => probe_early(ctx, &dir, only, &listed).await,
@@ -149,6 +152,7 @@ impl World {
                 lanes: BTreeMap::new(),
                 listing,
                 defaults_sha256: None,
+                elsewhere: BTreeMap::new(),
             }),
             containers,
             images: KnownImages::default(),
@@ -196,6 +200,7 @@ impl World {
             images: self.images.clone(),
             answered: self.answered.remove(lane),
             defaults_sha256: self.dir.defaults_sha256.clone(),
+            elsewhere: self.dir.elsewhere.get(lane).cloned(),
         }
     }
 
@@ -204,6 +209,7 @@ impl World {
     pub fn take_without_manifest(&mut self, lane: &str) -> LaneView {
         LaneView {
             desired: None,
+            elsewhere: None,
             ..self.take(lane)
         }
     }

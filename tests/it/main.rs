@@ -15,6 +15,7 @@ mod events;
 mod failures;
 mod faults;
 mod hardening;
+mod hosts;
 mod metrics;
 mod plan;
 mod progress;

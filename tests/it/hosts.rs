@@ -1,0 +1,127 @@
+//! `host:` selectors: one lanes directory for a fleet, each host's lanectl
+//! (`--host`) running only its own lanes; a lane that moved to another host
+//! is removed here as for a deleted manifest, under the same prune guard.
+
+use std::time::Duration;
+
+use crate::common::{Daemon, Lanes, wait_for};
+
+#[test]
+fn each_host_runs_only_its_lanes_and_a_lane_that_moves_away_is_removed_here() {
+    let lanes = Lanes::new("hosts");
+    lanes.write("a", &lanes.worker_lane("host: web-1\n"));
+    lanes.write("b", &lanes.worker_lane("host: web-2\n"));
+    lanes.write("c", &lanes.worker_lane(""));
+    let on = |host: &str, args: &[&str]| {
+        let mut all = vec!["--host", host];
+        all.extend_from_slice(args);
+        lanes.lanectl(&all)
+    };
+
+    // validate and plan say which lanes are skipped, and why.
+    let validate = on("web-1", &["validate"]);
+    assert_eq!(validate.code, 0, "{validate:?}");
+    assert!(
+        validate
+            .stderr
+            .contains("b.yaml: skipped: lane b runs on host web-2, this is web-1"),
+        "{validate:?}"
+    );
+    assert!(
+        validate
+            .stderr
+            .contains("2 lane(s) valid, 1 skipped (other hosts)"),
+        "{validate:?}"
+    );
+    let plan = on("web-1", &["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{plan:?}");
+    assert!(plan.stdout.contains("a  create"), "{plan:?}");
+    assert!(
+        plan.stdout.contains("b  skip: runs on host web-2"),
+        "{plan:?}"
+    );
+    let json = on("web-1", &["plan", "--json"]);
+    let planned: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(planned[1]["lane"], "b", "{json:?}");
+    assert_eq!(planned[1]["action"], "skip", "{json:?}");
+    assert_eq!(planned[1]["reason"], "runs on host web-2", "{json:?}");
+
+    // Only web-1's lanes (and the lanes for every host) run here.
+    let apply = on("web-1", &["apply"]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    assert!(
+        apply.stdout.contains("b  skipped: runs on host web-2"),
+        "{apply:?}"
+    );
+    assert!(lanes.ready_id("a").is_some() && lanes.ready_id("c").is_some());
+    assert!(
+        lanes.status("b").is_none(),
+        "no status for another host's lane"
+    );
+    assert_eq!(lanes.containers().len(), 2);
+    let status = on("web-1", &["status"]);
+    assert!(status.stdout.contains("a ") && status.stdout.contains("c "));
+    assert!(!status.stdout.contains("\nb "), "{status:?}");
+    let named = on("web-1", &["status", "b"]);
+    assert_eq!(named.code, 1, "{named:?}");
+    assert!(
+        named
+            .stderr
+            .contains("lane b runs on host web-2, not on web-1"),
+        "{named:?}"
+    );
+
+    // Hostnames compare without case.
+    let again = on("WEB-1", &["plan", "--detailed-exitcode"]);
+    assert_eq!(again.code, 0, "{again:?}");
+
+    // Lane a moves to web-2: on web-1 its container and status file go.
+    let a = lanes.container_id("a");
+    lanes.write("a", &lanes.worker_lane("host: web-2\n"));
+    let plan = on("web-1", &["plan"]);
+    assert!(
+        plan.stdout.contains("a  remove: runs on host web-2"),
+        "{plan:?}"
+    );
+    let apply = on("web-1", &["apply"]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    assert!(
+        apply.stdout.contains("a  removed: runs on host web-2"),
+        "{apply:?}"
+    );
+    assert!(!lanes.containers().contains(&a));
+    assert!(lanes.status("a").is_none());
+
+    // Every lane moved away: an empty set for web-1, which the prune guard
+    // refuses to act on (a checkout that lost its host: lines must not wipe
+    // a host).
+    lanes.write("c", &lanes.worker_lane("host: web-3\n"));
+    let refused = on("web-1", &["apply"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("--allow-prune-all"), "{refused:?}");
+    assert_eq!(lanes.containers().len(), 1, "c is kept");
+    let pruned = on("web-1", &["apply", "--allow-prune-all"]);
+    assert_eq!(pruned.code, 0, "{pruned:?}");
+    assert!(lanes.containers().is_empty());
+}
+
+#[test]
+fn the_daemon_removes_a_lane_whose_manifest_moves_it_to_another_host() {
+    const LIMIT: Duration = Duration::from_secs(20);
+    let lanes = Lanes::new("hosts-daemon");
+    lanes.write("a", &lanes.worker_lane("host: web-1\n"));
+    lanes.write("b", &lanes.worker_lane(""));
+    let daemon = Daemon::start(&lanes, &["--host", "web-1"]);
+    wait_for(LIMIT, || lanes.ready_id("a"))
+        .unwrap_or_else(|| panic!("a not ready\n{}", daemon.log()));
+    let b = wait_for(LIMIT, || lanes.ready_id("b"))
+        .unwrap_or_else(|| panic!("b not ready\n{}", daemon.log()));
+    daemon.wait_watching(&lanes.dir(), LIMIT);
+
+    lanes.write("a", &lanes.worker_lane("host: web-2\n"));
+    wait_for(LIMIT, || (lanes.containers() == [b.clone()]).then_some(()))
+        .unwrap_or_else(|| panic!("a's container not removed\n{}", daemon.log()));
+    wait_for(LIMIT, || lanes.status("a").is_none().then_some(()))
+        .unwrap_or_else(|| panic!("a's status file not removed\n{}", daemon.log()));
+    assert_eq!(lanes.ready_id("b").as_deref(), Some(b.as_str()));
+}
