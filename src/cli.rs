@@ -120,6 +120,12 @@ pub enum Command {
     Validate { paths: Vec<PathBuf> },
     /// Print the manifest's JSON Schema.
     Schema,
+    /// Render the lanes (default all, of every host) for another system;
+    /// needs no Podman.
+    Render {
+        #[command(subcommand)]
+        to: RenderTo,
+    },
     /// Remove this instance's containers (default all) and their status files.
     Down {
         #[arg(value_parser = lane_name)]
@@ -146,6 +152,39 @@ pub enum Command {
         /// Give up (exit 1) after this long.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: std::time::Duration,
+    },
+}
+
+/// What `render` renders to.
+#[derive(Debug, Subcommand)]
+pub enum RenderTo {
+    /// Kubernetes objects: per lane a Deployment, a Service for its ports
+    /// and its codex as an immutable Secret. Deterministic YAML; what cannot
+    /// map is a warning on stderr (file:line:col). An invalid lane exits 1
+    /// and is left out.
+    Kube {
+        #[arg(value_parser = lane_name)]
+        lanes: Vec<String>,
+        /// Write one file per lane and a kustomization.yaml into DIR
+        /// (default: one YAML stream on stdout). Files of lanes no longer
+        /// rendered go; an invalid lane keeps its file from before.
+        #[arg(short, long, value_name = "DIR")]
+        output: Option<PathBuf>,
+        /// metadata.namespace of every object (and of the kustomization).
+        #[arg(long, value_name = "NS", value_parser = namespace)]
+        namespace: Option<String>,
+        /// What cannot map is an error, not a warning.
+        #[arg(long)]
+        strict: bool,
+        /// Render even when there is no lane (applied with pruning, an
+        /// empty render deletes every lane in the cluster).
+        #[arg(long)]
+        allow_prune_all: bool,
+        /// The lanes directory's path on the nodes: a relative mount source
+        /// becomes a hostPath under it (default: its path here, which makes
+        /// the render depend on this machine).
+        #[arg(long, value_name = "PATH")]
+        node_dir: Option<PathBuf>,
     },
 }
 
@@ -197,6 +236,19 @@ impl std::fmt::Display for WaitFor {
 /// can never reach outside the lanes directory, e.g. `../x`).
 fn lane_name(name: &str) -> Result<String, String> {
     crate::lane::check_name(name).map(|()| name.to_string())
+}
+
+/// `--namespace`: a DNS-1123 label, as Kubernetes wants a namespace.
+fn namespace(ns: &str) -> Result<String, String> {
+    let ok = (1..=63).contains(&ns.len())
+        && ns.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !ns.starts_with('-')
+        && !ns.ends_with('-');
+    if ok {
+        Ok(ns.to_string())
+    } else {
+        Err("a namespace is at most 63 lowercase letters, digits and '-' (not first or last)".into())
+    }
 }
 
 /// `--host`: a hostname, as a lane's `host` must be.

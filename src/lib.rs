@@ -42,6 +42,7 @@ pub mod probe;
 pub mod provenance;
 pub mod queue;
 pub mod reconcile;
+pub mod render;
 pub mod sources;
 pub mod status;
 pub mod systemd;

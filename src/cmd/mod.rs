@@ -4,6 +4,7 @@
 
 mod apply;
 mod down;
+mod render;
 mod run;
 mod status;
 mod validate;
@@ -46,6 +47,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
             Ok(Exit::Ok)
         }
         Command::Validate { paths } => validate::run(&global, &paths),
+        Command::Render { to } => render::run(&global, to),
         Command::Status { lanes, json } => status::run(&global, &lanes, json),
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -123,7 +125,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// The instance id: `--instance`, else `_defaults.yaml`'s `instance:`, else
 /// derived from the directory's canonical path.
-fn instance(global: &Global) -> anyhow::Result<String> {
+pub(crate) fn instance(global: &Global) -> anyhow::Result<String> {
     match &global.instance {
         Some(id) => Ok(id.clone()),
         None => match crate::desired::declared_instance(&global.dir) {

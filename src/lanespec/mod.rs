@@ -148,6 +148,7 @@ pub(crate) mod tests {
             labels: BTreeMap::from([("team".into(), "infra".into())]),
             mounts: vec![Mount {
                 source: PathBuf::from("/srv/worktrees/alpha"),
+                written: "../worktrees/alpha".into(),
                 target: "/workspace".into(),
                 read_only: false,
                 relabel: Relabel::Shared,

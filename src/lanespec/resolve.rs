@@ -273,6 +273,7 @@ impl Checker<'_> {
             }
             mounts.push(Mount {
                 source,
+                written: m.source.clone(),
                 target,
                 read_only: m.read_only,
                 relabel: m.relabel,

@@ -59,6 +59,10 @@ impl Default for Update {
 pub struct Mount {
     /// Absolute, made so lexically (symlinks are not resolved).
     pub source: PathBuf,
+    /// The source as the manifest wrote it (`render` places a relative one
+    /// under the lanes directory's path on the node); not in the hash.
+    #[serde(skip)]
+    pub written: String,
     pub target: String,
     pub read_only: bool,
     pub relabel: Relabel,
