@@ -241,13 +241,18 @@ fn lane_name(name: &str) -> Result<String, String> {
 /// `--namespace`: a DNS-1123 label, as Kubernetes wants a namespace.
 fn namespace(ns: &str) -> Result<String, String> {
     let ok = (1..=63).contains(&ns.len())
-        && ns.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && ns
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !ns.starts_with('-')
         && !ns.ends_with('-');
     if ok {
         Ok(ns.to_string())
     } else {
-        Err("a namespace is at most 63 lowercase letters, digits and '-' (not first or last)".into())
+        Err(
+            "a namespace is at most 63 lowercase letters, digits and '-' (not first or last)"
+                .into(),
+        )
     }
 }
 

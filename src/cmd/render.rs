@@ -83,8 +83,9 @@ pub fn run(global: &Global, to: RenderTo) -> anyhow::Result<Exit> {
                             eprintln!("{}", labelled("warning", w));
                         }
                         let name = file_name(&file);
-                        r.yaml(lane, &name)
-                            .map_err(|e| vec![Problem::in_file(&file, format!("cannot write YAML: {e}"))])
+                        r.yaml(lane, &name).map_err(|e| {
+                            vec![Problem::in_file(&file, format!("cannot write YAML: {e}"))]
+                        })
                     }),
                 }
             }
@@ -131,8 +132,8 @@ fn file_name(path: &Path) -> String {
 /// this machine's path, which another machine would not derive: a warning
 /// (an error under `--strict`), since renders should agree.
 fn instance(global: &Global, strict: bool, failed: &mut bool) -> anyhow::Result<String> {
-    let declared = global.instance.is_some()
-        || matches!(desired::declared_instance(&global.dir), Ok(Some(_)));
+    let declared =
+        global.instance.is_some() || matches!(desired::declared_instance(&global.dir), Ok(Some(_)));
     let instance = super::instance(global)?;
     if !declared {
         let level = if strict { "error" } else { "warning" };
@@ -153,7 +154,11 @@ fn instance(global: &Global, strict: bool, failed: &mut bool) -> anyhow::Result<
 /// pruning, a missing file would delete the lane in the cluster. Files of
 /// lanes no longer rendered go, only those this command wrote (the header
 /// says so).
-fn write_dir(dir: &Path, rendered: &[(String, Option<String>)], namespace: Option<String>) -> anyhow::Result<()> {
+fn write_dir(
+    dir: &Path,
+    rendered: &[(String, Option<String>)],
+    namespace: Option<String>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut resources = Vec::new();
     for (name, yaml) in rendered {
@@ -176,7 +181,8 @@ fn write_dir(dir: &Path, rendered: &[(String, Option<String>)], namespace: Optio
             && !resources.contains(&name)
             && ours(&path);
         if stale {
-            std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
         }
     }
     let kustomization = Kustomization {
@@ -186,7 +192,10 @@ fn write_dir(dir: &Path, rendered: &[(String, Option<String>)], namespace: Optio
         resources,
     };
     let yaml = crate::yaml::to_string(&kustomization).context("cannot write kustomization.yaml")?;
-    write_atomic(&dir.join("kustomization.yaml"), &format!("{HEADER}\n{yaml}"))
+    write_atomic(
+        &dir.join("kustomization.yaml"),
+        &format!("{HEADER}\n{yaml}"),
+    )
 }
 
 /// Whether `path` is a file this command wrote.

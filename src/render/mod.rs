@@ -27,8 +27,8 @@ use crate::content::{self, Policy};
 use crate::lanespec::{LaneSpec, Mount};
 use crate::manifest::{self, DesiredState, Loaded, Problem, Protocol, Relabel, Seg, UpdateOrder};
 use objects::{
-    Container, ContainerPort, Deployment, DeploymentSpec, EmptyDir, EnvVar, HostPath, HttpGet,
-    Map, Meta, Object, PodSpec, PodTemplate, ReadinessProbe, ResourceRequirements, RollingUpdate,
+    Container, ContainerPort, Deployment, DeploymentSpec, EmptyDir, EnvVar, HostPath, HttpGet, Map,
+    Meta, Object, PodSpec, PodTemplate, ReadinessProbe, ResourceRequirements, RollingUpdate,
     Secret, SecretVolume, Selector, Service, ServicePort, ServiceSpec, Strategy, Volume,
     VolumeMount,
 };
@@ -103,7 +103,8 @@ pub fn lane(spec: &LaneSpec, loaded: &Loaded, opts: &Options) -> Result<Lane, Ve
     match lane {
         Some(objects) if errors.is_empty() => Ok(Lane {
             warnings: {
-                warnings.sort_by_key(|p| p.pos.as_ref().map(|p| (p.file.clone(), p.line, p.column)));
+                warnings
+                    .sort_by_key(|p| p.pos.as_ref().map(|p| (p.file.clone(), p.line, p.column)));
                 warnings
             },
             name: units::object_name(&spec.lane),
@@ -129,7 +130,11 @@ pub fn collisions<'a>(lanes: impl Iterator<Item = &'a str>) -> BTreeMap<String, 
     let mut out = BTreeMap::new();
     for (name, lanes) in by_name.into_iter().filter(|(_, l)| l.len() > 1) {
         for lane in &lanes {
-            let others: Vec<&str> = lanes.iter().filter(|l| *l != lane).map(String::as_str).collect();
+            let others: Vec<&str> = lanes
+                .iter()
+                .filter(|l| *l != lane)
+                .map(String::as_str)
+                .collect();
             out.insert(
                 lane.clone(),
                 vec![format!(
@@ -174,7 +179,10 @@ impl Renderer<'_> {
             None => None,
         };
         let fingerprint = codex.as_ref().map(|c| c.fingerprint.clone());
-        let mut annotations = Map::from([(crate::labels::SPEC_HASH.into(), self.hash(fingerprint.as_deref()))]);
+        let mut annotations = Map::from([(
+            crate::labels::SPEC_HASH.into(),
+            self.hash(fingerprint.as_deref()),
+        )]);
         if let Some(fp) = &fingerprint {
             annotations.insert(crate::labels::CODEX_FINGERPRINT.into(), fp.clone());
         }
@@ -229,7 +237,10 @@ impl Renderer<'_> {
             ],
         });
         let selector = Map::from([
-            (crate::labels::INSTANCE.to_string(), self.opts.instance.clone()),
+            (
+                crate::labels::INSTANCE.to_string(),
+                self.opts.instance.clone(),
+            ),
             (crate::labels::LANE.to_string(), spec.lane.clone()),
         ]);
         let mut pod_labels = labels.clone();
@@ -290,13 +301,16 @@ impl Renderer<'_> {
             objects.push(Object::Secret(Secret {
                 api_version: "v1",
                 kind: "Secret",
-                metadata: meta(&c.secret, Map::from([(crate::labels::CODEX_FINGERPRINT.into(), c.fingerprint)])),
+                metadata: meta(
+                    &c.secret,
+                    Map::from([(crate::labels::CODEX_FINGERPRINT.into(), c.fingerprint)]),
+                ),
                 immutable: true,
                 kind_of: "Opaque",
                 data: c.data,
             }));
         }
-        objects.push(Object::Deployment(deployment));
+        objects.push(Object::Deployment(Box::new(deployment)));
         if !spec.ports.is_empty() {
             objects.push(Object::Service(Service {
                 api_version: "v1",
@@ -346,7 +360,10 @@ impl Renderer<'_> {
         }
         Some(Map::from([
             (crate::labels::MANAGED_BY.to_string(), "lanectl".to_string()),
-            (crate::labels::INSTANCE.to_string(), self.opts.instance.clone()),
+            (
+                crate::labels::INSTANCE.to_string(),
+                self.opts.instance.clone(),
+            ),
             (crate::labels::LANE.to_string(), spec.lane.clone()),
         ]))
     }
@@ -401,7 +418,11 @@ impl Renderer<'_> {
         let mut mounts = Vec::new();
         for (i, m) in self.spec.mounts.iter().enumerate() {
             let path = self.node_path(m);
-            let kind = if m.source.is_dir() { "Directory" } else { "File" };
+            let kind = if m.source.is_dir() {
+                "Directory"
+            } else {
+                "File"
+            };
             let at = [Seg::Key("mounts"), Seg::Index(i)];
             self.warn(
                 &at,
@@ -624,7 +645,11 @@ impl Renderer<'_> {
         // Directories' modes last, deepest first: a read-only directory
         // made early could not take its files.
         for dir in files.dirs.iter().rev() {
-            script.push_str(&format!("chmod {:o} {}\n", dir.mode, q(&join(&target, &dir.rel))));
+            script.push_str(&format!(
+                "chmod {:o} {}\n",
+                dir.mode,
+                q(&join(&target, &dir.rel))
+            ));
         }
         let fingerprint = files.fingerprint;
         Some(CodexSecret {
@@ -668,11 +693,16 @@ fn codex_files(source: &Path, target: &str, policy: Policy) -> Result<CodexFiles
             let (path, message) = e.into_parts();
             format!("{}: {message}", path.display())
         })?;
-    let prefix = target.trim_start_matches('/').trim_end_matches('/').to_string();
+    let prefix = target
+        .trim_start_matches('/')
+        .trim_end_matches('/')
+        .to_string();
     let mut archive = tar::Archive::new(tar.as_slice());
     let mut dirs = Vec::new();
     let mut files = Vec::new();
-    let entries = archive.entries().map_err(|e| format!("reading the codex archive: {e}"))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("reading the codex archive: {e}"))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| format!("reading the codex archive: {e}"))?;
         let path = entry

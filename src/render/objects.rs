@@ -26,7 +26,7 @@ pub struct Meta {
 #[serde(untagged)]
 pub enum Object {
     Secret(Secret),
-    Deployment(Deployment),
+    Deployment(Box<Deployment>),
     Service(Service),
 }
 

@@ -7,9 +7,14 @@ use std::time::Duration;
 /// milli in Kubernetes (`512m` would be half a byte): lanectl's `512m`,
 /// 512 MiB, is `512Mi`.
 pub fn memory(bytes: u64) -> String {
-    const UNITS: [(u64, &str); 4] = [(1 << 40, "Ti"), (1 << 30, "Gi"), (1 << 20, "Mi"), (1 << 10, "Ki")];
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "Ti"),
+        (1 << 30, "Gi"),
+        (1 << 20, "Mi"),
+        (1 << 10, "Ki"),
+    ];
     for (size, unit) in UNITS {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
         }
     }
@@ -22,7 +27,7 @@ pub fn cpu(cpus: f64) -> String {
     let milli = (cpus * 1000.0).round().max(1.0);
     // Bounded: lanectl refuses more CPUs than a u32 of millicores holds.
     let milli = milli.min(f64::from(u32::MAX)) as u64;
-    if milli % 1000 == 0 {
+    if milli.is_multiple_of(1000) {
         (milli / 1000).to_string()
     } else {
         format!("{milli}m")
@@ -82,7 +87,8 @@ pub fn is_label_key(key: &str) -> bool {
         p.len() <= 253
             && p.split('.').all(|l| {
                 !l.is_empty()
-                    && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && l.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                     && !l.starts_with('-')
                     && !l.ends_with('-')
             })
@@ -157,9 +163,13 @@ mod tests {
             let name = object_name(lane);
             assert!(name.len() <= 63, "{name}");
             assert!(name.starts_with(|c: char| c.is_ascii_lowercase()), "{name}");
-            assert!(name.ends_with(|c: char| c.is_ascii_alphanumeric()), "{name}");
             assert!(
-                name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                name.ends_with(|c: char| c.is_ascii_alphanumeric()),
+                "{name}"
+            );
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
                 "{name}"
             );
         }
@@ -188,7 +198,8 @@ mod tests {
         assert_eq!(secret_key(12, "sub/dir/a b+c"), "0012-a_b_c");
         let key = secret_key(3, "é/ü");
         assert!(
-            key.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+            key.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
             "{key}"
         );
     }

@@ -21,6 +21,7 @@ mod plan;
 mod progress;
 mod promises;
 mod readme;
+mod render;
 mod rollout;
 mod secrets;
 mod systemd;
