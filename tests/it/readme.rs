@@ -160,7 +160,11 @@ fn the_readme_runs_as_written() {
     );
     for part in parts {
         match part {
-            Part::File(path, body) => std::fs::write(scene.join(path), body).unwrap(),
+            Part::File(path, body) => {
+                let path = scene.join(path);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, body).unwrap();
+            }
             Part::Run(body) => run_transcript(scene, &body),
         }
     }
@@ -519,6 +523,38 @@ fn every_row_of_the_exit_code_table() {
         lanectl_on(&lanes, &missing, &["wait"]),
         1,
         "wait, missing dir"
+    );
+    // render kube: 0 all rendered; 1 for an invalid lane, a warning under
+    // --strict, two lanes mapping to one name, no lane without
+    // --allow-prune-all, a missing lanes dir.
+    assert_eq!(code(&["render", "kube"]), 0, "render");
+    lanes.write("bad", "imgae: x\n");
+    assert_eq!(code(&["render", "kube"]), 1, "render, invalid lane");
+    std::fs::remove_file(lanes.dir().join("bad.yaml")).unwrap();
+    assert_eq!(
+        code(&["render", "kube", "--strict"]),
+        1,
+        "render, a warning under --strict"
+    );
+    lanes.write("x_y", "image: i\nstate: stopped\n");
+    lanes.write("x.y", "image: i\nstate: stopped\n");
+    assert_eq!(code(&["render", "kube"]), 1, "render, names collide");
+    std::fs::remove_file(lanes.dir().join("x_y.yaml")).unwrap();
+    std::fs::remove_file(lanes.dir().join("x.y.yaml")).unwrap();
+    assert_eq!(
+        lanectl_on(&lanes, &empty, &["render", "kube"]),
+        1,
+        "render, no lane"
+    );
+    assert_eq!(
+        lanectl_on(&lanes, &empty, &["render", "kube", "--allow-prune-all"]),
+        0,
+        "render, no lane, allowed"
+    );
+    assert_eq!(
+        lanectl_on(&lanes, &missing, &["render", "kube"]),
+        1,
+        "render, missing dir"
     );
     // down: 1 for a missing lanes dir (removing nothing); 0 otherwise.
     assert_eq!(
