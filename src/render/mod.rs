@@ -687,12 +687,22 @@ struct Entry {
 /// The codex's files as the copy into a container takes them: its archive,
 /// written by the fingerprint's own walk and read back.
 fn codex_files(source: &Path, target: &str, policy: Policy) -> Result<CodexFiles, String> {
-    let mut tar = Vec::new();
-    let fingerprint =
-        content::codex_archive(source, target, (0, 0), &mut tar, policy).map_err(|e| {
-            let (path, message) = e.into_parts();
-            format!("{}: {message}", path.display())
-        })?;
+    let mut capped = Capped {
+        buf: Vec::new(),
+        over: false,
+    };
+    let archived = content::codex_archive(source, target, (0, 0), &mut capped, policy);
+    if capped.over {
+        return Err(format!(
+            "the codex holds more than a Kubernetes Secret's 1 MiB ({SECRET_LIMIT} bytes) \
+             by far: it cannot be rendered"
+        ));
+    }
+    let fingerprint = archived.map_err(|e| {
+        let (path, message) = e.into_parts();
+        format!("{}: {message}", path.display())
+    })?;
+    let tar = capped.buf;
     let prefix = target
         .trim_start_matches('/')
         .trim_end_matches('/')
@@ -731,6 +741,34 @@ fn codex_files(source: &Path, target: &str, policy: Policy) -> Result<CodexFiles
         dirs,
         files,
     })
+}
+
+/// The codex's archive in memory, refused past [`Capped::CAP`]: a codex far
+/// too large for a Secret is not read whole to learn so. (The exact count,
+/// of the files' bytes, is made afterwards; an archive adds a header and
+/// padding per file, hence the room.)
+struct Capped {
+    buf: Vec<u8>,
+    over: bool,
+}
+
+impl Capped {
+    const CAP: usize = 16 * SECRET_LIMIT;
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > Self::CAP {
+            self.over = true;
+            return Err(std::io::Error::other("larger than a Secret can be"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `target` joined with a relative path (`""`: the target itself).

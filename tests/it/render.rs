@@ -282,6 +282,12 @@ fn an_invalid_lane_exits_1_and_is_left_out_while_its_file_from_before_is_kept() 
     let out = out.to_str().unwrap();
     assert_eq!(render(&["-o", out]).code, 0);
     let kept = std::fs::read_to_string(lanes.path("deploy/b.yaml")).unwrap();
+    // Rendered files may hold a codex: only their owner reads them.
+    let mode = std::fs::metadata(lanes.path("deploy/b.yaml")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
     // A file of the user's own in DIR is never touched.
     lanes.file("deploy/notes.yaml", "mine: true\n");
 
@@ -356,6 +362,16 @@ fn a_codex_over_a_secrets_limit_is_an_error_of_its_lane() {
         "{run:?}"
     );
     assert!(run.stdout.is_empty(), "{run:?}");
+
+    // One far over the limit is refused before it is read whole.
+    lanes.file("codex/huge/blob", &"x".repeat(20 << 20));
+    lanes.write("a", "codex: {source: ../codex/huge, target: /c}\n");
+    let run = lanes.lanectl_offline(&["render", "kube"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("1 MiB (1048576 bytes) by far"),
+        "{run:?}"
+    );
 }
 
 /// Podman 4.3.1's `kube play` differs from Kubernetes in ways this test
