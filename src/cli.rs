@@ -267,6 +267,7 @@ impl Global {
         crate::desired::LoadOptions {
             allow_insecure_permissions: self.allow_insecure_permissions,
             host: Some(self.host.clone().unwrap_or_else(this_host)),
+            mounts: crate::lanespec::MountsOn::ThisMachine,
         }
     }
 }

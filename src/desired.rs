@@ -63,6 +63,10 @@ pub struct LoadOptions {
     /// This host's name (`--host`): a lane whose `host` names another is
     /// not a lane here. `None`: every lane is (a test's view).
     pub host: Option<String>,
+    /// Where bind-mount sources are: here (`apply`), or on the nodes a
+    /// render is for (then one missing here, or a tracked one, is not
+    /// checked).
+    pub mounts: lanespec::MountsOn,
 }
 
 /// Reads the whole directory. Only a directory that cannot be listed is an
@@ -76,21 +80,23 @@ pub fn load_dir(dir: &Path, opts: LoadOptions) -> Result<DirState, ListError> {
 /// Reads the whole directory up to the cross-lane rules, which
 /// [`Unsettled::settle`] applies once it is known who holds what.
 pub fn read_dir(dir: &Path, opts: LoadOptions) -> Result<Unsettled, ListError> {
-    read(
-        dir,
-        Policy::of_process(opts.allow_insecure_permissions),
-        opts.host.as_deref(),
-    )
+    let policy = Policy::of_process(opts.allow_insecure_permissions);
+    read(dir, policy, opts.host.as_deref(), opts.mounts)
 }
 
 /// [`load_dir`] under a given permission policy, for tests.
 #[cfg(test)]
 fn load(dir: &Path, policy: Policy) -> Result<DirState, ListError> {
-    Ok(read(dir, policy, None)?.settle(&Holders::default()))
+    Ok(read(dir, policy, None, Default::default())?.settle(&Holders::default()))
 }
 
 /// [`read_dir`] under a given permission policy, for the host `here`.
-fn read(dir: &Path, policy: Policy, here: Option<&str>) -> Result<Unsettled, ListError> {
+fn read(
+    dir: &Path,
+    policy: Policy,
+    here: Option<&str>,
+    mounts: lanespec::MountsOn,
+) -> Result<Unsettled, ListError> {
     let listing = lane::list_dir(dir)?;
     let check = policy.check;
     let dir_problem = if check {
@@ -191,8 +197,8 @@ fn read(dir: &Path, policy: Policy, here: Option<&str>) -> Result<Unsettled, Lis
                 }
                 // Sources are checked for every lane that resolved, even
                 // one about to clash: every problem of a lane at once.
-                let spec = lanespec::resolve(name, &l, &base).and_then(|spec| {
-                    let problems = check_sources(&spec, policy);
+                let spec = lanespec::resolve_for(name, &l, &base, mounts).and_then(|spec| {
+                    let problems = check_sources(&spec, policy, mounts);
                     if problems.is_empty() {
                         Ok(spec)
                     } else {
@@ -439,12 +445,13 @@ fn check_dir_chain(dir: &Path, policy: Policy) -> Result<(), Problem> {
 /// [`content::check_source`]: the fingerprint's own rules, and who could have
 /// written there), every problem with its path, at most
 /// [`Findings::LIMIT`](content::Findings::LIMIT) per source.
-fn check_sources(spec: &LaneSpec, policy: Policy) -> Vec<Problem> {
+fn check_sources(spec: &LaneSpec, policy: Policy, mounts: lanespec::MountsOn) -> Vec<Problem> {
     let codex = spec.codex.iter().map(|c| (&c.source, Shape::Dir));
+    let here = mounts == lanespec::MountsOn::ThisMachine;
     let tracked = spec
         .mounts
         .iter()
-        .filter(|m| m.track_content)
+        .filter(|m| here && m.track_content)
         .map(|m| (&m.source, Shape::DirOrFile));
     let mut problems = Vec::new();
     for (source, shape) in codex.chain(tracked) {
@@ -558,9 +565,14 @@ mod tests {
 
     /// The directory as the lanectl of host `here` reads it.
     fn on_host(root: &Path, here: &str) -> DirState {
-        read(&root.join("lanes.d"), Policy::OFF, Some(here))
-            .unwrap()
-            .settle(&Holders::default())
+        read(
+            &root.join("lanes.d"),
+            Policy::OFF,
+            Some(here),
+            Default::default(),
+        )
+        .unwrap()
+        .settle(&Holders::default())
     }
 
     #[test]
@@ -710,7 +722,7 @@ host: [web-1]
 
     /// Problems of each lane once `holders` settled the clashes.
     fn settled(root: &Path, holders: &Holders) -> BTreeMap<String, Vec<String>> {
-        let state = read(&root.join("lanes.d"), Policy::OFF, None)
+        let state = read(&root.join("lanes.d"), Policy::OFF, None, Default::default())
             .unwrap()
             .settle(holders);
         state
@@ -1091,6 +1103,7 @@ host: [web-1]
         let opts = LoadOptions {
             allow_insecure_permissions: true,
             host: None,
+            mounts: Default::default(),
         };
         let state = load_dir(&root.path().join("lanes.d"), opts).unwrap();
         assert!(matches!(state.lanes["a"], Desired::Valid { .. }));

@@ -23,9 +23,11 @@ pub fn run(global: &Global, to: RenderTo) -> anyhow::Result<Exit> {
         allow_prune_all,
         node_dir,
     } = to;
-    // Every host's lanes: on Kubernetes `host` is a node selector.
+    // Every host's lanes: on Kubernetes `host` is a node selector. Their
+    // bind-mount sources are on the nodes, not necessarily here.
     let load = LoadOptions {
         host: None,
+        mounts: crate::lanespec::MountsOn::Nodes,
         ..global.load_options()
     };
     let state = desired::load_dir(&global.dir, load)?;

@@ -14,7 +14,7 @@ mod resolve;
 mod types;
 
 pub use paths::absolute;
-pub use resolve::{container_name, resolve};
+pub use resolve::{MountsOn, container_name, resolve, resolve_for};
 pub use types::{Codex, DEFAULT_STOP_TIMEOUT, LaneSpec, Mount, Port, Probe, Resources, Update};
 
 /// A lane's `host` (and `--host`): a hostname, as DNS has it (labels of

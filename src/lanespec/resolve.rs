@@ -22,10 +22,31 @@ use crate::manifest::{
 /// that one look at the lane shows every problem at once: the loading's
 /// own problems first, then what the values show of the part that typed.
 pub fn resolve(lane: &str, loaded: &Loaded, dir: &Path) -> Result<LaneSpec, Vec<Problem>> {
+    resolve_for(lane, loaded, dir, MountsOn::ThisMachine)
+}
+
+/// Where a lane's bind-mount sources are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MountsOn {
+    /// Here: each must exist (as a file or directory) to be mounted.
+    #[default]
+    ThisMachine,
+    /// On the nodes a render is for: one missing here is no problem.
+    Nodes,
+}
+
+/// [`resolve`], with the mount sources where `mounts` says.
+pub fn resolve_for(
+    lane: &str,
+    loaded: &Loaded,
+    dir: &Path,
+    mounts: MountsOn,
+) -> Result<LaneSpec, Vec<Problem>> {
     let raw = &loaded.raw;
     let mut c = Checker {
         loaded,
         dir,
+        mounts_on: mounts,
         problems: loaded.problems.clone(),
     };
     let image = c.image(raw.image.as_deref());
@@ -89,6 +110,7 @@ pub fn container_name(lane: &str, given: Option<&str>) -> String {
 struct Checker<'a> {
     loaded: &'a Loaded,
     dir: &'a Path,
+    mounts_on: MountsOn,
     problems: Vec<Problem>,
 }
 
@@ -238,6 +260,7 @@ impl Checker<'_> {
             let source = absolute(self.dir, &m.source);
             match source_kind(&source) {
                 Ok(SourceKind::Dir | SourceKind::File) => {}
+                Err(_) if self.mounts_on == MountsOn::Nodes && !source.exists() => {}
                 Ok(other) => self.bad(
                     &at("source"),
                     format!(

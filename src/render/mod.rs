@@ -418,17 +418,20 @@ impl Renderer<'_> {
         let mut mounts = Vec::new();
         for (i, m) in self.spec.mounts.iter().enumerate() {
             let path = self.node_path(m);
-            let kind = if m.source.is_dir() {
-                "Directory"
-            } else {
-                "File"
+            // The source here tells a file from a directory; one that is
+            // only on the nodes is taken for a directory (most are), and
+            // the warning says so.
+            let (kind, guessed) = match std::fs::metadata(&m.source) {
+                Ok(meta) if meta.is_file() => ("File", ""),
+                Ok(_) => ("Directory", ""),
+                Err(_) => ("Directory", "; not found here, so taken for a directory"),
             };
             let at = [Seg::Key("mounts"), Seg::Index(i)];
             self.warn(
                 &at,
                 format!(
-                    "bind mount of {}: node-local, rendered as hostPath {path} (type {kind}), \
-                     which must exist on the node",
+                    "bind mount of {}: node-local, rendered as hostPath {path} (type \
+                     {kind}{guessed}), which must exist on the node",
                     m.written
                 ),
             );

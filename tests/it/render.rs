@@ -374,6 +374,38 @@ fn a_codex_over_a_secrets_limit_is_an_error_of_its_lane() {
     );
 }
 
+#[test]
+fn a_mount_source_that_is_only_on_the_nodes_renders_where_apply_would_refuse_it() {
+    let lanes = Lanes::new("render-nodes");
+    lanes.file("lanes.d/_defaults.yaml", "instance: nodes\nimage: i\n");
+    lanes.write(
+        "a",
+        "mounts: [{source: /srv/no-such-data, target: /data, track_content: true}]\n",
+    );
+    let validate = lanes.lanectl_offline(&["validate"]);
+    assert_eq!(validate.code, 1, "{validate:?}");
+    assert!(
+        validate
+            .stdout
+            .contains("mount source /srv/no-such-data: does not exist"),
+        "{validate:?}"
+    );
+    let run = lanes.lanectl_offline(&["render", "kube"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains(
+            "a.yaml:1:10: warning: bind mount of /srv/no-such-data: node-local, rendered as \
+             hostPath /srv/no-such-data (type Directory; not found here, so taken for a directory)"
+        ),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains("path: /srv/no-such-data\n          type: Directory"),
+        "{run:?}"
+    );
+}
+
 /// Podman 4.3.1's `kube play` differs from Kubernetes in ways this test
 /// works around here, never in what lanectl renders:
 /// - a Secret volume crashes it without `optional`, and its data is not
