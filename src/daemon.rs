@@ -445,6 +445,7 @@ async fn reconcile_lane(shared: &Shared, lane: &str, cancel: &CancellationToken)
         answered: None,
         defaults_sha256: state.defaults_sha256.clone(),
         elsewhere: state.elsewhere.get(lane).cloned(),
+        keep: world::keeps_moved_lane(&state, lane, shared.opts.allow_prune_all),
     };
     let hooks = Hooks {
         cancel: Some(cancel),

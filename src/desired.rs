@@ -41,6 +41,8 @@ pub struct DirState {
     /// Lanes whose `host` names another host, with that host: not lanes of
     /// this lanectl (SPEC.md "Beyond one host").
     pub elsewhere: BTreeMap<String, String>,
+    /// This host's name, as the directory was read for it.
+    pub here: Option<String>,
 }
 
 impl DirState {
@@ -225,6 +227,7 @@ fn read(
         listing,
         defaults_sha256,
         elsewhere,
+        here: here.map(str::to_string),
     })
 }
 
@@ -268,6 +271,7 @@ pub struct Unsettled {
     listing: DirListing,
     defaults_sha256: Option<String>,
     elsewhere: BTreeMap<String, String>,
+    here: Option<String>,
 }
 
 /// What the lanes' containers hold now. SPEC.md: in a clash, the lane whose
@@ -337,6 +341,7 @@ impl Unsettled {
             listing,
             defaults_sha256,
             elsewhere,
+            here,
         } = self;
         let holds_name =
             |lane: &str, name: &str| holders.names.get(name).is_some_and(|l| l == lane);
@@ -377,6 +382,7 @@ impl Unsettled {
             listing,
             defaults_sha256,
             elsewhere,
+            here,
         }
     }
 }

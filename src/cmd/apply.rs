@@ -86,8 +86,12 @@ pub async fn run(
         Kind::Plan {
             detailed_exitcode, ..
         } => {
+            // A named lane of another host is as much an error as a named
+            // lane without a manifest (`apply` fails for both too), and so
+            // is one whose containers stay here (a changed hostname).
             let errors = outcomes.iter().any(|o| {
                 o.action.is_none()
+                    || (o.elsewhere.is_some() && (named || o.phase == Phase::Failed))
                     || (!o.has_manifest
                         && o.elsewhere.is_none()
                         && o.action == Some(Action::Nothing))
@@ -269,6 +273,7 @@ fn apply_line(o: &Outcome) -> String {
 fn elsewhere_line(o: &Outcome) -> Option<String> {
     let host = o.elsewhere.as_ref()?;
     Some(match (&o.action, o.phase) {
+        (_, Phase::Failed) if o.message.contains(host.as_str()) => format!("failed: {}", o.message),
         (_, Phase::Failed) => format!("failed: {} (runs on host {host})", o.message),
         (Some(Action::Nothing), _) => format!("skipped: runs on host {host}"),
         (Some(Action::Remove), _) if o.message == "removed" => {

@@ -51,6 +51,7 @@ pub fn run(global: &Global, to: RenderTo) -> anyhow::Result<Exit> {
     let opts = render::Options {
         instance,
         namespace: namespace.clone(),
+        node_dir_given: node_dir.is_some(),
         node_dir: match node_dir {
             Some(dir) => dir,
             None => std::fs::canonicalize(&global.dir)
@@ -67,7 +68,13 @@ pub fn run(global: &Global, to: RenderTo) -> anyhow::Result<Exit> {
         let file = state.listing.lanes.get(lane).map(|f| f.path.clone());
         let file = file.unwrap_or_else(|| global.dir.join(format!("{lane}.yaml")));
         let object = crate::render::object_name(lane);
+        let reserved = output.is_some() && object == "kustomization";
         let yaml = match (&state.lanes[lane], collisions.get(lane)) {
+            _ if reserved => Err(vec![Problem::in_file(
+                &file,
+                "its file would be kustomization.yaml, which -o writes for the kustomization: \
+                 rename the manifest",
+            )]),
             (_, Some(messages)) => Err(messages
                 .iter()
                 .map(|m| Problem::in_file(&file, m.clone()))
@@ -111,7 +118,16 @@ pub fn run(global: &Global, to: RenderTo) -> anyhow::Result<Exit> {
                 print!("{yaml}");
             }
         }
-        Some(dir) => write_dir(&dir, &rendered, namespace)?,
+        Some(dir) => {
+            // The lanes not named keep their files from before.
+            let others: Vec<String> = state
+                .lanes
+                .keys()
+                .filter(|n| !named.is_empty() && !named.contains(n))
+                .map(|n| crate::render::object_name(n))
+                .collect();
+            write_dir(&dir, &rendered, &others, namespace)?
+        }
     }
     Ok(Exit::failed_if(failed))
 }
@@ -152,16 +168,33 @@ fn instance(global: &Global, strict: bool, failed: &mut bool) -> anyhow::Result<
 }
 
 /// Writes one file per lane and a kustomization.yaml listing them. An
-/// invalid lane's file from before is kept (and listed): applied with
-/// pruning, a missing file would delete the lane in the cluster. Files of
-/// lanes no longer rendered go, only those this command wrote (the header
-/// says so).
+/// invalid lane's file from before is kept (and listed), as is the file of
+/// a lane not named (`others`): applied with pruning, a missing file would
+/// delete the lane in the cluster. Files of lanes no longer rendered go,
+/// only those this command wrote (the header says so); a file it did not
+/// write is never overwritten: nothing is written then.
 fn write_dir(
     dir: &Path,
     rendered: &[(String, Option<String>)],
+    others: &[String],
     namespace: Option<String>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let targets = rendered
+        .iter()
+        .filter(|(_, yaml)| yaml.is_some())
+        .map(|(name, _)| format!("{name}.yaml"))
+        .chain(["kustomization.yaml".to_string()]);
+    for file in targets {
+        let path = dir.join(&file);
+        if path.symlink_metadata().is_ok() && !ours(&path) {
+            anyhow::bail!(
+                "{}: not written by lanectl render (its first line is not `{HEADER}`): not \
+                 overwriting it; render into another directory, or remove it",
+                path.display()
+            );
+        }
+    }
     let mut resources = Vec::new();
     for (name, yaml) in rendered {
         let file = format!("{name}.yaml");
@@ -175,6 +208,15 @@ fn write_dir(
             None => {}
         }
     }
+    for name in others {
+        let file = format!("{name}.yaml");
+        if ours(&dir.join(&file)) {
+            resources.push(file);
+        }
+    }
+    // Two lanes colliding on one name may both keep one file.
+    resources.sort();
+    resources.dedup();
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let path = entry?.path();
         let name = file_name(&path);

@@ -13,7 +13,7 @@ mod paths;
 mod resolve;
 mod types;
 
-pub use paths::absolute;
+pub use paths::{absolute, overlaps};
 pub use resolve::{MountsOn, container_name, resolve, resolve_for};
 pub use types::{Codex, DEFAULT_STOP_TIMEOUT, LaneSpec, Mount, Port, Probe, Resources, Update};
 

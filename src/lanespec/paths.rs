@@ -72,7 +72,7 @@ pub(super) fn normalize_target(target: &str) -> String {
 }
 
 /// True when one path is the other or lies inside it.
-pub(super) fn overlaps(a: &str, b: &str) -> bool {
+pub fn overlaps(a: &str, b: &str) -> bool {
     let inside = |x: &str, y: &str| x == y || y == "/" || x.starts_with(&format!("{y}/"));
     inside(a, b) || inside(b, a)
 }

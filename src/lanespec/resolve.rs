@@ -75,8 +75,7 @@ pub fn resolve_for(
     if !c.problems.is_empty() {
         // In the file's order, as a compiler says them (stable: problems at
         // one place keep the order they were found in).
-        c.problems
-            .sort_by_key(|p| p.pos.as_ref().map(|p| (p.file.clone(), p.line, p.column)));
+        Problem::sort_by_position(&mut c.problems);
         return Err(c.problems);
     }
     Ok(LaneSpec {

@@ -265,7 +265,7 @@ pub fn load(lane: Source, defaults: Option<&Source>) -> Result<Loaded, Vec<Probl
             (raw, Some(kept), sifter.partial)
         }
     };
-    problems.sort_by_key(|p| p.pos.as_ref().map(|p| (p.file.clone(), p.line, p.column)));
+    Problem::sort_by_position(&mut problems);
     let Some(raw) = raw else {
         return Err(problems);
     };

@@ -24,6 +24,12 @@ impl fmt::Display for Problem {
 }
 
 impl Problem {
+    /// Problems in the files' order, as a compiler says them (stable:
+    /// problems at one place keep the order they were found in).
+    pub fn sort_by_position(problems: &mut [Problem]) {
+        problems.sort_by_key(|p| p.pos.as_ref().map(|p| (p.file.clone(), p.line, p.column)));
+    }
+
     pub fn in_file(file: &Path, message: impl Into<String>) -> Self {
         Problem {
             pos: None,

@@ -74,6 +74,12 @@ async fn gone(ctx: &Ctx, view: LaneView, has_status: bool, mode: Mode) -> Outcom
         None => "no manifest".into(),
     };
     outcome.elsewhere = view.elsewhere;
+    if let (Some(keep), Step::Remove(_)) = (view.keep, &plan.step) {
+        warn!("{keep}");
+        outcome.phase = Phase::Failed;
+        outcome.message = keep;
+        return outcome;
+    }
     let Step::Remove(containers) = &plan.step else {
         return outcome;
     };

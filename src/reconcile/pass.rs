@@ -58,7 +58,13 @@ pub async fn pass(
         .partition(|n| !world.dir.lanes.contains_key(n));
     let mut outcomes = Vec::new();
     for batch in [gone, present] {
-        let views = batch.iter().map(|name| world.take(name)).collect();
+        let views = batch
+            .iter()
+            .map(|name| LaneView {
+                keep: super::world::keeps_moved_lane(&world.dir, name, opts.allow_prune_all),
+                ..world.take(name)
+            })
+            .collect();
         let at_once = opts.jobs.max(CHECKS_AT_ONCE);
         outcomes.extend(run_bounded(&ctx, mode, at_once, views).await);
     }

@@ -75,6 +75,9 @@ pub struct LaneView {
     /// The host the lane's manifest names, when it is another one (then
     /// `desired` is `None`: it is not a lane here).
     pub elsewhere: Option<String>,
+    /// Why its containers stay although it has no manifest here
+    /// ([`keeps_moved_lane`]).
+    pub keep: Option<String>,
 }
 
 /// What a look includes besides the directory and the containers.
@@ -153,6 +156,7 @@ impl World {
                 listing,
                 defaults_sha256: None,
                 elsewhere: BTreeMap::new(),
+                here: None,
             }),
             containers,
             images: KnownImages::default(),
@@ -201,6 +205,7 @@ impl World {
             answered: self.answered.remove(lane),
             defaults_sha256: self.dir.defaults_sha256.clone(),
             elsewhere: self.dir.elsewhere.get(lane).cloned(),
+            keep: None,
         }
     }
 
@@ -220,6 +225,27 @@ impl World {
 /// wipe a host).
 pub fn refuses_to_prune(dir: &DirState, allow_prune_all: bool) -> bool {
     dir.lanes.is_empty() && !allow_prune_all
+}
+
+/// Why a lane that moved to another host keeps its containers here: when
+/// no lane of the directory names this host, this host's name more likely
+/// changed (a new hostname, a mistyped `--host`) than every lane pinned to
+/// it moved away, and a changed name must not wipe a host. `None`: it goes.
+pub fn keeps_moved_lane(dir: &DirState, lane: &str, allow_prune_all: bool) -> Option<String> {
+    let host = dir.elsewhere.get(lane)?;
+    let names_this_host = dir.lanes.values().any(|d| match d {
+        Desired::Valid { spec, .. } => spec.host.is_some(),
+        Desired::Invalid { .. } => false,
+    });
+    if names_this_host || allow_prune_all {
+        return None;
+    }
+    Some(format!(
+        "not removed: it runs on host {host}, but no lane names this host ({}): if this \
+         host's name changed, pass --host with the name the manifests use; \
+         --allow-prune-all removes it",
+        dir.here.as_deref().unwrap_or("?")
+    ))
 }
 
 /// Reads the lanes directory off the async threads: it parses every manifest

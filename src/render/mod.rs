@@ -38,6 +38,10 @@ pub use objects::Kustomization;
 /// A Secret holds at most this much (Kubernetes refuses a larger one).
 pub const SECRET_LIMIT: usize = 1 << 20;
 
+/// A codex whose Secret client-side `kubectl apply` can still take: the
+/// last-applied annotation holds the data base64-encoded, within 256 KiB.
+const CLIENT_SIDE_LIMIT: usize = 180 * 1024;
+
 /// Where the init container finds the codex Secret's files.
 const CODEX_FILES: &str = "/.lanectl-codex-files";
 
@@ -50,12 +54,17 @@ pub const HEADER: &str = "# Rendered by `lanectl render kube`";
 pub struct Options {
     /// `io.lanectl.instance` on every object.
     pub instance: String,
+    /// `metadata.namespace` of every object (none: the kubectl context's).
     pub namespace: Option<String>,
     /// The lanes directory's path on the nodes, under which a relative
     /// mount source is placed (default: its path here).
     pub node_dir: PathBuf,
+    /// Whether `node_dir` was given (else it ties the render to this
+    /// machine: a warning where it is used).
+    pub node_dir_given: bool,
     /// Warnings are errors.
     pub strict: bool,
+    /// Who may own the codex's files (the codex is read as `apply` reads it).
     pub policy: Policy,
 }
 
@@ -71,11 +80,11 @@ pub struct Lane {
 
 impl Lane {
     /// The lane's objects as one YAML stream, headed by where they come from.
-    pub fn yaml(&self, lane: &str, file: &str) -> Result<String, String> {
+    pub fn yaml(&self, lane: &str, file: &str) -> Result<String, serde_saphyr::SerializeError> {
         let mut out = format!("{HEADER} from {file} (lane {lane}): edit the manifest, not this\n");
         for object in &self.objects {
             out.push_str("---\n");
-            out.push_str(&crate::yaml::to_string(object).map_err(|e| e.to_string())?);
+            out.push_str(&crate::yaml::to_string(object)?);
         }
         Ok(out)
     }
@@ -103,15 +112,14 @@ pub fn lane(spec: &LaneSpec, loaded: &Loaded, opts: &Options) -> Result<Lane, Ve
     match lane {
         Some(objects) if errors.is_empty() => Ok(Lane {
             warnings: {
-                warnings
-                    .sort_by_key(|p| p.pos.as_ref().map(|p| (p.file.clone(), p.line, p.column)));
+                Problem::sort_by_position(&mut warnings);
                 warnings
             },
             name: units::object_name(&spec.lane),
             objects,
         }),
         _ => {
-            errors.sort_by_key(|p| p.pos.as_ref().map(|p| (p.file.clone(), p.line, p.column)));
+            Problem::sort_by_position(&mut errors);
             Err(errors)
         }
     }
@@ -197,8 +205,8 @@ impl Renderer<'_> {
         let main = Container {
             name: name.clone(),
             image: spec.image.clone(),
-            command: spec.entrypoint.clone(),
-            args: spec.command.clone(),
+            command: spec.entrypoint.as_deref().map(units::no_expansions),
+            args: spec.command.as_deref().map(units::no_expansions),
             working_dir: spec.workdir.clone(),
             env: self.env(fingerprint.as_deref()),
             ports: self.ports(),
@@ -215,7 +223,11 @@ impl Renderer<'_> {
         let init = codex.as_ref().map(|c| Container {
             name: init_name.into(),
             image: spec.image.clone(),
-            command: Some(vec!["/bin/sh".into(), "-c".into(), c.script.clone()]),
+            command: Some(vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                units::no_expansion(&c.script),
+            ]),
             args: None,
             working_dir: None,
             env: Vec::new(),
@@ -236,6 +248,20 @@ impl Renderer<'_> {
                 },
             ],
         });
+        if self
+            .loaded
+            .raw
+            .update
+            .as_ref()
+            .is_some_and(|u| u.drain.is_some())
+        {
+            self.warn(
+                &[Seg::Key("update"), Seg::Key("drain")],
+                "update.drain: Kubernetes has no equivalent (a Service stops sending to a pod \
+                 once it terminates): not rendered"
+                    .into(),
+            );
+        }
         let selector = Map::from([
             (
                 crate::labels::INSTANCE.to_string(),
@@ -373,18 +399,31 @@ impl Renderer<'_> {
     fn user_labels(&mut self, annotations: &mut Map) -> Map {
         let mut out = Map::new();
         for (key, value) in &self.spec.labels {
-            if units::is_label_key(key) && units::is_label_value(value) {
-                out.insert(key.clone(), value.clone());
-            } else {
-                let problem = self.loaded.key_problem(
-                    &[Seg::Key("labels")],
-                    key,
+            let shown = crate::yaml::shown_key(key);
+            let (message, annotate) = match (units::is_label_key(key), units::is_label_value(value))
+            {
+                (true, true) => {
+                    out.insert(key.clone(), value.clone());
+                    continue;
+                }
+                // Annotation keys follow the label keys' rule: such a key
+                // has no place on a Kubernetes object.
+                (false, _) => (
                     format!(
-                        "label {}: not a Kubernetes label key and value: rendered as a pod annotation",
-                        crate::yaml::shown_key(key)
+                        "label {shown}: not a Kubernetes label or annotation key: not rendered"
                     ),
-                );
-                self.warnings.push(problem);
+                    false,
+                ),
+                (true, false) => (
+                    format!(
+                        "label {shown}: its value is not a Kubernetes label value: rendered as a pod annotation"
+                    ),
+                    true,
+                ),
+            };
+            let problem = self.loaded.key_problem(&[Seg::Key("labels")], key, message);
+            self.warnings.push(problem);
+            if annotate {
                 annotations.insert(key.clone(), value.clone());
             }
         }
@@ -427,6 +466,17 @@ impl Renderer<'_> {
                 Err(_) => ("Directory", "; not found here, so taken for a directory"),
             };
             let at = [Seg::Key("mounts"), Seg::Index(i)];
+            if !self.opts.node_dir_given && !Path::new(&m.written).is_absolute() {
+                self.warn(
+                    &[Seg::Key("mounts"), Seg::Index(i), Seg::Key("source")],
+                    format!(
+                        "mount source {} is relative: placed under this machine's path of the \
+                         lanes directory, which another machine does not share; pass --node-dir \
+                         (the lanes directory's path on the nodes) so that renders agree",
+                        m.written
+                    ),
+                );
+            }
             self.warn(
                 &at,
                 format!(
@@ -479,15 +529,42 @@ impl Renderer<'_> {
         (volumes, mounts)
     }
 
-    fn env(&self, fingerprint: Option<&str>) -> Vec<EnvVar> {
+    fn env(&mut self, fingerprint: Option<&str>) -> Vec<EnvVar> {
         let mut env = self.spec.env.clone();
         if let (Some(codex), Some(fp)) = (&self.spec.codex, fingerprint)
             && let Some(name) = &codex.fingerprint_env
         {
             env.insert(name.clone(), fp.to_string());
         }
+        for name in env.keys() {
+            let shown = crate::yaml::shown_key(name);
+            let problem = match units::env_name(name) {
+                units::EnvName::Portable => continue,
+                units::EnvName::Relaxed => self.loaded.key_problem(
+                    &[Seg::Key("env")],
+                    name,
+                    format!(
+                        "env {shown}: Kubernetes before 1.32 refuses this name (letters, digits, \
+                         '_', '-', '.', not starting with a digit)"
+                    ),
+                ),
+                units::EnvName::Refused => {
+                    let problem = self.loaded.key_problem(
+                        &[Seg::Key("env")],
+                        name,
+                        format!("env {shown}: Kubernetes refuses this name (printable ASCII only)"),
+                    );
+                    self.errors.push(problem);
+                    continue;
+                }
+            };
+            self.warnings.push(problem);
+        }
         env.into_iter()
-            .map(|(name, value)| EnvVar { name, value })
+            .map(|(name, value)| EnvVar {
+                name,
+                value: units::no_expansion(&value),
+            })
             .collect()
     }
 
@@ -607,6 +684,18 @@ impl Renderer<'_> {
             return None;
         };
         let at = [Seg::Key("codex"), Seg::Key("source")];
+        let target_at = [Seg::Key("codex"), Seg::Key("target")];
+        if crate::lanespec::overlaps(&codex.target, CODEX_FILES) {
+            self.error(
+                &target_at,
+                format!(
+                    "codex target {}: {CODEX_FILES} is where the init container finds the \
+                     codex's files: choose another target",
+                    codex.target
+                ),
+            );
+            return None;
+        }
         let files = match codex_files(source, &codex.target, self.opts.policy) {
             Ok(files) => files,
             Err(e) => {
@@ -625,12 +714,27 @@ impl Renderer<'_> {
             );
             return None;
         }
+        // Client-side `kubectl apply` keeps the whole object in an
+        // annotation, and annotations hold 256 KiB at most.
+        if total > CLIENT_SIDE_LIMIT {
+            self.warn(
+                &at,
+                format!(
+                    "the codex holds {total} bytes: its Secret is too large for a client-side \
+                     `kubectl apply` (whose last-applied annotation holds 256 KiB); apply it \
+                     with `kubectl apply --server-side`"
+                ),
+            );
+        }
         let engine = base64::engine::general_purpose::STANDARD;
         let target = codex.target.clone();
         let mut data = Map::new();
         let mut script = String::from("set -eu\n");
         let q = |p: &str| shell_words::quote(p).into_owned();
-        for dir in &files.dirs {
+        // The target itself is the emptyDir, there already, and not the
+        // lane user's to chmod: only what is below it is made here.
+        let below: Vec<&Entry> = files.dirs.iter().filter(|d| !d.rel.is_empty()).collect();
+        for dir in &below {
             script.push_str(&format!("mkdir -p {}\n", q(&join(&target, &dir.rel))));
         }
         for (i, f) in files.files.iter().enumerate() {
@@ -647,7 +751,7 @@ impl Renderer<'_> {
         }
         // Directories' modes last, deepest first: a read-only directory
         // made early could not take its files.
-        for dir in files.dirs.iter().rev() {
+        for dir in below.iter().rev() {
             script.push_str(&format!(
                 "chmod {:o} {}\n",
                 dir.mode,

@@ -96,6 +96,48 @@ pub fn is_label_key(key: &str) -> bool {
     prefix_ok && !name.is_empty() && is_label_value(name)
 }
 
+/// How Kubernetes takes an env var's name.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EnvName {
+    /// Letters, digits, `_`, `-`, `.`, not starting with a digit: every
+    /// version takes it.
+    Portable,
+    /// Other printable ASCII but `=`: taken since the relaxed rule (on by
+    /// default since 1.32).
+    Relaxed,
+    /// Anything else: refused.
+    Refused,
+}
+
+pub fn env_name(name: &str) -> EnvName {
+    let portable = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if !name.is_empty()
+        && name.chars().all(portable)
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+    {
+        EnvName::Portable
+    } else if !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+        && !name.contains('=')
+    {
+        EnvName::Relaxed
+    } else {
+        EnvName::Refused
+    }
+}
+
+/// Text as Kubernetes must be given it to pass it on unchanged: it expands
+/// `$(NAME)` in a container's command, args and env values, and reads `$$`
+/// as `$` (Podman does neither).
+pub fn no_expansion(text: &str) -> String {
+    text.replace('$', "$$")
+}
+
+/// [`no_expansion`] of each word.
+pub fn no_expansions(words: &[String]) -> Vec<String> {
+    words.iter().map(|w| no_expansion(w)).collect()
+}
+
 /// A Secret key for the `index`th codex file, `rel` its relative path: keys
 /// may hold only letters, digits, `-`, `_` and `.`, so the path itself
 /// (with its `/`) cannot be one; the number keeps keys apart, the file's
@@ -190,6 +232,26 @@ mod tests {
         assert!(!is_label_key("a/b/c"));
         assert!(!is_label_key(""));
         assert!(!is_label_key("io.x/"));
+    }
+
+    #[test]
+    fn dollars_are_doubled_so_that_kubernetes_expands_nothing() {
+        assert_eq!(no_expansion("echo $$ $(HOME) $5"), "echo $$$$ $$(HOME) $$5");
+        assert_eq!(no_expansion("plain"), "plain");
+        assert_eq!(no_expansions(&["$(A)".into(), "b".into()]), ["$$(A)", "b"]);
+    }
+
+    #[test]
+    fn env_names_are_portable_relaxed_or_refused() {
+        for name in ["A", "a_b", "X.Y-Z", "_1"] {
+            assert_eq!(env_name(name), EnvName::Portable, "{name}");
+        }
+        for name in ["1X", "A B", "a:b", "a/b"] {
+            assert_eq!(env_name(name), EnvName::Relaxed, "{name}");
+        }
+        for name in ["", "é", "a\tb", "a=b"] {
+            assert_eq!(env_name(name), EnvName::Refused, "{name:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ fn each_host_runs_only_its_lanes_and_a_lane_that_moves_away_is_removed_here() {
     lanes.write("a", &lanes.worker_lane("host: web-1\n"));
     lanes.write("b", &lanes.worker_lane("host: web-2\n"));
     lanes.write("c", &lanes.worker_lane(""));
+    lanes.write("d", &lanes.worker_lane("host: web-1\nstate: stopped\n"));
     let on = |host: &str, args: &[&str]| {
         let mut all = vec!["--host", host];
         all.extend_from_slice(args);
@@ -30,7 +31,7 @@ fn each_host_runs_only_its_lanes_and_a_lane_that_moves_away_is_removed_here() {
     assert!(
         validate
             .stderr
-            .contains("2 lane(s) valid, 1 skipped (other hosts)"),
+            .contains("3 lane(s) valid, 1 skipped (other hosts)"),
         "{validate:?}"
     );
     let plan = on("web-1", &["plan", "--detailed-exitcode"]);
@@ -74,9 +75,38 @@ fn each_host_runs_only_its_lanes_and_a_lane_that_moves_away_is_removed_here() {
     // Hostnames compare without case.
     let again = on("WEB-1", &["plan", "--detailed-exitcode"]);
     assert_eq!(again.code, 0, "{again:?}");
+    // Naming another host's lane is an error, as naming one without a
+    // manifest is.
+    let named = on("web-1", &["plan", "b"]);
+    assert_eq!(named.code, 1, "{named:?}");
+    let named = on("web-1", &["apply", "b"]);
+    assert_eq!(named.code, 1, "{named:?}");
+    assert!(
+        named.stdout.contains("b  skipped: runs on host web-2"),
+        "{named:?}"
+    );
 
-    // Lane a moves to web-2: on web-1 its container and status file go.
+    // This host's name changed (or --host is mistyped): no lane names it,
+    // so the lanes pinned to the old name keep their containers, and the
+    // lanes for every host converge.
     let a = lanes.container_id("a");
+    for args in [&["plan"][..], &["apply"][..]] {
+        let renamed = on("web-1.example.com", args);
+        assert_eq!(renamed.code, 1, "{renamed:?}");
+        assert!(
+            renamed.stdout.contains(
+                "a  failed: not removed: it runs on host web-1, but no lane names this host \
+                 (web-1.example.com): if this host's name changed, pass --host with the name \
+                 the manifests use; --allow-prune-all removes it"
+            ),
+            "{renamed:?}"
+        );
+    }
+    assert!(lanes.containers().contains(&a));
+    assert!(lanes.ready_id("c").is_some());
+
+    // Lane a moves to web-2 (d still names web-1): on web-1 its container
+    // and status file go.
     lanes.write("a", &lanes.worker_lane("host: web-2\n"));
     let plan = on("web-1", &["plan"]);
     assert!(
@@ -96,6 +126,7 @@ fn each_host_runs_only_its_lanes_and_a_lane_that_moves_away_is_removed_here() {
     // refuses to act on (a checkout that lost its host: lines must not wipe
     // a host).
     lanes.write("c", &lanes.worker_lane("host: web-3\n"));
+    lanes.write("d", &lanes.worker_lane("host: web-3\nstate: stopped\n"));
     let refused = on("web-1", &["apply"]);
     assert_eq!(refused.code, 1, "{refused:?}");
     assert!(refused.stderr.contains("--allow-prune-all"), "{refused:?}");
@@ -111,6 +142,9 @@ fn the_daemon_removes_a_lane_whose_manifest_moves_it_to_another_host() {
     let lanes = Lanes::new("hosts-daemon");
     lanes.write("a", &lanes.worker_lane("host: web-1\n"));
     lanes.write("b", &lanes.worker_lane(""));
+    // Another lane names web-1: a lane moving away is no sign of a changed
+    // hostname.
+    lanes.write("d", &lanes.worker_lane("host: web-1\nstate: stopped\n"));
     let daemon = Daemon::start(&lanes, &["--host", "web-1"]);
     wait_for(LIMIT, || lanes.ready_id("a"))
         .unwrap_or_else(|| panic!("a not ready\n{}", daemon.log()));

@@ -385,6 +385,18 @@ fn every_row_of_the_exit_code_table() {
         1,
         "apply, named lane without manifest"
     );
+    lanes.write("far", "image: i\nhost: far-away\n");
+    assert_eq!(
+        code(&["apply", "far"]),
+        1,
+        "apply, named lane of another host"
+    );
+    assert_eq!(
+        code(&["plan", "far"]),
+        1,
+        "plan, named lane of another host"
+    );
+    std::fs::remove_file(lanes.dir().join("far.yaml")).unwrap();
     assert_eq!(
         lanes
             .lanectl_without_podman(Some(unreachable), &["apply"])

@@ -184,7 +184,7 @@ fn full_lanes() -> Lanes {
         "container_name: svc\n\
          user: \"1000:1000\"\n\
          entrypoint: /usr/local/bin/lane-worker serve\n\
-         env: {A: \"1\", B: \"yes\"}\n\
+         env: {A: \"1\", B: \"yes\", PRICE: \"$5 $(HOME)\", 1ST: x}\n\
          labels: {team: infra, \"Example.com/team\": x, tier: \"web app\"}\n\
          mounts:\n\
          \x20 - {source: /etc, target: /host-etc, read_only: true, relabel: private}\n\
@@ -196,7 +196,7 @@ fn full_lanes() -> Lanes {
          probe: {port: 8080, path: /ready, timeout: 45s, interval: 1500ms}\n\
          resources: {memory: 512m, cpus: 1.5, pids: 256}\n\
          stop_timeout: 2500ms\n\
-         update: {order: start-first}\n\
+         update: {order: start-first, drain: 5s}\n\
          host: node-1\n",
     );
     lanes.write(
@@ -233,6 +233,16 @@ fn every_field_renders_to_the_golden_objects_with_a_warning_for_what_cannot_map(
     assert_eq!(run.code, 0, "{run:?}");
     golden("render-full", &dir, &run.stderr);
     kube_validate(&objects_in(&dir));
+    let svc = std::fs::read_to_string(dir.join("svc-a-b.yaml")).unwrap();
+    // Kubernetes would expand `$(HOME)` and read `$$` as `$`.
+    assert!(svc.contains("value: $$5 $$(HOME)"), "{svc}");
+    // The codex target is the emptyDir itself: not the lane user's to chmod
+    // (in a cluster it is root's), only what is below it.
+    assert!(!svc.contains("chmod 755 /home/app/.codex\n"), "{svc}");
+    assert!(
+        svc.contains("chmod 755 /home/app/.codex/sessions\n"),
+        "{svc}"
+    );
 
     // --strict: each warning is an error, and those lanes are not rendered.
     let strict = lanectl_at(
@@ -317,6 +327,43 @@ fn an_invalid_lane_exits_1_and_is_left_out_while_its_file_from_before_is_kept() 
         "{kustomization}"
     );
 
+    // Only named lanes into DIR: the others keep their files, listed.
+    let run = render(&["a", "-o", out]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let kustomization = std::fs::read_to_string(lanes.path("deploy/kustomization.yaml")).unwrap();
+    assert!(
+        kustomization.ends_with("resources:\n- a.yaml\n- b.yaml\n"),
+        "{kustomization}"
+    );
+    // A file render did not write is never overwritten: nothing is written.
+    let before = std::fs::read_to_string(lanes.path("deploy/a.yaml")).unwrap();
+    lanes.file("deploy/kustomization.yaml", "resources: [mine.yaml]\n");
+    let run = render(&["-o", out]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("kustomization.yaml: not written by lanectl render"),
+        "{run:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(lanes.path("deploy/kustomization.yaml")).unwrap(),
+        "resources: [mine.yaml]\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(lanes.path("deploy/a.yaml")).unwrap(),
+        before
+    );
+    std::fs::remove_file(lanes.path("deploy/kustomization.yaml")).unwrap();
+    // A lane whose file would be the kustomization's.
+    lanes.write("kustomization", "state: stopped\n");
+    let run = render(&["-o", out]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("its file would be kustomization.yaml"),
+        "{run:?}"
+    );
+    std::fs::remove_file(lanes.dir().join("kustomization.yaml")).unwrap();
+
     // Names that collide once mapped.
     lanes.write("b", "ports: [{container: 81}]\n");
     lanes.write("a_x", "state: stopped\n");
@@ -329,6 +376,17 @@ fn an_invalid_lane_exits_1_and_is_left_out_while_its_file_from_before_is_kept() 
         "{run:?}"
     );
     assert!(!run.stdout.contains("name: a-x"), "{run:?}");
+    // A file from before of the collided name is listed once.
+    std::fs::remove_file(lanes.dir().join("a.x.yaml")).unwrap();
+    assert_eq!(render(&["-o", out]).code, 0);
+    lanes.write("a.x", "state: stopped\n");
+    assert_eq!(render(&["-o", out]).code, 1);
+    let kustomization = std::fs::read_to_string(lanes.path("deploy/kustomization.yaml")).unwrap();
+    assert_eq!(
+        kustomization.matches("a-x.yaml").count(),
+        1,
+        "{kustomization}"
+    );
 
     // Only named lanes; an unknown one is an error.
     let run = render(&["b"]);
@@ -354,6 +412,32 @@ fn a_codex_over_a_secrets_limit_is_an_error_of_its_lane() {
     let lanes = Lanes::new("render-big");
     lanes.file("lanes.d/_defaults.yaml", "instance: big\nimage: i\n");
     lanes.file("codex/big/blob", &"x".repeat((1 << 20) + 1));
+    lanes.file("codex/mid/blob", &"x".repeat(200 << 10));
+    lanes.write("a", "codex: {source: ../codex/mid, target: /c}\n");
+    let run = lanes.lanectl_offline(&["render", "kube"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("too large for a client-side `kubectl apply`"),
+        "{run:?}"
+    );
+    // The init container finds the files at /.lanectl-codex-files.
+    lanes.write(
+        "a",
+        "codex: {source: ../codex/mid, target: /.lanectl-codex-files/x}\n",
+    );
+    let run = lanes.lanectl_offline(&["render", "kube"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("choose another target"), "{run:?}");
+    // An env name no Kubernetes takes.
+    lanes.write("a", "env: {\"é\": x}\n");
+    let run = lanes.lanectl_offline(&["render", "kube"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("Kubernetes refuses this name"),
+        "{run:?}"
+    );
+
     lanes.write("a", "codex: {source: ../codex/big, target: /c}\n");
     let run = lanes.lanectl_offline(&["render", "kube"]);
     assert_eq!(run.code, 1, "{run:?}");
@@ -382,6 +466,7 @@ fn a_mount_source_that_is_only_on_the_nodes_renders_where_apply_would_refuse_it(
         "a",
         "mounts: [{source: /srv/no-such-data, target: /data, track_content: true}]\n",
     );
+    lanes.write("b", "mounts: [{source: ../work, target: /work}]\n");
     let validate = lanes.lanectl_offline(&["validate"]);
     assert_eq!(validate.code, 1, "{validate:?}");
     assert!(
@@ -404,6 +489,15 @@ fn a_mount_source_that_is_only_on_the_nodes_renders_where_apply_would_refuse_it(
             .contains("path: /srv/no-such-data\n          type: Directory"),
         "{run:?}"
     );
+    // A relative source without --node-dir ties the render to this machine.
+    assert!(
+        run.stderr
+            .contains("b.yaml:1:19: warning: mount source ../work is relative"),
+        "{run:?}"
+    );
+    let run = lanes.lanectl_offline(&["render", "kube", "--node-dir", "/srv/lanes/lanes.d"]);
+    assert!(!run.stderr.contains("is relative"), "{run:?}");
+    assert!(run.stdout.contains("path: /srv/lanes/work\n"), "{run:?}");
 }
 
 /// Podman 4.3.1's `kube play` differs from Kubernetes in ways this test
@@ -413,7 +507,9 @@ fn a_mount_source_that_is_only_on_the_nodes_renders_where_apply_would_refuse_it(
 /// - a containerPort without hostPort is published on 0.0.0.0 at a random
 ///   port: an explicit hostIP and hostPort are added;
 /// - init containers run again and again under restartPolicy Always: the
-///   pod is played with OnFailure.
+///   pod is played with OnFailure;
+/// - `$$` is not read as `$` (nor `$(NAME)` expanded): the played lane
+///   has no `$`, so that what it runs is what Kubernetes would run.
 ///
 /// The Service is left out (kube play makes no Services).
 fn playable(stream: &str, host_port: u16) -> String {
@@ -469,14 +565,17 @@ fn kube_play_runs_the_rendered_lane_with_its_codex_copied_and_a_stopped_lane_run
         "lanes.d/_defaults.yaml",
         &format!("instance: {}\n", lanes.instance),
     );
+    // Not root: the copy must work for the lane's own user, as in a
+    // cluster, where root could write anywhere.
     let lane = format!(
         "image: {image}\n\
-         user: root\n\
+         user: \"1000:1000\"\n\
          entrypoint: [/usr/local/bin/lane-worker]\n\
          command: [serve]\n\
+         env: {{LANE_CODEX_DIR: /codex}}\n\
          mounts: [{{source: {worker}, target: /usr/local/bin/lane-worker, read_only: true}}]\n\
          ports: [{{container: 31417}}]\n\
-         codex: {{source: ../codex/w, target: /root/.codex, fingerprint_env: INBOX_RUNTIME_CODEX_SHA}}\n\
+         codex: {{source: ../codex/w, target: /codex, fingerprint_env: INBOX_RUNTIME_CODEX_SHA}}\n\
          probe: {{path: /healthz}}\n",
         image = crate::common::image(),
         worker = worker().display(),
@@ -542,8 +641,17 @@ fn kube_play_runs_the_rendered_lane_with_its_codex_copied_and_a_stopped_lane_run
         &container,
         "/bin/sh",
         "-c",
-        "echo more >> /root/.codex/config.toml",
+        "echo more >> /codex/config.toml",
     ]);
+    let owner = podman(&[
+        "exec",
+        &container,
+        "stat",
+        "-c",
+        "%u:%g",
+        "/codex/config.toml",
+    ]);
+    assert_eq!(owner.trim(), "1000:1000");
 
     // state: stopped renders replicas 0, which runs nothing.
     podman(&["kube", "down", played.to_str().unwrap()]);
