@@ -58,8 +58,8 @@ pub fn run(global: &Global, to: RenderTo) -> anyhow::Result<Exit> {
                 .with_context(|| format!("cannot resolve {}", global.dir.display()))?,
         },
         strict,
-        policy: Policy::of_process(global.allow_insecure_permissions),
     };
+    let policy = Policy::of_process(global.allow_insecure_permissions);
 
     let collisions = render::collisions(names.iter().map(|n| n.as_str()));
     // Each lane: its file name and YAML, or None (invalid: nothing rendered).
@@ -87,15 +87,18 @@ pub fn run(global: &Global, to: RenderTo) -> anyhow::Result<Exit> {
                         &file,
                         "changed or went while being rendered: render again",
                     )]),
-                    Some(loaded) => render::lane(spec, &loaded, &opts).and_then(|r| {
-                        for w in &r.warnings {
-                            eprintln!("{}", labelled("warning", w));
-                        }
-                        let name = file_name(&file);
-                        r.yaml(lane, &name).map_err(|e| {
-                            vec![Problem::in_file(&file, format!("cannot write YAML: {e}"))]
+                    Some(loaded) => {
+                        let inputs = render::read_inputs(spec, policy);
+                        render::lane(spec, &loaded, &inputs, &opts).and_then(|r| {
+                            for w in &r.warnings {
+                                eprintln!("{}", labelled("warning", w));
+                            }
+                            let name = file_name(&file);
+                            r.yaml(lane, &name).map_err(|e| {
+                                vec![Problem::in_file(&file, format!("cannot write YAML: {e}"))]
+                            })
                         })
-                    }),
+                    }
                 }
             }
         };

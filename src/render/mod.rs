@@ -64,8 +64,43 @@ pub struct Options {
     pub node_dir_given: bool,
     /// Warnings are errors.
     pub strict: bool,
-    /// Who may own the codex's files (the codex is read as `apply` reads it).
-    pub policy: Policy,
+}
+
+/// What a render needs of this machine, read before the mapping (which is
+/// then a function of the lane alone): the codex's files, and what each
+/// mount source is here.
+#[derive(Debug)]
+pub struct Inputs {
+    codex: Option<Result<CodexFiles, String>>,
+    /// Per mount: a file here, a directory here, or absent here.
+    mounts: Vec<Option<SourceHere>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourceHere {
+    File,
+    Dir,
+}
+
+/// Reads what [`lane`] needs of this machine for `spec`: the codex as the
+/// copy into a container takes it (read as `apply` reads it, under
+/// `policy`), and the kind of each mount source.
+pub fn read_inputs(spec: &LaneSpec, policy: Policy) -> Inputs {
+    Inputs {
+        codex: spec
+            .codex
+            .as_ref()
+            .map(|c| codex_files(&c.source, &c.target, policy)),
+        mounts: spec
+            .mounts
+            .iter()
+            .map(|m| match std::fs::metadata(&m.source) {
+                Ok(meta) if meta.is_file() => Some(SourceHere::File),
+                Ok(_) => Some(SourceHere::Dir),
+                Err(_) => None,
+            })
+            .collect(),
+    }
 }
 
 /// One lane rendered.
@@ -90,12 +125,19 @@ impl Lane {
     }
 }
 
-/// Renders one valid lane; `loaded` is its manifest, for positions.
-/// `Err`: every error (and, under `--strict`, every warning) of the lane.
-pub fn lane(spec: &LaneSpec, loaded: &Loaded, opts: &Options) -> Result<Lane, Vec<Problem>> {
+/// Renders one valid lane; `loaded` is its manifest, for positions, and
+/// `inputs` what [`read_inputs`] read for it. `Err`: every error (and,
+/// under `--strict`, every warning) of the lane.
+pub fn lane(
+    spec: &LaneSpec,
+    loaded: &Loaded,
+    inputs: &Inputs,
+    opts: &Options,
+) -> Result<Lane, Vec<Problem>> {
     let mut r = Renderer {
         spec,
         loaded,
+        inputs,
         opts,
         warnings: Vec::new(),
         errors: Vec::new(),
@@ -164,6 +206,7 @@ pub fn load_manifest(file: &Path, defaults: Option<&Path>) -> Option<Loaded> {
 struct Renderer<'a> {
     spec: &'a LaneSpec,
     loaded: &'a Loaded,
+    inputs: &'a Inputs,
     opts: &'a Options,
     warnings: Vec<Problem>,
     errors: Vec<Problem>,
@@ -183,7 +226,7 @@ impl Renderer<'_> {
         let name = units::object_name(&spec.lane);
         let labels = self.labels()?;
         let codex = match &spec.codex {
-            Some(codex) => Some(self.codex(&name, &codex.source)?),
+            Some(_) => Some(self.codex(&name)?),
             None => None,
         };
         let fingerprint = codex.as_ref().map(|c| c.fingerprint.clone());
@@ -460,10 +503,10 @@ impl Renderer<'_> {
             // The source here tells a file from a directory; one that is
             // only on the nodes is taken for a directory (most are), and
             // the warning says so.
-            let (kind, guessed) = match std::fs::metadata(&m.source) {
-                Ok(meta) if meta.is_file() => ("File", ""),
-                Ok(_) => ("Directory", ""),
-                Err(_) => ("Directory", "; not found here, so taken for a directory"),
+            let (kind, guessed) = match self.inputs.mounts.get(i).copied().flatten() {
+                Some(SourceHere::File) => ("File", ""),
+                Some(SourceHere::Dir) => ("Directory", ""),
+                None => ("Directory", "; not found here, so taken for a directory"),
             };
             let at = [Seg::Key("mounts"), Seg::Index(i)];
             if !self.opts.node_dir_given && !Path::new(&m.written).is_absolute() {
@@ -679,7 +722,7 @@ impl Renderer<'_> {
     }
 
     /// The codex as a Secret, read once (the files the fingerprint read).
-    fn codex(&mut self, name: &str, source: &Path) -> Option<CodexSecret> {
+    fn codex(&mut self, name: &str) -> Option<CodexSecret> {
         let Some(codex) = &self.spec.codex else {
             return None;
         };
@@ -696,10 +739,14 @@ impl Renderer<'_> {
             );
             return None;
         }
-        let files = match codex_files(source, &codex.target, self.opts.policy) {
-            Ok(files) => files,
-            Err(e) => {
-                self.error(&at, e);
+        let files = match &self.inputs.codex {
+            Some(Ok(files)) => files,
+            Some(Err(e)) => {
+                self.error(&at, e.clone());
+                return None;
+            }
+            None => {
+                self.error(&at, "the codex was not read: render again".into());
                 return None;
             }
         };
@@ -758,7 +805,7 @@ impl Renderer<'_> {
                 q(&join(&target, &dir.rel))
             ));
         }
-        let fingerprint = files.fingerprint;
+        let fingerprint = files.fingerprint.clone();
         Some(CodexSecret {
             secret: format!("{name}-codex-{}", &fingerprint[..10.min(fingerprint.len())]),
             target,
@@ -778,6 +825,7 @@ struct CodexSecret {
     script: String,
 }
 
+#[derive(Debug)]
 struct CodexFiles {
     fingerprint: String,
     /// The target itself (`rel` empty) and every sub-directory, parents first.
@@ -785,6 +833,7 @@ struct CodexFiles {
     files: Vec<Entry>,
 }
 
+#[derive(Debug)]
 struct Entry {
     rel: String,
     mode: u32,
@@ -897,4 +946,175 @@ fn protocol(p: Protocol) -> &'static str {
 /// A port's name (an IANA service name: at most 15, with a letter).
 fn port_name(p: Protocol, port: u16) -> String {
     format!("{p}-{port}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// Lane `a` of `yaml` (in `dir`, which holds any codex source),
+    /// rendered with `inputs` as this machine's reading.
+    fn render_in(
+        dir: &Path,
+        yaml: &str,
+        inputs: Inputs,
+        strict: bool,
+    ) -> Result<Vec<Value>, Vec<String>> {
+        let file = dir.join("a.yaml");
+        let source = manifest::parse_source(&file, yaml.as_bytes().to_vec()).unwrap();
+        let loaded = manifest::load(source, None).unwrap();
+        let spec =
+            crate::lanespec::resolve_for("a", &loaded, dir, crate::lanespec::MountsOn::Nodes)
+                .unwrap_or_else(|p| panic!("{p:?}"));
+        let opts = Options {
+            instance: "inst".into(),
+            namespace: Some("ns".into()),
+            node_dir: PathBuf::from("/srv/lanes.d"),
+            node_dir_given: true,
+            strict,
+        };
+        lane(&spec, &loaded, &inputs, &opts)
+            .map(|l| {
+                l.objects
+                    .iter()
+                    .map(|o| serde_json::to_value(o).unwrap())
+                    .collect()
+            })
+            .map_err(|p| p.iter().map(|p| p.message.clone()).collect())
+    }
+
+    fn render(yaml: &str) -> Vec<Value> {
+        let inputs = Inputs {
+            codex: None,
+            mounts: Vec::new(),
+        };
+        render_in(Path::new("/l"), yaml, inputs, false).unwrap()
+    }
+
+    fn kind<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+        objects.iter().find(|o| o["kind"] == kind).unwrap()
+    }
+
+    #[test]
+    fn state_and_update_order_map_to_replicas_and_strategy() {
+        let d = render("image: i\n");
+        let spec = &kind(&d, "Deployment")["spec"];
+        assert_eq!(spec["replicas"], 1);
+        assert_eq!(spec["strategy"], serde_json::json!({"type": "Recreate"}));
+        let d = render(
+            "image: i\nstate: stopped\nupdate: {order: start-first}\nports: [{container: 80}]\n",
+        );
+        let spec = &kind(&d, "Deployment")["spec"];
+        assert_eq!(spec["replicas"], 0);
+        assert_eq!(
+            spec["strategy"],
+            serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
+        );
+        assert_eq!(d.len(), 2, "no codex: a Deployment and a Service");
+        assert_eq!(kind(&d, "Service")["metadata"]["namespace"], "ns");
+        assert_eq!(render("image: i\n").len(), 1, "no ports: no Service");
+    }
+
+    #[test]
+    fn users_hosts_resources_and_times_map_to_kubernetes_terms() {
+        let d = render(
+            "image: i\nuser: \"1000:2000\"\nhost: Web-1\nresources: {memory: 512m, cpus: 1.5}\n\
+             stop_timeout: 2500ms\nports: [{container: 80}]\nprobe: {timeout: 45s}\n",
+        );
+        let deployment = kind(&d, "Deployment");
+        let pod = &deployment["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(
+            c["securityContext"],
+            serde_json::json!({"runAsUser": 1000, "runAsGroup": 2000})
+        );
+        assert_eq!(pod["nodeSelector"]["kubernetes.io/hostname"], "web-1");
+        assert_eq!(
+            c["resources"]["limits"],
+            serde_json::json!({"cpu": "1500m", "memory": "512Mi"})
+        );
+        assert_eq!(c["resources"]["requests"], c["resources"]["limits"]);
+        assert_eq!(pod["terminationGracePeriodSeconds"], 3);
+        assert_eq!(deployment["spec"]["progressDeadlineSeconds"], 45);
+        assert_eq!(c["readinessProbe"]["periodSeconds"], 1);
+        assert_eq!(
+            c["readinessProbe"]["httpGet"],
+            serde_json::json!({"path": "/", "port": 80})
+        );
+        let root = render("image: i\nuser: root\n");
+        let c = &kind(&root, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["securityContext"], serde_json::json!({"runAsUser": 0}));
+    }
+
+    #[test]
+    fn what_cannot_map_warns_and_strict_makes_it_an_error() {
+        let yaml = "image: i\nuser: app\nresources: {pids: 10}\n";
+        let inputs = || Inputs {
+            codex: None,
+            mounts: Vec::new(),
+        };
+        let d = render_in(Path::new("/l"), yaml, inputs(), false).unwrap();
+        let c = &kind(&d, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+        assert!(c.get("securityContext").is_none(), "{c}");
+        let errors = render_in(Path::new("/l"), yaml, inputs(), true).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("user \"app\""), "{errors:?}");
+        assert!(errors[1].starts_with("resources.pids"), "{errors:?}");
+    }
+
+    #[test]
+    fn the_codex_is_a_secret_copied_by_a_script_that_quotes_and_keeps_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("codex")).unwrap();
+        let entry = |rel: &str, mode: u32, bytes: &[u8]| Entry {
+            rel: rel.into(),
+            mode,
+            bytes: bytes.to_vec(),
+        };
+        let inputs = Inputs {
+            codex: Some(Ok(CodexFiles {
+                fingerprint: "0123456789abcdef".into(),
+                dirs: vec![entry("", 0o755, b""), entry("sub", 0o700, b"")],
+                files: vec![
+                    entry("run me", 0o755, b"#!/bin/sh\n"),
+                    entry("sub/$x", 0o600, b"k"),
+                ],
+            })),
+            mounts: Vec::new(),
+        };
+        let yaml =
+            "image: i\nuser: \"1000\"\ncodex: {source: codex, target: /c, fingerprint_env: FP}\n";
+        let d = render_in(dir.path(), yaml, inputs, false).unwrap();
+        let secret = kind(&d, "Secret");
+        assert_eq!(secret["metadata"]["name"], "a-codex-0123456789");
+        assert_eq!(secret["immutable"], true);
+        assert_eq!(secret["data"]["0000-run_me"], "IyEvYmluL3NoCg==");
+        assert_eq!(secret["data"]["0001-_x"], "aw==");
+        let pod = &kind(&d, "Deployment")["spec"]["template"]["spec"];
+        let init = &pod["initContainers"][0];
+        assert_eq!(init["securityContext"]["runAsUser"], 1000);
+        // `$` doubled for Kubernetes; paths quoted for the shell; the target
+        // itself (the emptyDir) never chmod-ed; directories last.
+        assert_eq!(
+            init["command"][2],
+            "set -eu\nmkdir -p /c/sub\n\
+             cp /.lanectl-codex-files/0000-run_me '/c/run me'\nchmod 755 '/c/run me'\n\
+             cp /.lanectl-codex-files/0001-_x '/c/sub/$$x'\nchmod 600 '/c/sub/$$x'\n\
+             chmod 700 /c/sub\n"
+        );
+        let main = &pod["containers"][0];
+        assert_eq!(
+            main["env"],
+            serde_json::json!([{"name": "FP", "value": "0123456789abcdef"}])
+        );
+        assert_eq!(
+            main["volumeMounts"],
+            serde_json::json!([{"name": "codex", "mountPath": "/c"}])
+        );
+        assert_eq!(
+            pod["volumes"][1]["secret"]["secretName"],
+            "a-codex-0123456789"
+        );
+    }
 }
