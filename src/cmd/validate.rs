@@ -3,7 +3,9 @@
 //! cross-lane rules); a file is checked within its directory. Codex and
 //! `track_content` sources are checked as `apply` would hash them, every bad
 //! entry as `path: message` (none of their bytes are read). A lane whose
-//! `host` names another host is skipped, and said so. Needs no Podman.
+//! `host` names another host is skipped, and said so; with `--host` naming
+//! another machine, mount sources are that machine's and not looked for
+//! here. Needs no Podman.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -12,7 +14,16 @@ use crate::cli::Global;
 use crate::desired::{self, Desired};
 
 pub fn run(global: &Global, paths: &[PathBuf]) -> anyhow::Result<super::Exit> {
-    let opts = global.load_options();
+    let mut opts = global.load_options();
+    // Checking as another host (`--host web-2` on web-1): that host's mount
+    // sources are there, not here.
+    if global
+        .host
+        .as_deref()
+        .is_some_and(|h| !crate::lanespec::is_this_host(h, &crate::cli::this_host()))
+    {
+        opts.mounts = crate::lanespec::MountsOn::Nodes;
+    }
     let targets: Vec<(PathBuf, Option<String>, PathBuf)> = if paths.is_empty() {
         vec![(global.dir.clone(), None, global.dir.clone())]
     } else {

@@ -34,6 +34,21 @@ fn each_host_runs_only_its_lanes_and_a_lane_that_moves_away_is_removed_here() {
             .contains("3 lane(s) valid, 1 skipped (other hosts)"),
         "{validate:?}"
     );
+    // Checking as another host: that host's mount sources are not looked
+    // for here, while this host's are.
+    let mount = "mounts: [{source: /srv/only-on-web-9, target: /d}]\n";
+    lanes.write("m", &format!("image: i\nhost: web-9\n{mount}"));
+    let as_web9 = lanes.lanectl_offline(&["--host", "web-9", "validate"]);
+    assert_eq!(as_web9.code, 0, "{as_web9:?}");
+    lanes.write("m", &format!("image: i\n{mount}"));
+    let here = lanes.lanectl_offline(&["validate"]);
+    assert_eq!(here.code, 1, "{here:?}");
+    assert!(
+        here.stdout
+            .contains("mount source /srv/only-on-web-9: does not exist"),
+        "{here:?}"
+    );
+    std::fs::remove_file(lanes.dir().join("m.yaml")).unwrap();
     let plan = on("web-1", &["plan", "--detailed-exitcode"]);
     assert_eq!(plan.code, 2, "{plan:?}");
     assert!(plan.stdout.contains("a  create"), "{plan:?}");
