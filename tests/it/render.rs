@@ -170,8 +170,10 @@ fn full_lanes() -> Lanes {
         .status()
         .unwrap();
     assert!(copy.success());
+    // The golden copy script names the modes: the same whatever the umask
+    // the checkout was made with.
     Command::new("chmod")
-        .args(["-R", "go-w"])
+        .args(["-R", "u=rwX,go=rX"])
         .arg(lanes.path("codex"))
         .status()
         .unwrap();
