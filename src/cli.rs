@@ -240,13 +240,7 @@ fn lane_name(name: &str) -> Result<String, String> {
 
 /// `--namespace`: a DNS-1123 label, as Kubernetes wants a namespace.
 fn namespace(ns: &str) -> Result<String, String> {
-    let ok = (1..=63).contains(&ns.len())
-        && ns
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !ns.starts_with('-')
-        && !ns.ends_with('-');
-    if ok {
+    if crate::lanespec::is_dns_label(ns, true) {
         Ok(ns.to_string())
     } else {
         Err(
@@ -263,10 +257,15 @@ fn host_name(name: &str) -> Result<String, String> {
 
 impl Global {
     /// How the lanes directory is read, as these flags say.
+    /// This host's name: `--host`, else the machine's hostname.
+    pub fn host(&self) -> String {
+        self.host.clone().unwrap_or_else(this_host)
+    }
+
     pub fn load_options(&self) -> crate::desired::LoadOptions {
         crate::desired::LoadOptions {
             allow_insecure_permissions: self.allow_insecure_permissions,
-            host: Some(self.host.clone().unwrap_or_else(this_host)),
+            host: Some(self.host()),
             mounts: crate::lanespec::MountsOn::ThisMachine,
         }
     }

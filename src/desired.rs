@@ -43,6 +43,8 @@ pub struct DirState {
     pub elsewhere: BTreeMap<String, String>,
     /// This host's name, as the directory was read for it.
     pub here: Option<String>,
+    /// Some lane's `host` names this host (valid or not).
+    pub names_here: bool,
 }
 
 impl DirState {
@@ -139,6 +141,7 @@ fn read(
     let mut names: BTreeMap<String, (String, Problem)> = BTreeMap::new();
     let mut fixed = Vec::new();
     let mut elsewhere = BTreeMap::new();
+    let mut names_here = false;
     for (name, file) in &listing.lanes {
         let mut problems = Vec::new();
         if let Some(p) = &file.problem {
@@ -180,6 +183,7 @@ fn read(
                     elsewhere.insert(name.clone(), host);
                     continue;
                 }
+                names_here |= l.raw.host.is_some();
                 // The cross-lane rule looks at every manifest that loaded,
                 // valid or not: two lanes declaring one container name are
                 // both invalid, whatever else is wrong with either.
@@ -228,19 +232,39 @@ fn read(
         defaults_sha256,
         elsewhere,
         here: here.map(str::to_string),
+        names_here,
     })
 }
 
 /// The lanes whose `host` names another host than `here`, with that host
 /// (what `status` leaves out): each manifest only parsed, nothing resolved.
-pub fn elsewhere(listing: &DirListing, here: &str) -> BTreeMap<String, String> {
-    let defaults = listing
-        .defaults
-        .as_ref()
-        .and_then(|path| manifest::read_source(path).ok());
+/// A lane that [`read_dir`] would find invalid before it learns the host (a
+/// file refused by `policy`, a broken defaults file) is this host's, as
+/// there.
+pub fn elsewhere(
+    dir: &Path,
+    listing: &DirListing,
+    here: &str,
+    policy: Policy,
+) -> BTreeMap<String, String> {
+    let refused = |path: &Path| policy.check && check_file(path, policy).is_err();
+    if policy.check && check_dir_chain(dir, policy).is_err() {
+        return BTreeMap::new();
+    }
+    let defaults = match &listing.defaults {
+        None => None,
+        Some(path) if listing.defaults_problem.is_some() || refused(path) => {
+            return BTreeMap::new();
+        }
+        Some(path) => match manifest::read_source(path) {
+            Ok(source) => Some(source),
+            Err(_) => return BTreeMap::new(),
+        },
+    };
     listing
         .lanes
         .iter()
+        .filter(|(_, file)| file.problem.is_none() && !refused(&file.path))
         .filter_map(|(name, file)| {
             let source = manifest::read_source(&file.path).ok()?;
             let loaded = manifest::load(source, defaults.as_ref()).ok()?;
@@ -272,6 +296,7 @@ pub struct Unsettled {
     defaults_sha256: Option<String>,
     elsewhere: BTreeMap<String, String>,
     here: Option<String>,
+    names_here: bool,
 }
 
 /// What the lanes' containers hold now. SPEC.md: in a clash, the lane whose
@@ -342,6 +367,7 @@ impl Unsettled {
             defaults_sha256,
             elsewhere,
             here,
+            names_here,
         } = self;
         let holds_name =
             |lane: &str, name: &str| holders.names.get(name).is_some_and(|l| l == lane);
@@ -383,6 +409,7 @@ impl Unsettled {
             defaults_sha256,
             elsewhere,
             here,
+            names_here,
         }
     }
 }
@@ -631,8 +658,11 @@ mounts: [{source: /nowhere, target: /x}]
         assert!(matches!(web2.lanes["a"], Desired::Valid { .. }));
         assert!(matches!(web2.lanes["c"], Desired::Invalid { .. }));
         assert_eq!(web2.elsewhere.keys().collect::<Vec<_>>(), ["b"]);
+        let lanes = root.path().join("lanes.d");
         assert_eq!(
-            elsewhere(&web2.listing, "web-2").keys().collect::<Vec<_>>(),
+            elsewhere(&lanes, &web2.listing, "web-2", Policy::OFF)
+                .keys()
+                .collect::<Vec<_>>(),
             ["b"]
         );
 
@@ -641,6 +671,13 @@ mounts: [{source: /nowhere, target: /x}]
         let web3 = on_host(root.path(), "web-3");
         assert!(web3.lanes.is_empty());
         assert!(crate::reconcile::world::refuses_to_prune(&web3, false));
+
+        // A broken defaults file makes every lane invalid here, so none is
+        // another host's (status then lists them all, as apply reports them).
+        std::fs::write(lanes.join("_defaults.yaml"), "env: [\n").unwrap();
+        let listing = lane::list_dir(&lanes).unwrap();
+        assert!(elsewhere(&lanes, &listing, "web-2", Policy::OFF).is_empty());
+        assert!(on_host(root.path(), "web-2").elsewhere.is_empty());
     }
 
     #[test]

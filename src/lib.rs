@@ -14,6 +14,7 @@
 //! chains the steps for one lane and one pass; the daemon (`daemon`, `queue`,
 //! `sources`) schedules lanes; `cli` and `cmd` are the face.
 
+pub mod atomic;
 pub mod backoff;
 pub mod cli;
 pub mod cmd;

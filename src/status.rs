@@ -7,8 +7,6 @@
 //! when something besides `since` changed, so a no-op pass touches no file.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -106,7 +104,16 @@ pub const HISTORY: usize = 10;
 /// Bytes of a transition's reason.
 const MAX_REASON_BYTES: usize = 300;
 
+/// The message of a lane whose new container is being probed now.
+pub const PROBING: &str = "probing";
+
 impl Status {
+    /// Whether it says its lane's container is being probed now (a status
+    /// that must not outlive the probe).
+    pub fn says_probing(&self) -> bool {
+        self.phase == Phase::Pending && self.message == PROBING
+    }
+
     /// A status with nothing known but the lane and its phase.
     pub fn new(lane: &str, phase: Phase) -> Self {
         Status {
@@ -272,28 +279,11 @@ pub fn write(dir: &Path, status: &Status) -> Result<(), StatusError> {
         lane: status.lane.clone(),
         message: e.to_string(),
     })?;
-    let io = |source| StatusError::Write {
-        path: path.clone(),
-        source,
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.status.{}.", status.lane, std::process::id()))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io)?;
     // Readable by all, like the manifests beside it; it holds no secrets.
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .map_err(io)?;
-    tmp.write_all(text.as_bytes()).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    // rename(2) replaces a symlink at the path itself, never its target.
-    tmp.persist(&path).map_err(|e| io(e.error))?;
-    // The rename is durable only once the directory is on disk too.
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)?;
-    Ok(())
+    // The temporary name carries the writer's pid (see remove_stale_temps).
+    let prefix = format!(".{}.status.{}.", status.lane, std::process::id());
+    crate::atomic::write(&path, &prefix, text.as_bytes(), 0o644)
+        .map_err(|source| StatusError::Write { path, source })
 }
 
 /// Removes temporary status files left by a lanectl that was killed between

@@ -37,7 +37,8 @@ pub async fn run(
         Kind::Apply { progress, color } => {
             (progress, progress != ProgressMode::Plain && colours(color))
         }
-        Kind::Plan { .. } => (ProgressMode::Auto, false),
+        // plan acts on nothing: no live lines to show, only its result.
+        Kind::Plan { .. } => (ProgressMode::Quiet, false),
     };
     let live = Live::start(progress_mode);
     let ctx = super::context_with(global, live.sink()).await?;
@@ -273,8 +274,7 @@ fn apply_line(o: &Outcome) -> String {
 fn elsewhere_line(o: &Outcome) -> Option<String> {
     let host = o.elsewhere.as_ref()?;
     Some(match (&o.action, o.phase) {
-        (_, Phase::Failed) if o.message.contains(host.as_str()) => format!("failed: {}", o.message),
-        (_, Phase::Failed) => format!("failed: {} (runs on host {host})", o.message),
+        (_, Phase::Failed) => format!("failed: {}", o.message),
         (Some(Action::Nothing), _) => format!("skipped: runs on host {host}"),
         (Some(Action::Remove), _) if o.message == "removed" => {
             format!("removed: runs on host {host}")

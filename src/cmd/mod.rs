@@ -125,14 +125,22 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// The instance id: `--instance`, else `_defaults.yaml`'s `instance:`, else
 /// derived from the directory's canonical path.
-pub(crate) fn instance(global: &Global) -> anyhow::Result<String> {
+fn instance(global: &Global) -> anyhow::Result<String> {
+    instance_declared(global).map(|(id, _)| id)
+}
+
+/// [`instance`], and whether it was declared (`--instance` or the
+/// defaults), not derived from this machine's path.
+pub(crate) fn instance_declared(global: &Global) -> anyhow::Result<(String, bool)> {
     match &global.instance {
-        Some(id) => Ok(id.clone()),
+        Some(id) => Ok((id.clone(), true)),
         None => match crate::desired::declared_instance(&global.dir) {
-            Ok(Some(id)) => Ok(id),
-            Ok(None) => crate::labels::default_instance(&global.dir).with_context(|| {
-                format!("cannot resolve lanes directory {}", global.dir.display())
-            }),
+            Ok(Some(id)) => Ok((id, true)),
+            Ok(None) => crate::labels::default_instance(&global.dir)
+                .map(|id| (id, false))
+                .with_context(|| {
+                    format!("cannot resolve lanes directory {}", global.dir.display())
+                }),
             Err(problem) => Err(anyhow::anyhow!("{problem}")),
         },
     }

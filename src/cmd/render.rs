@@ -3,7 +3,7 @@
 //! `file:line:col: warning: …`; the YAML to stdout or into DIR. Needs no
 //! Podman.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 
@@ -51,17 +51,20 @@ pub fn run(global: &Global, to: RenderTo) -> anyhow::Result<Exit> {
     let opts = render::Options {
         instance,
         namespace: namespace.clone(),
-        node_dir_given: node_dir.is_some(),
         node_dir: match node_dir {
-            Some(dir) => dir,
-            None => std::fs::canonicalize(&global.dir)
-                .with_context(|| format!("cannot resolve {}", global.dir.display()))?,
+            Some(dir) => render::NodeDir::Given(dir),
+            None => render::NodeDir::Here(
+                std::fs::canonicalize(&global.dir)
+                    .with_context(|| format!("cannot resolve {}", global.dir.display()))?,
+            ),
         },
         strict,
     };
     let policy = Policy::of_process(global.allow_insecure_permissions);
 
-    let collisions = render::collisions(names.iter().map(|n| n.as_str()));
+    // Over every lane: a named lane may collide with one not named (whose
+    // file `-o` keeps).
+    let collisions = render::collisions(state.lanes.keys().map(String::as_str));
     // Each lane: its file name and YAML, or None (invalid: nothing rendered).
     let mut rendered: Vec<(String, Option<String>)> = Vec::new();
     for lane in names {
@@ -91,7 +94,7 @@ pub fn run(global: &Global, to: RenderTo) -> anyhow::Result<Exit> {
                         let inputs = render::read_inputs(spec, policy);
                         render::lane(spec, &loaded, &inputs, &opts).and_then(|r| {
                             for w in &r.warnings {
-                                eprintln!("{}", labelled("warning", w));
+                                eprintln!("{}", w.labelled("warning"));
                             }
                             let name = file_name(&file);
                             r.yaml(lane, &name).map_err(|e| {
@@ -107,7 +110,7 @@ pub fn run(global: &Global, to: RenderTo) -> anyhow::Result<Exit> {
             Err(problems) => {
                 failed = true;
                 for p in &problems {
-                    eprintln!("{}", labelled("error", p));
+                    eprintln!("{}", p.labelled("error"));
                 }
                 eprintln!("lane {lane}: not rendered");
                 rendered.push((object, None));
@@ -135,14 +138,6 @@ pub fn run(global: &Global, to: RenderTo) -> anyhow::Result<Exit> {
     Ok(Exit::failed_if(failed))
 }
 
-/// `file:line:col: warning: message`, as a compiler says it.
-fn labelled(level: &str, p: &Problem) -> String {
-    match &p.pos {
-        Some(pos) => format!("{pos}: {level}: {}", p.message),
-        None => format!("{}: {level}: {}", p.file.display(), p.message),
-    }
-}
-
 fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -153,9 +148,7 @@ fn file_name(path: &Path) -> String {
 /// this machine's path, which another machine would not derive: a warning
 /// (an error under `--strict`), since renders should agree.
 fn instance(global: &Global, strict: bool, failed: &mut bool) -> anyhow::Result<String> {
-    let declared =
-        global.instance.is_some() || matches!(desired::declared_instance(&global.dir), Ok(Some(_)));
-    let instance = super::instance(global)?;
+    let (instance, declared) = super::instance_declared(global)?;
     if !declared {
         let level = if strict { "error" } else { "warning" };
         eprintln!(
@@ -255,13 +248,9 @@ fn ours(path: &Path) -> bool {
     std::io::BufReader::new(file).read_line(&mut first).is_ok() && first.starts_with(HEADER)
 }
 
+/// Writes a rendered file whole or not at all, readable by its owner only:
+/// a Secret in it holds the codex.
 fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    let dir = path.parent().map(PathBuf::from).unwrap_or_default();
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    crate::atomic::write(path, ".lanectl-render.", text.as_bytes(), 0o600)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

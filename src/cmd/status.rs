@@ -12,8 +12,9 @@ const NO_STATUS: &str = "no status file yet: run lanectl apply (or lanectl run)"
 pub fn run(global: &Global, named: &[String], json: bool) -> anyhow::Result<super::Exit> {
     let listing = lane::list_dir(&global.dir)?;
     // Only this host's lanes: another host's have their status there.
-    let here = global.load_options().host.unwrap_or_default();
-    let elsewhere = crate::desired::elsewhere(&listing, &here);
+    let here = global.host();
+    let policy = crate::content::Policy::of_process(global.allow_insecure_permissions);
+    let elsewhere = crate::desired::elsewhere(&global.dir, &listing, &here, policy);
     let mut names: Vec<String> = listing.lanes.keys().cloned().collect();
     names.extend(listing.status_files);
     names.sort();

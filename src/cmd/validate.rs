@@ -17,10 +17,8 @@ pub fn run(global: &Global, paths: &[PathBuf]) -> anyhow::Result<super::Exit> {
     let mut opts = global.load_options();
     // Checking as another host (`--host web-2` on web-1): that host's mount
     // sources are there, not here.
-    if global
-        .host
-        .as_deref()
-        .is_some_and(|h| !crate::lanespec::is_this_host(h, &crate::cli::this_host()))
+    if global.host.is_some()
+        && !crate::lanespec::is_this_host(&global.host(), &crate::cli::this_host())
     {
         opts.mounts = crate::lanespec::MountsOn::Nodes;
     }

@@ -21,13 +21,7 @@ pub use types::{Codex, DEFAULT_STOP_TIMEOUT, LaneSpec, Mount, Port, Probe, Resou
 /// letters, digits and `-`, joined by `.`), which is also what Kubernetes
 /// accepts as a node name.
 pub fn check_host(name: &str) -> Result<(), String> {
-    let label_ok = |l: &str| {
-        (1..=63).contains(&l.len())
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if name.len() > 253 || !name.split('.').all(label_ok) {
+    if name.len() > 253 || !name.split('.').all(|l| is_dns_label(l, false)) {
         let shown: String = name.chars().take(64).collect();
         return Err(format!(
             "host {shown:?} is not a hostname: labels of letters, digits and '-' \
@@ -35,6 +29,18 @@ pub fn check_host(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// One DNS label (RFC 1123): 1 to 63 letters, digits and `-`, not first or
+/// last; letters only lowercase when `lowercase` (as Kubernetes wants them).
+pub fn is_dns_label(label: &str, lowercase: bool) -> bool {
+    let letter = |b: u8| b.is_ascii_lowercase() || (!lowercase && b.is_ascii_uppercase());
+    (1..=63).contains(&label.len())
+        && label
+            .bytes()
+            .all(|b| letter(b) || b.is_ascii_digit() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
 }
 
 /// Whether a lane's `host` names this host: hostnames compare without case.

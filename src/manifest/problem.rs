@@ -24,6 +24,15 @@ impl fmt::Display for Problem {
 }
 
 impl Problem {
+    /// `file:line:col: LEVEL: message`, as a compiler says a warning or an
+    /// error (the [`Display`](fmt::Display) form with its level).
+    pub fn labelled(&self, level: &str) -> String {
+        match &self.pos {
+            Some(pos) => format!("{pos}: {level}: {}", self.message),
+            None => format!("{}: {level}: {}", self.file.display(), self.message),
+        }
+    }
+
     /// Problems in the files' order, as a compiler says them (stable:
     /// problems at one place keep the order they were found in).
     pub fn sort_by_position(problems: &mut [Problem]) {

@@ -318,11 +318,14 @@ async fn converge(
         Some(now) if spec.state == DesiredState::Running => {
             match probe(ctx, spec, &plan, now, view.answered, &facts, hooks).await {
                 Some(probed) => probed,
-                None if plan.action == Action::Nothing && was_ready_as(previous.as_ref(), now) => {
+                None if plan.action == Action::Nothing
+                    && let Some(kept) = previous.as_ref().filter(|p| !p.says_probing()) =>
+                {
                     // A shutdown while re-checking a lane that nothing
-                    // changed: its status, ready for this very container,
-                    // is as true as before the re-check began.
-                    let mut outcome = Outcome::new(lane, Some(plan.action), Phase::Ready, "");
+                    // changed: its status (ready, failed, …) is as true as
+                    // before the re-check began; only one that says
+                    // "probing" must not stay.
+                    let mut outcome = Outcome::new(lane, Some(plan.action), kept.phase, "");
                     outcome.interrupted = true;
                     return outcome;
                 }
@@ -639,11 +642,6 @@ fn restart_later(ctx: &Ctx, plan: &Plan, facts: &Facts<'_>, c: &Observed, at: In
     let mut outcome = finish(ctx, Mode::Apply, Some(plan), facts, ended);
     outcome.retry_at = Some(at);
     outcome
-}
-
-/// Whether the lane's last status says it was ready in the container `now`.
-fn was_ready_as(previous: Option<&Status>, now: &Now) -> bool {
-    previous.is_some_and(|p| p.phase == Phase::Ready && p.container_id.as_deref() == Some(&now.id))
 }
 
 /// Probes the lane's running container: `None` when the daemon interrupted

@@ -124,7 +124,7 @@ pub fn compose(facts: &Facts<'_>, ended: Ended<'_>) -> Status {
             name(&mut st, Some(now));
             reachable(&mut st, spec, now);
             st.phase = Phase::Pending;
-            st.message = "probing".into();
+            st.message = crate::status::PROBING.into();
         }
         Ended::Degraded {
             old,

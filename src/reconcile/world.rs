@@ -157,6 +157,7 @@ impl World {
                 defaults_sha256: None,
                 elsewhere: BTreeMap::new(),
                 here: None,
+                names_here: false,
             }),
             containers,
             images: KnownImages::default(),
@@ -233,11 +234,7 @@ pub fn refuses_to_prune(dir: &DirState, allow_prune_all: bool) -> bool {
 /// it moved away, and a changed name must not wipe a host. `None`: it goes.
 pub fn keeps_moved_lane(dir: &DirState, lane: &str, allow_prune_all: bool) -> Option<String> {
     let host = dir.elsewhere.get(lane)?;
-    let names_this_host = dir.lanes.values().any(|d| match d {
-        Desired::Valid { spec, .. } => spec.host.is_some(),
-        Desired::Invalid { .. } => false,
-    });
-    if names_this_host || allow_prune_all {
+    if dir.names_here || allow_prune_all {
         return None;
     }
     Some(format!(

@@ -57,13 +57,28 @@ pub struct Options {
     /// `metadata.namespace` of every object (none: the kubectl context's).
     pub namespace: Option<String>,
     /// The lanes directory's path on the nodes, under which a relative
-    /// mount source is placed (default: its path here).
-    pub node_dir: PathBuf,
-    /// Whether `node_dir` was given (else it ties the render to this
-    /// machine: a warning where it is used).
-    pub node_dir_given: bool,
+    /// mount source is placed.
+    pub node_dir: NodeDir,
     /// Warnings are errors.
     pub strict: bool,
+}
+
+/// The lanes directory's path on the nodes.
+#[derive(Debug, Clone)]
+pub enum NodeDir {
+    /// `--node-dir`.
+    Given(PathBuf),
+    /// Its path here, for want of one: it ties the render to this machine
+    /// (a warning where it is used).
+    Here(PathBuf),
+}
+
+impl NodeDir {
+    fn path(&self) -> &Path {
+        match self {
+            NodeDir::Given(p) | NodeDir::Here(p) => p,
+        }
+    }
 }
 
 /// What a render needs of this machine, read before the mapping (which is
@@ -490,7 +505,7 @@ impl Renderer<'_> {
         if Path::new(&m.written).is_absolute() {
             return m.source.to_string_lossy().into_owned();
         }
-        crate::lanespec::absolute(&self.opts.node_dir, &m.written)
+        crate::lanespec::absolute(self.opts.node_dir.path(), &m.written)
             .to_string_lossy()
             .into_owned()
     }
@@ -509,7 +524,9 @@ impl Renderer<'_> {
                 None => ("Directory", "; not found here, so taken for a directory"),
             };
             let at = [Seg::Key("mounts"), Seg::Index(i)];
-            if !self.opts.node_dir_given && !Path::new(&m.written).is_absolute() {
+            if matches!(self.opts.node_dir, NodeDir::Here(_))
+                && !Path::new(&m.written).is_absolute()
+            {
                 self.warn(
                     &[Seg::Key("mounts"), Seg::Index(i), Seg::Key("source")],
                     format!(
@@ -970,8 +987,7 @@ mod tests {
         let opts = Options {
             instance: "inst".into(),
             namespace: Some("ns".into()),
-            node_dir: PathBuf::from("/srv/lanes.d"),
-            node_dir_given: true,
+            node_dir: NodeDir::Given(PathBuf::from("/srv/lanes.d")),
             strict,
         };
         lane(&spec, &loaded, &inputs, &opts)

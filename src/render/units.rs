@@ -84,14 +84,7 @@ pub fn is_label_key(key: &str) -> bool {
         None => (None, key),
     };
     let prefix_ok = prefix.is_none_or(|p| {
-        p.len() <= 253
-            && p.split('.').all(|l| {
-                !l.is_empty()
-                    && l.chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-            })
+        p.len() <= 253 && p.split('.').all(|l| crate::lanespec::is_dns_label(l, true))
     });
     prefix_ok && !name.is_empty() && is_label_value(name)
 }

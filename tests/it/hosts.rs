@@ -75,9 +75,19 @@ fn each_host_runs_only_its_lanes_and_a_lane_that_moves_away_is_removed_here() {
         "no status for another host's lane"
     );
     assert_eq!(lanes.containers().len(), 2);
-    let status = on("web-1", &["status"]);
-    assert!(status.stdout.contains("a ") && status.stdout.contains("c "));
-    assert!(!status.stdout.contains("\nb "), "{status:?}");
+    let listed = |host: &str| {
+        let status = on(host, &["status", "--json"]);
+        let lanes: Vec<serde_json::Value> = serde_json::from_str(&status.stdout).unwrap();
+        lanes
+            .iter()
+            .map(|l| l["lane"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    // d is web-1's too (stopped); b is not listed, though it has a manifest.
+    assert_eq!(listed("web-1"), ["a", "c", "d"]);
+    // On web-2, a is not listed though its status file lies here: it is
+    // web-1's lane.
+    assert_eq!(listed("web-2"), ["b", "c"]);
     let named = on("web-1", &["status", "b"]);
     assert_eq!(named.code, 1, "{named:?}");
     assert!(
@@ -86,6 +96,23 @@ fn each_host_runs_only_its_lanes_and_a_lane_that_moves_away_is_removed_here() {
             .contains("lane b runs on host web-2, not on web-1"),
         "{named:?}"
     );
+
+    // Without --host, the machine's hostname decides.
+    let hostname = String::from_utf8(
+        std::process::Command::new("hostname")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    lanes.write(
+        "h",
+        &format!("image: i\nhost: {}\nstate: stopped\n", hostname.trim()),
+    );
+    let mine = lanes.lanectl_offline(&["validate"]);
+    assert!(mine.stderr.contains("a.yaml: skipped"), "{mine:?}");
+    assert!(!mine.stderr.contains("h.yaml: skipped"), "{mine:?}");
+    std::fs::remove_file(lanes.dir().join("h.yaml")).unwrap();
 
     // Hostnames compare without case.
     let again = on("WEB-1", &["plan", "--detailed-exitcode"]);

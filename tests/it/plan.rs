@@ -277,7 +277,6 @@ fn plan_names_the_fields_a_spec_change_touches_and_never_an_env_value() {
         "localhost/lanectl-plan-fields:alt",
     ]);
 
-    let worker = |yaml: String| yaml;
     let edits: Vec<(String, &str)> = vec![
         (base("").replace("secret-a", "secret-b"), "env.A"),
         (
@@ -300,7 +299,7 @@ fn plan_names_the_fields_a_spec_change_touches_and_never_an_env_value() {
             "resources.memory_bytes",
         ),
         (
-            worker(base("")).replace(&crate::common::image(), "localhost/lanectl-plan-fields:alt"),
+            base("").replace(&crate::common::image(), "localhost/lanectl-plan-fields:alt"),
             "image",
         ),
         (

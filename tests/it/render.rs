@@ -117,9 +117,9 @@ fn lanectl_at(cwd: &Path, args: &[&str]) -> crate::common::Run {
 fn the_example_lanes_render_to_the_golden_objects_which_kubernetes_accepts() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("deploy");
-    let run = lanectl_at(
-        &repo(""),
-        &[
+    // The checkout's own lanes, as on any machine.
+    let render_examples = |more: &[&str]| {
+        let mut args = vec![
             "--dir",
             "lanes.d",
             "--allow-insecure-permissions",
@@ -129,29 +129,17 @@ fn the_example_lanes_render_to_the_golden_objects_which_kubernetes_accepts() {
             "demo",
             "--node-dir",
             "/srv/lanes/lanes.d",
-            "-o",
-            dir.to_str().unwrap(),
-        ],
-    );
+        ];
+        args.extend_from_slice(more);
+        lanectl_at(&repo(""), &args)
+    };
+    let run = render_examples(&["-o", dir.to_str().unwrap()]);
     assert_eq!(run.code, 0, "{run:?}");
     golden("render-examples", &dir, &run.stderr);
     kube_validate(&objects_in(&dir));
 
     // The same lanes give the same bytes, on stdout too.
-    let stream = lanectl_at(
-        &repo(""),
-        &[
-            "--dir",
-            "lanes.d",
-            "--allow-insecure-permissions",
-            "render",
-            "kube",
-            "--instance",
-            "demo",
-            "--node-dir",
-            "/srv/lanes/lanes.d",
-        ],
-    );
+    let stream = render_examples(&[]);
     let files: String = ["alpha.yaml", "beta.yaml"]
         .iter()
         .map(|f| std::fs::read_to_string(dir.join(f)).unwrap())
@@ -500,6 +488,76 @@ fn a_mount_source_that_is_only_on_the_nodes_renders_where_apply_would_refuse_it(
     let run = lanes.lanectl_offline(&["render", "kube", "--node-dir", "/srv/lanes/lanes.d"]);
     assert!(!run.stderr.contains("is relative"), "{run:?}");
     assert!(run.stdout.contains("path: /srv/lanes/work\n"), "{run:?}");
+}
+
+#[test]
+fn instance_namespace_and_host_promises_of_the_readme_hold() {
+    let lanes = Lanes::new("render-promises");
+    lanes.write("a", "image: i\nstate: stopped\n");
+    // No instance declared: derived from this machine's path, a warning
+    // (an error under --strict). lanectl_offline passes --instance, so
+    // lanectl is run here without it.
+    let bare = |args: &[&str]| {
+        let mut all = vec!["--dir", "lanes.d", "render", "kube"];
+        all.extend_from_slice(args);
+        lanectl_at(lanes.root.path(), &all)
+    };
+    let run = bare(&[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("warning: no instance declared"),
+        "{run:?}"
+    );
+    let run = bare(&["--strict"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("error: no instance declared"),
+        "{run:?}"
+    );
+    lanes.file("lanes.d/_defaults.yaml", "instance: declared\n");
+    let run = bare(&["--strict"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("io.lanectl.instance: declared"),
+        "{run:?}"
+    );
+
+    // --namespace on every object and on the kustomization; a bad one is a
+    // usage error.
+    let out = lanes.path("deploy");
+    let run = bare(&["--namespace", "team-a", "-o", out.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let deployment = std::fs::read_to_string(lanes.path("deploy/a.yaml")).unwrap();
+    assert!(deployment.contains("  namespace: team-a\n"), "{deployment}");
+    let kustomization = std::fs::read_to_string(lanes.path("deploy/kustomization.yaml")).unwrap();
+    assert!(
+        kustomization.contains("namespace: team-a\n"),
+        "{kustomization}"
+    );
+    assert_eq!(bare(&["--namespace", "Team_A"]).code, 64);
+
+    // A host no node label can hold.
+    let long = format!("{}.example.com", "h".repeat(60));
+    lanes.write("a", &format!("image: i\nhost: {long}\n"));
+    let run = bare(&[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("longer than a node label value (63)"),
+        "{run:?}"
+    );
+
+    // A named lane colliding with one not named is an error too: its file
+    // would overwrite the other's.
+    lanes.write("a", "image: i\nstate: stopped\n");
+    lanes.write("a_b", "image: i\nstate: stopped\n");
+    lanes.write("a.b", "image: i\nstate: stopped\n");
+    let run = bare(&["a.b", "-o", out.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("both become the Kubernetes name a-b"),
+        "{run:?}"
+    );
+    assert!(!lanes.path("deploy/a-b.yaml").exists());
 }
 
 /// Podman 4.3.1's `kube play` differs from Kubernetes in ways this test
