@@ -61,6 +61,14 @@ fn run_notifies_systemd_ready_status_watchdog_and_stopping_in_order() {
     let at = |what: &str| got.iter().position(|m| m.contains(what)).unwrap();
     assert!(at("READY=1") < at("WATCHDOG=1"), "{got:?}");
     assert!(at("WATCHDOG=1") < at("STOPPING=1"), "{got:?}");
+    // That order holds by the test's own steps; what the daemon owes is to
+    // keep beating while it works: the failing probe alone takes a second,
+    // at a 400 ms watchdog (a ping each half of it).
+    let beats = got[..at("STOPPING=1")]
+        .iter()
+        .filter(|m| m.contains("WATCHDOG=1"))
+        .count();
+    assert!(beats >= 3, "{beats} watchdog pings: {got:?}");
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
