@@ -8,12 +8,14 @@
 //! whose copy failed is removed at once; one left by a crash before its start
 //! is never started (the plan calls it half-made and recreates it). A start
 //! refused with "address already in use" (Podman 4.3 can hand one random port
-//! to two containers) is retried by recreating, to get a fresh port. A name
+//! to two containers; `hostports` picks ports so that no other lane holds
+//! one) is retried by recreating, to get a fresh port. A name
 //! in use by this lane's own container that never started (a killed lanectl's
 //! create) is freed; one that has started is never removed here: another
 //! lanectl of the directory made it, and if it is the very container this
 //! step would make, it is taken as made.
 
+use std::collections::BTreeSet;
 use std::io::Seek;
 use std::time::Duration;
 
@@ -22,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::container::{Now, Observed, PublishedPort, State, short};
 use crate::content::{self, ContentError};
 use crate::hash::LaneHash;
+use crate::hostports;
 use crate::labels;
 use crate::lanespec::LaneSpec;
 use crate::manifest;
@@ -395,7 +398,7 @@ async fn create_and_start(
     loop {
         attempt += 1;
         let again = if attempt == 1 { before } else { &[] };
-        let request = with_free_ports(request, again).await;
+        let request = with_free_ports(podman, request, again).await;
         let clock = std::time::Instant::now();
         let ms = |from: std::time::Instant| {
             u64::try_from(from.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -434,73 +437,99 @@ async fn create_and_start(
     }
 }
 
-/// Host ports handed out by this process lately, with when: a port is not
-/// handed out twice while Podman may still be binding it.
-static HANDED_OUT: std::sync::Mutex<Vec<(std::time::Instant, u16)>> =
-    std::sync::Mutex::new(Vec::new());
-
-/// How long a handed-out port is kept from other lanes of this process.
-const HANDED_OUT_FOR: Duration = Duration::from_secs(60);
-
 /// `request` with each "any free port" (`host_port: 0`) made a port that is
-/// free now. Podman 4.3 can hand one random port to two containers started
-/// at once: the second start fails, and removing its container takes the
-/// first one's forwarding with it (its probe then never answers). A port
-/// picked here (bound and released, never twice within a minute by this
-/// process) avoids that; one taken meanwhile by someone else fails the start
-/// and is retried with a fresh pick.
+/// free now and that no other lane holds (`hostports`: Podman 4.3 breaks a
+/// container's forwarding when another one configured with its port fails
+/// to start). One taken meanwhile by someone else fails the start and is
+/// retried with a fresh pick.
 ///
 /// A port the lane's previous container had (`before`) is asked for first:
 /// clients that cached the endpoint keep working. Podman may hold it for a
 /// moment after that container is removed, so it is waited for (up to
 /// [`PORT_RELEASE_WAIT`]) before a fresh one is picked.
-async fn with_free_ports(request: &CreateRequest, before: &[PublishedPort]) -> CreateRequest {
+async fn with_free_ports(
+    podman: &Podman,
+    request: &CreateRequest,
+    before: &[PublishedPort],
+) -> CreateRequest {
     let mut request = request.clone();
-    for port in request.ports.iter_mut().filter(|p| p.host_port == 0) {
-        let Some(previous) = before.iter().find(|b| {
-            b.container_port == port.container_port
-                && b.protocol == port.protocol
-                && b.host_port != 0
-        }) else {
-            continue;
-        };
-        let deadline = tokio::time::Instant::now() + PORT_RELEASE_WAIT;
-        loop {
-            if free_port_at(&port.host_ip, previous.host_port, &port.protocol) {
-                port.host_port = previous.host_port;
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                debug!(
-                    port = previous.host_port,
-                    "the previous host port stayed taken; picking another"
-                );
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let label = |key: &str| request.labels.get(key).cloned().unwrap_or_default();
+    let (instance, lane) = (label(labels::INSTANCE), label(labels::LANE));
+    let mut prefer = Vec::with_capacity(request.ports.len());
+    for port in &request.ports {
+        prefer.push(previous_port_once_free(port, before).await);
+    }
+    let configured = if request.ports.iter().any(|p| p.host_port == 0) {
+        other_lanes_ports(podman, &instance, &lane).await
+    } else {
+        BTreeSet::new()
+    };
+    let owner = format!("{instance}/{lane}");
+    let unpicked = request.clone();
+    let assigned = tokio::task::spawn_blocking(move || {
+        let now = hostports::now_ms();
+        let ports = &mut request.ports;
+        hostports::Ledger::of_this_user().update(now, |entries| {
+            hostports::assign(ports, &prefer, &owner, entries, &configured, now, free_port);
+        });
+        request
+    })
+    .await;
+    match assigned {
+        Ok(request) => request,
+        // The pick panicked: Podman picks (and a clash is retried).
+        Err(e) => {
+            warn!(error = %e, "picking host ports failed; leaving them to Podman");
+            unpicked
         }
     }
-    let mut handed = crate::lock::lock(&HANDED_OUT);
-    let now = std::time::Instant::now();
-    handed.retain(|(at, _)| now.duration_since(*at) < HANDED_OUT_FOR);
-    for port in request.ports.iter().filter(|p| p.host_port != 0) {
-        if !handed.iter().any(|(_, p)| *p == port.host_port) {
-            handed.push((now, port.host_port));
-        }
+}
+
+/// The port `before` had for `port` (an "any port"), once it can be bound:
+/// `None` when there was none or it stayed taken.
+async fn previous_port_once_free(port: &PortRequest, before: &[PublishedPort]) -> Option<u16> {
+    if port.host_port != 0 {
+        return None;
     }
-    for port in request.ports.iter_mut().filter(|p| p.host_port == 0) {
-        for _ in 0..16 {
-            let Some(free) = free_port(&port.host_ip, &port.protocol) else {
-                break; // left to Podman
-            };
-            if !handed.iter().any(|(_, p)| *p == free) {
-                handed.push((now, free));
-                port.host_port = free;
-                break;
-            }
+    let previous = before.iter().find(|b| {
+        b.container_port == port.container_port && b.protocol == port.protocol && b.host_port != 0
+    })?;
+    let deadline = tokio::time::Instant::now() + PORT_RELEASE_WAIT;
+    loop {
+        if free_port_at(&port.host_ip, previous.host_port, &port.protocol) {
+            return Some(previous.host_port);
         }
+        if tokio::time::Instant::now() >= deadline {
+            debug!(
+                port = previous.host_port,
+                "the previous host port stayed taken; picking another"
+            );
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    request
+}
+
+/// The host ports configured on containers Podman has, other than this
+/// lane's own (running or not, whoever made them). Empty when Podman cannot
+/// say: the ledger and the kernel still judge.
+async fn other_lanes_ports(podman: &Podman, instance: &str, lane: &str) -> BTreeSet<u16> {
+    let all = match podman.list_all().await {
+        Ok(all) => all,
+        Err(e) => {
+            debug!(error = %e, "could not list containers for their host ports");
+            return BTreeSet::new();
+        }
+    };
+    let own = |c: &Observed| {
+        c.labels.get(labels::INSTANCE).map(String::as_str) == Some(instance)
+            && c.labels.get(labels::LANE).map(String::as_str) == Some(lane)
+    };
+    all.iter()
+        .filter(|c| !own(c))
+        .flat_map(|c| c.ports.iter().map(|p| p.host_port))
+        .filter(|p| *p != 0)
+        .collect()
 }
 
 /// How long a previous host port is waited for after its container went.
@@ -707,38 +736,6 @@ mod tests {
         assert_eq!(req.labels["team"], "infra");
         assert_eq!(req.stop_timeout_secs, 10);
         assert_eq!(req.nano_cpus, Some(1_500_000_000));
-    }
-
-    #[tokio::test]
-    async fn any_free_port_is_made_a_port_no_other_lane_of_this_process_was_given() {
-        let spec = crate::lanespec::tests::golden_spec();
-        let h = crate::hash::lane_hash(&spec, "img", None, &[]);
-        let mut req = create_request(&spec, &h, "inst");
-        req.ports = vec![PortRequest {
-            container_port: 80,
-            host_ip: "127.0.0.1".into(),
-            host_port: 0,
-            protocol: "tcp".into(),
-        }];
-        let mut ports: Vec<u16> = Vec::new();
-        for _ in 0..20 {
-            ports.push(with_free_ports(&req, &[]).await.ports[0].host_port);
-        }
-        assert!(ports.iter().all(|p| *p != 0), "{ports:?}");
-        let mut unique = ports.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        assert_eq!(
-            unique.len(),
-            ports.len(),
-            "a port handed out twice: {ports:?}"
-        );
-        req.ports[0].host_port = 8080;
-        assert_eq!(
-            with_free_ports(&req, &[]).await.ports[0].host_port,
-            8080,
-            "a fixed port is kept"
-        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod fitness_tests;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod hash;
+pub mod hostports;
 pub mod labels;
 pub mod lane;
 pub mod lanespec;

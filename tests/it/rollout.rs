@@ -29,6 +29,127 @@ fn stop_first_recreates_keep_the_lanes_host_port() {
     assert_eq!(kept, 5, "every recreate kept host port {first}");
 }
 
+/// A plain container (no lanectl labels) of the worker image publishing
+/// `port` on 127.0.0.1: another tool's, or a stopped lane's of another
+/// lanectl. Removed on drop.
+struct Other(String);
+
+impl Other {
+    fn create(name: String, port: &str) -> Other {
+        let worker = format!(
+            "{}:/usr/local/bin/lane-worker:ro",
+            crate::common::worker().display()
+        );
+        crate::common::podman(&[
+            "create",
+            "--name",
+            &name,
+            "-p",
+            &format!("127.0.0.1:{port}:31417"),
+            "-v",
+            &worker,
+            "--entrypoint",
+            "/usr/local/bin/lane-worker",
+            &crate::common::image(),
+            "serve",
+        ]);
+        Other(name)
+    }
+
+    /// `podman start`: whether it started.
+    fn start(&self) -> std::process::Output {
+        crate::common::podman_output(&["start", &self.0])
+    }
+}
+
+impl Drop for Other {
+    fn drop(&mut self) {
+        let _ = crate::common::podman_output(&["rm", "--force", "--time", "0", &self.0]);
+    }
+}
+
+/// After a recreate that had to leave its port to another container: the
+/// other one starts on it, and the lane (on its new port) still answers.
+/// Podman 4.3 would otherwise fail that start and, cleaning up, take the
+/// lane's own forwarding with it.
+fn both_serve(lanes: &Lanes, other: &Other, port: &str) {
+    let moved = port_of(lanes, "a");
+    assert_ne!(
+        moved, port,
+        "the recreate took back a port another container has"
+    );
+    let started = other.start();
+    assert!(
+        started.status.success(),
+        "the other container could not start on its port {port}: {}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    assert!(
+        answers(&lanes.dir().join("a.status.yaml")),
+        "the lane answers on {moved}"
+    );
+}
+
+#[test]
+fn a_recreate_leaves_its_old_port_to_another_container_configured_with_it() {
+    let lanes = Lanes::new("port-configured");
+    lanes.write("a", &lanes.worker_lane("env: {V: '0'}\n"));
+    lanes.apply_ok();
+    let port = port_of(&lanes, "a");
+    // Made while the lane holds the port: it can only start once the lane
+    // lets go of it, as a stopped lane's container restarting later would.
+    let other = Other::create(format!("{}-other", lanes.instance), &port);
+    lanes.write("a", &lanes.worker_lane("env: {V: '1'}\n"));
+    lanes.apply_ok();
+    both_serve(&lanes, &other, &port);
+}
+
+#[test]
+fn a_recreate_leaves_its_old_port_to_another_lanectl_that_was_just_handed_it() {
+    use std::os::unix::fs::DirBuilderExt;
+    let lanes = Lanes::new("port-handed");
+    let runtime = tempfile::tempdir().expect("tempdir");
+    let apply = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lanectl"))
+            .arg("--dir")
+            .arg(lanes.dir())
+            .args(["--instance", &lanes.instance, "apply"])
+            .env("CONTAINER_HOST", crate::common::host())
+            .env("XDG_RUNTIME_DIR", runtime.path())
+            .output()
+            .expect("run lanectl");
+        let run = crate::common::Run::of(out);
+        assert_eq!(run.code, 0, "{run:?}");
+    };
+    lanes.write("a", &lanes.worker_lane("env: {V: '0'}\n"));
+    apply();
+    let port = port_of(&lanes, "a");
+    // Another lanectl of this user picks the port the moment the lane's
+    // old container lets go of it, and writes it down before its start.
+    let ledger = runtime.path().join("lanectl");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&ledger)
+        .expect("mkdir");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis();
+    let mut written = std::fs::read_to_string(ledger.join("host-ports")).unwrap_or_default();
+    assert!(
+        written.contains(&format!(" {port} {}/a\n", lanes.instance)),
+        "the lane's own pick is written down: {written:?}"
+    );
+    written.push_str(&format!("{now} {port} another-instance/b\n"));
+    std::fs::write(ledger.join("host-ports"), written).expect("write the ledger");
+    lanes.write("a", &lanes.worker_lane("env: {V: '1'}\n"));
+    apply();
+    // Its container comes only now: Podman could not have told.
+    let other = Other::create(format!("{}-other", lanes.instance), &port);
+    both_serve(&lanes, &other, &port);
+}
+
 /// A start-first worker lane; `extra` as for `worker_lane`.
 fn start_first(lanes: &Lanes, extra: &str) -> String {
     lanes.worker_lane(&format!(

@@ -1,0 +1,417 @@
+//! Host ports for "any free port" (`host_port: 0`), picked by lanectl
+//! itself rather than left to Podman.
+//!
+//! Podman 4.3 breaks a running container's port forwarding when another
+//! container configured with the same host port fails to start: the failed
+//! start's cleanup takes the first one's rules with it, and its endpoint
+//! refuses every connection from then on (PODMAN.md). So a port is given to
+//! one lane only. It must be:
+//! - free now (bound and released);
+//! - configured on no container of another lane in Podman (a stopped lane's,
+//!   another tool's): that one would fail to start on it later;
+//! - handed to no other lane within [`HANDED_OUT_FOR`] by any lanectl of
+//!   this user, as the ledger says: Podman binds a port only at start, so
+//!   two processes picking at once (a daemon beside a hook, two lanes
+//!   directories) would otherwise both be told it is free.
+//!
+//! The ledger is one small file under a `flock`, in `$XDG_RUNTIME_DIR/lanectl`
+//! (else in the temporary directory, private to the user). Where it cannot be
+//! used, the same rules hold within this process only.
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::debug;
+
+/// How long a handed-out port is kept from other lanes.
+pub const HANDED_OUT_FOR: Duration = Duration::from_secs(60);
+
+/// How long the ledger's lock is waited for before this process goes on
+/// with its own memory only (the lock is held for a read and a write).
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Attempts at a fresh port before the pick is left to Podman.
+const PICKS: usize = 16;
+
+/// One port handed to one lane (`owner`: `instance/lane`) at `at_ms` (unix
+/// milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub at_ms: u64,
+    pub port: u16,
+    pub owner: String,
+}
+
+/// The ledger this process's entries live in when no file can be used, and
+/// the lock that keeps this process's own picks in order.
+static MEMORY: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+
+/// Where handed-out ports are written down.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    path: Option<PathBuf>,
+}
+
+impl Ledger {
+    /// The ledger shared by this user's lanectl processes.
+    pub fn of_this_user() -> Ledger {
+        Ledger {
+            path: default_path(),
+        }
+    }
+
+    /// A ledger in the file `path` (its directory must exist).
+    pub fn at(path: &Path) -> Ledger {
+        Ledger {
+            path: Some(path.to_path_buf()),
+        }
+    }
+
+    /// Runs `f` on the fresh entries, holding the ledger, and writes back
+    /// what it leaves.
+    pub fn update<R>(&self, now_ms: u64, f: impl FnOnce(&mut Vec<Entry>) -> R) -> R {
+        let mut memory = crate::lock::lock(&MEMORY);
+        let fresh = |e: &Entry| now_ms.saturating_sub(e.at_ms) < millis(HANDED_OUT_FOR);
+        let file = self.path.as_deref().and_then(|p| match open_locked(p) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                debug!(ledger = %p.display(), error = %e, "host port ledger not usable; this process's picks only");
+                None
+            }
+        });
+        let Some(mut file) = file else {
+            memory.retain(fresh);
+            return f(&mut memory);
+        };
+        let mut text = String::new();
+        let _ = file.read_to_string(&mut text);
+        let mut entries: Vec<Entry> = parse(&text).into_iter().filter(fresh).collect();
+        let result = f(&mut entries);
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(format(&entries).as_bytes()));
+        if let Err(e) = written {
+            debug!(error = %e, "could not write the host port ledger");
+        }
+        *memory = entries;
+        result
+    }
+}
+
+/// Gives each "any port" of `ports` (`host_port` 0) a port no other lane
+/// holds, and writes down every port `owner` now has. `prefer`: a port per
+/// entry of `ports` to give if no other lane holds it (the one the lane's
+/// previous container had, already seen free). `configured`: host ports of
+/// other lanes' containers in Podman. `pick`: a port the kernel calls free
+/// for an address and protocol; `None` leaves the pick to Podman.
+pub fn assign(
+    ports: &mut [crate::podman::PortRequest],
+    prefer: &[Option<u16>],
+    owner: &str,
+    entries: &mut Vec<Entry>,
+    configured: &BTreeSet<u16>,
+    now_ms: u64,
+    mut pick: impl FnMut(&str, &str) -> Option<u16>,
+) {
+    let held_by_others = |entries: &[Entry], port: u16| {
+        configured.contains(&port) || entries.iter().any(|e| e.port == port && e.owner != owner)
+    };
+    for (i, port) in ports.iter_mut().enumerate() {
+        if port.host_port != 0 {
+            continue;
+        }
+        if let Some(p) = prefer.get(i).copied().flatten() {
+            if held_by_others(entries, p) {
+                debug!(
+                    port = p,
+                    "the lane's previous host port is another lane's now; picking another"
+                );
+            } else {
+                port.host_port = p;
+                write_down(entries, owner, p, now_ms);
+                continue;
+            }
+        }
+        for _ in 0..PICKS {
+            let Some(free) = pick(&port.host_ip, &port.protocol) else {
+                break; // left to Podman
+            };
+            let own = entries.iter().any(|e| e.port == free && e.owner == owner);
+            if !held_by_others(entries, free) && !own {
+                port.host_port = free;
+                write_down(entries, owner, free, now_ms);
+                break;
+            }
+        }
+    }
+    for port in ports.iter().filter(|p| p.host_port != 0) {
+        write_down(entries, owner, port.host_port, now_ms);
+    }
+}
+
+/// Notes that `owner` has `port` as of `now_ms`.
+fn write_down(entries: &mut Vec<Entry>, owner: &str, port: u16, now_ms: u64) {
+    match entries
+        .iter_mut()
+        .find(|e| e.port == port && e.owner == owner)
+    {
+        Some(e) => e.at_ms = now_ms,
+        None => entries.push(Entry {
+            at_ms: now_ms,
+            port,
+            owner: owner.to_string(),
+        }),
+    }
+}
+
+/// Now, in unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The ledger's lines: `<unix ms> <port> <owner>`; others are skipped.
+fn parse(text: &str) -> Vec<Entry> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split(' ');
+            let at_ms = words.next()?.parse().ok()?;
+            let port = words.next()?.parse().ok()?;
+            let owner = words.next()?.to_string();
+            Some(Entry { at_ms, port, owner })
+        })
+        .collect()
+}
+
+fn format(entries: &[Entry]) -> String {
+    entries
+        .iter()
+        .map(|e| {
+            let owner: String = e
+                .owner
+                .chars()
+                .map(|c| if c.is_whitespace() { '_' } else { c })
+                .collect();
+            format!("{} {} {owner}\n", e.at_ms, e.port)
+        })
+        .collect()
+}
+
+/// `$XDG_RUNTIME_DIR/lanectl/host-ports`, else `lanectl-<uid>/host-ports` in
+/// the temporary directory. `None` when that directory is not this user's
+/// own and private (another user could then feed this one's picks).
+fn default_path() -> Option<PathBuf> {
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute() && p.is_dir());
+    // SAFETY: getuid cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    let dir = match runtime {
+        Some(runtime) => runtime.join("lanectl"),
+        None => std::env::temp_dir().join(format!("lanectl-{uid}")),
+    };
+    if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&dir)
+        && e.kind() != std::io::ErrorKind::AlreadyExists
+    {
+        debug!(dir = %dir.display(), error = %e, "no host port ledger");
+        return None;
+    }
+    let meta = std::fs::symlink_metadata(&dir).ok()?;
+    let private = meta.is_dir() && meta.uid() == uid && meta.permissions().mode() & 0o077 == 0;
+    if !private {
+        debug!(dir = %dir.display(), "no host port ledger: the directory is not private to this user");
+        return None;
+    }
+    Some(dir.join("host-ports"))
+}
+
+/// Opens the ledger file (made if missing, never through a symlink) and
+/// takes its lock, waiting up to [`LOCK_WAIT`].
+fn open_locked(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let started = Instant::now();
+    loop {
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || started.elapsed() >= LOCK_WAIT {
+            return Err(e);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::podman::PortRequest;
+
+    fn any_port() -> PortRequest {
+        PortRequest {
+            container_port: 80,
+            host_ip: "127.0.0.1".into(),
+            host_port: 0,
+            protocol: "tcp".into(),
+        }
+    }
+
+    /// `assign` for one "any port", with picks from `offered` in turn.
+    fn one(
+        now: u64,
+        owner: &str,
+        prefer: Option<u16>,
+        entries: &mut Vec<Entry>,
+        configured: &[u16],
+        offered: &[u16],
+    ) -> u16 {
+        let mut ports = [any_port()];
+        let mut offered = offered.iter().copied();
+        let configured = configured.iter().copied().collect();
+        assign(
+            &mut ports,
+            &[prefer],
+            owner,
+            entries,
+            &configured,
+            now,
+            |_, _| offered.next(),
+        );
+        ports[0].host_port
+    }
+
+    const T: u64 = 10_000_000;
+
+    #[test]
+    fn a_port_another_lane_was_handed_is_not_handed_again() {
+        let mut entries = Vec::new();
+        assert_eq!(one(T, "i/a", None, &mut entries, &[], &[5000]), 5000);
+        // The kernel offers the same port to another lane's pick.
+        assert_eq!(one(T, "i/b", None, &mut entries, &[], &[5000, 5001]), 5001);
+        // And to another process's lane of another instance.
+        assert_eq!(
+            one(T, "j/a", None, &mut entries, &[], &[5001, 5000, 5002]),
+            5002
+        );
+        assert_eq!(entries.len(), 3, "{entries:?}");
+    }
+
+    #[test]
+    fn a_port_configured_on_another_lanes_container_is_not_handed_out() {
+        let mut entries = Vec::new();
+        assert_eq!(
+            one(T, "i/a", None, &mut entries, &[5000], &[5000, 5001]),
+            5001
+        );
+    }
+
+    #[test]
+    fn the_previous_port_is_given_back_unless_another_lane_holds_it() {
+        let mut entries = Vec::new();
+        assert_eq!(one(T, "i/a", None, &mut entries, &[], &[5000]), 5000);
+        assert_eq!(one(T, "i/a", Some(5000), &mut entries, &[], &[6000]), 5000);
+        assert_eq!(entries.len(), 1, "written down once: {entries:?}");
+        // Another lane was handed it meanwhile, or configures it.
+        assert_eq!(one(T, "i/b", Some(5000), &mut entries, &[], &[6001]), 6001);
+        assert_eq!(
+            one(T, "i/c", Some(7000), &mut entries, &[7000], &[6002]),
+            6002
+        );
+    }
+
+    #[test]
+    fn a_fixed_port_is_kept_and_written_down() {
+        let mut entries = Vec::new();
+        let mut ports = [PortRequest {
+            host_port: 8080,
+            ..any_port()
+        }];
+        assign(
+            &mut ports,
+            &[],
+            "i/a",
+            &mut entries,
+            &BTreeSet::new(),
+            1,
+            |_, _| None,
+        );
+        assert_eq!(ports[0].host_port, 8080);
+        assert_eq!(one(T, "i/b", None, &mut entries, &[], &[8080, 8081]), 8081);
+    }
+
+    #[test]
+    fn with_no_port_offered_the_pick_is_left_to_podman() {
+        let mut entries = Vec::new();
+        assert_eq!(one(T, "i/a", None, &mut entries, &[], &[]), 0);
+        assert!(entries.is_empty());
+    }
+
+    #[test]
+    fn the_ledger_file_is_shared_and_forgets_after_a_minute() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("host-ports");
+        let one_process = Ledger::at(&path);
+        let another = Ledger::at(&path);
+        let t = T;
+        one_process.update(t, |entries| {
+            one(t, "i/a", None, entries, &[], &[5000]);
+        });
+        let got = another.update(t + 1_000, |entries| {
+            one(t + 1_000, "j/b", None, entries, &[], &[5000, 5001])
+        });
+        assert_eq!(got, 5001, "the other process's pick is seen");
+        let text = std::fs::read_to_string(&path).expect("ledger");
+        assert_eq!(text, format!("{t} 5000 i/a\n{} 5001 j/b\n", t + 1_000));
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let later = t + millis(HANDED_OUT_FOR) + 500;
+        let got = another.update(later, |entries| {
+            one(later, "j/b", None, entries, &[], &[5000])
+        });
+        assert_eq!(got, 5000, "a minute later the port may be handed out again");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("ledger"),
+            format!("{} 5001 j/b\n{later} 5000 j/b\n", t + 1_000),
+            "i/a's entry is forgotten, j/b's younger one kept"
+        );
+    }
+
+    #[test]
+    fn a_damaged_ledger_line_is_skipped() {
+        assert_eq!(
+            parse("12 5000 i/a\ngarbage\n13 notaport x\n14 5001\n15 5002 j/b\n"),
+            [
+                Entry {
+                    at_ms: 12,
+                    port: 5000,
+                    owner: "i/a".into()
+                },
+                Entry {
+                    at_ms: 15,
+                    port: 5002,
+                    owner: "j/b".into()
+                }
+            ]
+        );
+    }
+}
