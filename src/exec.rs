@@ -470,7 +470,15 @@ async fn with_free_ports(
         let now = hostports::now_ms();
         let ports = &mut request.ports;
         hostports::Ledger::of_this_user().update(now, |entries| {
-            hostports::assign(ports, &prefer, &owner, entries, &configured, now, free_port);
+            hostports::assign(
+                ports,
+                &prefer,
+                &owner,
+                entries,
+                &configured,
+                now,
+                hostports::free_port,
+            );
         });
         request
     })
@@ -496,7 +504,7 @@ async fn previous_port_once_free(port: &PortRequest, before: &[PublishedPort]) -
     })?;
     let deadline = tokio::time::Instant::now() + PORT_RELEASE_WAIT;
     loop {
-        if free_port_at(&port.host_ip, previous.host_port, &port.protocol) {
+        if hostports::free_port_at(&port.host_ip, previous.host_port, &port.protocol) {
             return Some(previous.host_port);
         }
         if tokio::time::Instant::now() >= deadline {
@@ -534,37 +542,6 @@ async fn other_lanes_ports(podman: &Podman, instance: &str, lane: &str) -> BTree
 
 /// How long a previous host port is waited for after its container went.
 const PORT_RELEASE_WAIT: Duration = Duration::from_secs(2);
-
-/// Whether `port` on `ip` can be bound now.
-fn free_port_at(ip: &str, port: u16, protocol: &str) -> bool {
-    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
-        return false;
-    };
-    bind(std::net::SocketAddr::new(ip, port), protocol) == Some(port)
-}
-
-/// A port the kernel calls free on `ip` now (bound, then released).
-fn free_port(ip: &str, protocol: &str) -> Option<u16> {
-    let ip: std::net::IpAddr = ip.parse().ok()?;
-    bind(std::net::SocketAddr::new(ip, 0), protocol)
-}
-
-/// Binds `addr` and releases it: the port bound, if it could be.
-fn bind(addr: std::net::SocketAddr, protocol: &str) -> Option<u16> {
-    let port = match protocol {
-        "udp" => std::net::UdpSocket::bind(addr)
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port(),
-        _ => std::net::TcpListener::bind(addr)
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port(),
-    };
-    Some(port)
-}
 
 /// Builds the codex tar in one pass with its fingerprint and copies it in;
 /// `policy` judges each file as opened.

@@ -105,6 +105,62 @@ impl Ledger {
     }
 }
 
+/// A port free on `ip` (tcp) that no lane holds, written down for `owner`
+/// for [`HANDED_OUT_FOR`]: for a listener of lanectl's own, or a test's
+/// container, that lanes must not be handed meanwhile.
+pub fn hand_out(owner: &str, ip: &str) -> Option<u16> {
+    let mut ports = [crate::podman::PortRequest {
+        container_port: 0,
+        host_ip: ip.to_string(),
+        host_port: 0,
+        protocol: "tcp".into(),
+    }];
+    let now = now_ms();
+    Ledger::of_this_user().update(now, |entries| {
+        assign(
+            &mut ports,
+            &[],
+            owner,
+            entries,
+            &BTreeSet::new(),
+            now,
+            free_port,
+        );
+    });
+    Some(ports[0].host_port).filter(|p| *p != 0)
+}
+
+/// Whether `port` on `ip` can be bound now.
+pub fn free_port_at(ip: &str, port: u16, protocol: &str) -> bool {
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    bind(std::net::SocketAddr::new(ip, port), protocol) == Some(port)
+}
+
+/// A port the kernel calls free on `ip` now (bound, then released).
+pub fn free_port(ip: &str, protocol: &str) -> Option<u16> {
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    bind(std::net::SocketAddr::new(ip, 0), protocol)
+}
+
+/// Binds `addr` and releases it: the port bound, if it could be.
+fn bind(addr: std::net::SocketAddr, protocol: &str) -> Option<u16> {
+    let port = match protocol {
+        "udp" => std::net::UdpSocket::bind(addr)
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port(),
+        _ => std::net::TcpListener::bind(addr)
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port(),
+    };
+    Some(port)
+}
+
 /// Gives each "any port" of `ports` (`host_port` 0) a port no other lane
 /// holds, and writes down every port `owner` now has. `prefer`: a port per
 /// entry of `ports` to give if no other lane holds it (the one the lane's

@@ -310,10 +310,12 @@ fn write_file(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
 }
 
-/// A host port free on 127.0.0.1 when asked.
+/// A host port free on 127.0.0.1 when asked, written down in lanectl's
+/// host port ledger so that no lane of a test running beside is handed it
+/// before this test binds it.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("local addr").port()
+    let owner = format!("test/{}", std::process::id());
+    lanectl::hostports::hand_out(&owner, "127.0.0.1").expect("a free port")
 }
 
 /// A minimal HTTP GET returning the body.
