@@ -42,8 +42,21 @@ fn a_scrape_during_a_run_shows_each_lanes_phase_recreates_and_podman_timings() {
         (a["phase"] == "ready" && bad["phase"] == "failed").then_some(())
     })
     .unwrap_or_else(|| panic!("{}", daemon.log()));
-
-    let (text, s) = scrape(&base);
+    // The daemon counts a lane's pass once it returns, a moment after the
+    // pass wrote its status file.
+    let (text, s) = wait_for(Duration::from_secs(5), || {
+        let (text, s) = scrape(&base);
+        let counted = |lane, phase| {
+            value(
+                &s,
+                "lanectl_lane_phase",
+                &[("lane", lane), ("phase", phase)],
+            )
+            .is_some()
+        };
+        (counted("a", "ready") && counted("bad", "failed")).then_some((text, s))
+    })
+    .unwrap_or_else(|| scrape(&base));
     let phase = |lane, phase| {
         value(
             &s,
