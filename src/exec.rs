@@ -15,7 +15,6 @@
 //! lanectl of the directory made it, and if it is the very container this
 //! step would make, it is taken as made.
 
-use std::collections::BTreeSet;
 use std::io::Seek;
 use std::time::Duration;
 
@@ -398,7 +397,7 @@ async fn create_and_start(
     loop {
         attempt += 1;
         let again = if attempt == 1 { before } else { &[] };
-        let request = with_free_ports(podman, request, again).await;
+        let request = with_free_ports(request, again).await;
         let clock = std::time::Instant::now();
         let ms = |from: std::time::Instant| {
             u64::try_from(from.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -447,11 +446,7 @@ async fn create_and_start(
 /// clients that cached the endpoint keep working. Podman may hold it for a
 /// moment after that container is removed, so it is waited for (up to
 /// [`PORT_RELEASE_WAIT`]) before a fresh one is picked.
-async fn with_free_ports(
-    podman: &Podman,
-    request: &CreateRequest,
-    before: &[PublishedPort],
-) -> CreateRequest {
+async fn with_free_ports(request: &CreateRequest, before: &[PublishedPort]) -> CreateRequest {
     let mut request = request.clone();
     let label = |key: &str| request.labels.get(key).cloned().unwrap_or_default();
     let (instance, lane) = (label(labels::INSTANCE), label(labels::LANE));
@@ -459,26 +454,13 @@ async fn with_free_ports(
     for port in &request.ports {
         prefer.push(previous_port_once_free(port, before).await);
     }
-    let configured = if request.ports.iter().any(|p| p.host_port == 0) {
-        other_lanes_ports(podman, &instance, &lane).await
-    } else {
-        BTreeSet::new()
-    };
     let owner = format!("{instance}/{lane}");
     let unpicked = request.clone();
     let assigned = tokio::task::spawn_blocking(move || {
         let now = hostports::now_ms();
         let ports = &mut request.ports;
         hostports::Ledger::of_this_user().update(now, |entries| {
-            hostports::assign(
-                ports,
-                &prefer,
-                &owner,
-                entries,
-                &configured,
-                now,
-                hostports::free_port,
-            );
+            hostports::assign(ports, &prefer, &owner, entries, now, hostports::free_port);
         });
         request
     })
@@ -516,28 +498,6 @@ async fn previous_port_once_free(port: &PortRequest, before: &[PublishedPort]) -
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The host ports configured on containers Podman has, other than this
-/// lane's own (running or not, whoever made them). Empty when Podman cannot
-/// say: the ledger and the kernel still judge.
-async fn other_lanes_ports(podman: &Podman, instance: &str, lane: &str) -> BTreeSet<u16> {
-    let all = match podman.list_all().await {
-        Ok(all) => all,
-        Err(e) => {
-            debug!(error = %e, "could not list containers for their host ports");
-            return BTreeSet::new();
-        }
-    };
-    let own = |c: &Observed| {
-        c.labels.get(labels::INSTANCE).map(String::as_str) == Some(instance)
-            && c.labels.get(labels::LANE).map(String::as_str) == Some(lane)
-    };
-    all.iter()
-        .filter(|c| !own(c))
-        .flat_map(|c| c.ports.iter().map(|p| p.host_port))
-        .filter(|p| *p != 0)
-        .collect()
 }
 
 /// How long a previous host port is waited for after its container went.

@@ -25,14 +25,6 @@ impl Podman {
             .collect())
     }
 
-    /// Every container Podman has (running or not), whoever made it.
-    pub async fn list_all(&self) -> Result<Vec<Observed>, PodmanError> {
-        let opts = ContainerListOpts::builder().all(true).build();
-        let list = bounded("list", CALL_TIMEOUT, self.api.containers().list(&opts)).await;
-        let found = list.map_err(|e| api_error("list every container".to_string(), e))?;
-        Ok(found.into_iter().map(observed).collect())
-    }
-
     /// The containers of one lane of one instance (both labels must match).
     pub async fn list_lane(
         &self,
