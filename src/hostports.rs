@@ -14,9 +14,8 @@
 //!
 //! Ports configured on containers that do not run (a stopped lane's, another
 //! tool's) are not looked for: that takes a list of every container, which
-//! waits on each one's lock in Podman and so ties every lane's create to
-//! whatever any other container is going through (with it, creates in the
-//! test suite stalled for tens of seconds, 2 full runs in 4).
+//! waits on each one's lock in Podman and so would tie every lane's create
+//! to whatever any other container is going through.
 //!
 //! The ledger is one small file under a `flock`, in `$XDG_RUNTIME_DIR/lanectl`
 //! (else in the temporary directory, private to the user). Where it cannot be
