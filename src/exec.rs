@@ -455,24 +455,28 @@ async fn with_free_ports(request: &CreateRequest, before: &[PublishedPort]) -> C
         prefer.push(previous_port_once_free(port, before).await);
     }
     let owner = format!("{instance}/{lane}");
-    let unpicked = request.clone();
+    let mut ports = request.ports.clone();
     let assigned = tokio::task::spawn_blocking(move || {
         let now = hostports::now_ms();
-        let ports = &mut request.ports;
         hostports::Ledger::of_this_user().update(now, |entries| {
-            hostports::assign(ports, &prefer, &owner, entries, now, hostports::free_port);
+            hostports::assign(
+                &mut ports,
+                &prefer,
+                &owner,
+                entries,
+                now,
+                hostports::free_port,
+            );
         });
-        request
+        ports
     })
     .await;
     match assigned {
-        Ok(request) => request,
+        Ok(ports) => request.ports = ports,
         // The pick panicked: Podman picks (and a clash is retried).
-        Err(e) => {
-            warn!(error = %e, "picking host ports failed; leaving them to Podman");
-            unpicked
-        }
+        Err(e) => warn!(error = %e, "picking host ports failed; leaving them to Podman"),
     }
+    request
 }
 
 /// The port `before` had for `port` (an "any port"), once it can be bound:
@@ -673,6 +677,39 @@ mod tests {
         assert_eq!(req.labels["team"], "infra");
         assert_eq!(req.stop_timeout_secs, 10);
         assert_eq!(req.nano_cpus, Some(1_500_000_000));
+    }
+
+    #[tokio::test]
+    async fn any_free_port_is_made_a_port_no_other_lane_of_this_process_was_given() {
+        let spec = crate::lanespec::tests::golden_spec();
+        let h = crate::hash::lane_hash(&spec, "img", None, &[]);
+        let mut req = create_request(&spec, &h, "inst-free-ports");
+        req.ports = vec![PortRequest {
+            container_port: 80,
+            host_ip: "127.0.0.1".into(),
+            host_port: 0,
+            protocol: "tcp".into(),
+        }];
+        let mut ports: Vec<u16> = Vec::new();
+        for i in 0..20 {
+            req.labels.insert(labels::LANE.into(), format!("lane{i}"));
+            ports.push(with_free_ports(&req, &[]).await.ports[0].host_port);
+        }
+        assert!(ports.iter().all(|p| *p != 0), "{ports:?}");
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            ports.len(),
+            "a port handed out twice: {ports:?}"
+        );
+        req.ports[0].host_port = 8080;
+        assert_eq!(
+            with_free_ports(&req, &[]).await.ports[0].host_port,
+            8080,
+            "a fixed port is kept"
+        );
     }
 
     #[test]

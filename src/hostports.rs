@@ -23,13 +23,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::debug;
+
+use crate::lock::FlockError;
 
 /// How long a handed-out port is kept from other lanes.
 pub const HANDED_OUT_FOR: Duration = Duration::from_secs(60);
@@ -98,7 +99,7 @@ impl Ledger {
         let written = file
             .set_len(0)
             .and_then(|()| file.rewind())
-            .and_then(|()| file.write_all(format(&entries).as_bytes()));
+            .and_then(|()| file.write_all(to_text(&entries).as_bytes()));
         if let Err(e) = written {
             debug!(error = %e, "could not write the host port ledger");
         }
@@ -168,38 +169,35 @@ pub fn assign(
     now_ms: u64,
     mut pick: impl FnMut(&str, &str) -> Option<u16>,
 ) {
-    let held_by_others =
-        |entries: &[Entry], port: u16| entries.iter().any(|e| e.port == port && e.owner != owner);
+    let held_by_others = |port: u16| entries.iter().any(|e| e.port == port && e.owner != owner);
+    // Ports of this request already given: never one twice.
+    let mut given: Vec<u16> = ports
+        .iter()
+        .map(|p| p.host_port)
+        .filter(|p| *p != 0)
+        .collect();
     for (i, port) in ports.iter_mut().enumerate() {
         if port.host_port != 0 {
             continue;
         }
-        if let Some(p) = prefer.get(i).copied().flatten() {
-            if held_by_others(entries, p) {
-                debug!(
-                    port = p,
-                    "the lane's previous host port is another lane's now; picking another"
-                );
-            } else {
-                port.host_port = p;
-                write_down(entries, owner, p, now_ms);
-                continue;
-            }
+        let usable = |p: u16, given: &[u16]| !given.contains(&p) && !held_by_others(p);
+        let previous = prefer.get(i).copied().flatten();
+        let kept = previous.filter(|p| usable(*p, &given));
+        if previous.is_some() && kept.is_none() {
+            debug!(port = ?previous, "the lane's previous host port is another lane's now; picking another");
         }
-        for _ in 0..PICKS {
-            let Some(free) = pick(&port.host_ip, &port.protocol) else {
-                break; // left to Podman
-            };
-            let own = entries.iter().any(|e| e.port == free && e.owner == owner);
-            if !held_by_others(entries, free) && !own {
-                port.host_port = free;
-                write_down(entries, owner, free, now_ms);
-                break;
-            }
+        let chosen = kept.or_else(|| {
+            (0..PICKS)
+                .map_while(|_| pick(&port.host_ip, &port.protocol)) // None: left to Podman
+                .find(|p| usable(*p, &given))
+        });
+        if let Some(p) = chosen {
+            port.host_port = p;
+            given.push(p);
         }
     }
-    for port in ports.iter().filter(|p| p.host_port != 0) {
-        write_down(entries, owner, port.host_port, now_ms);
+    for port in given {
+        write_down(entries, owner, port, now_ms);
     }
 }
 
@@ -242,7 +240,7 @@ fn parse(text: &str) -> Vec<Entry> {
         .collect()
 }
 
-fn format(entries: &[Entry]) -> String {
+fn to_text(entries: &[Entry]) -> String {
     entries
         .iter()
         .map(|e| {
@@ -257,17 +255,26 @@ fn format(entries: &[Entry]) -> String {
 }
 
 /// `$XDG_RUNTIME_DIR/lanectl/host-ports`, else `lanectl-<uid>/host-ports` in
-/// the temporary directory. `None` when that directory is not this user's
-/// own and private (another user could then feed this one's picks).
+/// the temporary directory; looked up once per process.
 fn default_path() -> Option<PathBuf> {
-    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute() && p.is_dir());
-    // SAFETY: getuid cannot fail and touches no memory.
-    let uid = unsafe { libc::getuid() };
-    let dir = match runtime {
+    static PATH: OnceLock<Option<PathBuf>> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let runtime = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+        // SAFETY: getuid cannot fail and touches no memory.
+        let uid = unsafe { libc::getuid() };
+        ledger_path(runtime.as_deref(), &std::env::temp_dir(), uid)
+    })
+    .clone()
+}
+
+/// The ledger's file under `runtime` (an existing absolute directory), else
+/// under `tmp`, its directory made private to `uid` if missing. `None` when
+/// that directory is not `uid`'s own and private: another user could then
+/// feed this one's picks, or read them.
+fn ledger_path(runtime: Option<&Path>, tmp: &Path, uid: u32) -> Option<PathBuf> {
+    let dir = match runtime.filter(|p| p.is_absolute() && p.is_dir()) {
         Some(runtime) => runtime.join("lanectl"),
-        None => std::env::temp_dir().join(format!("lanectl-{uid}")),
+        None => tmp.join(format!("lanectl-{uid}")),
     };
     if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&dir)
         && e.kind() != std::io::ErrorKind::AlreadyExists
@@ -295,17 +302,12 @@ fn open_locked(path: &Path) -> std::io::Result<File> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
-    let started = Instant::now();
-    loop {
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(file);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || started.elapsed() >= LOCK_WAIT {
-            return Err(e);
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    match crate::lock::flock(&file, LOCK_WAIT, Duration::from_millis(5), || {}) {
+        Ok(()) => Ok(file),
+        Err(FlockError::Os(e)) => Err(e),
+        Err(FlockError::TimedOut(waited)) => Err(std::io::Error::other(format!(
+            "held by another process for {waited:?}"
+        ))),
     }
 }
 
@@ -407,6 +409,62 @@ mod tests {
             format!("{} 5001 j/b\n{later} 5000 j/b\n", t + 1_000),
             "i/a's entry is forgotten, j/b's younger one kept"
         );
+    }
+
+    #[test]
+    fn the_ledger_lives_in_a_directory_private_to_the_user() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let (runtime, tmp) = (base.path().join("run"), base.path().join("tmp"));
+        std::fs::create_dir_all(&runtime).expect("mkdir");
+        std::fs::create_dir_all(&tmp).expect("mkdir");
+        // SAFETY: getuid cannot fail.
+        let uid = unsafe { libc::getuid() };
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+
+        let got = ledger_path(Some(&runtime), &tmp, uid);
+        assert_eq!(got, Some(runtime.join("lanectl/host-ports")));
+        assert_eq!(mode(&runtime.join("lanectl")), 0o700);
+        // No runtime directory (unset, relative or missing): the temporary one.
+        for runtime in [
+            None,
+            Some(Path::new("run")),
+            Some(&*base.path().join("gone")),
+        ] {
+            let got = ledger_path(runtime, &tmp, uid);
+            assert_eq!(got, Some(tmp.join(format!("lanectl-{uid}/host-ports"))));
+        }
+        assert_eq!(mode(&tmp.join(format!("lanectl-{uid}"))), 0o700);
+
+        // One that others may write to, or that is not this user's, or a
+        // symlink to a private one: no ledger.
+        let open = base.path().join("open");
+        std::fs::create_dir_all(open.join("lanectl-7")).expect("mkdir");
+        std::fs::set_permissions(
+            open.join("lanectl-7"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .expect("chmod");
+        assert_eq!(ledger_path(None, &open, 7), None, "not user 7's");
+        std::fs::set_permissions(
+            open.join("lanectl-7"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .expect("chmod");
+        std::fs::create_dir_all(open.join(format!("lanectl-{uid}"))).expect("mkdir");
+        std::fs::set_permissions(
+            open.join(format!("lanectl-{uid}")),
+            std::fs::Permissions::from_mode(0o770),
+        )
+        .expect("chmod");
+        assert_eq!(ledger_path(None, &open, uid), None, "group-writable");
+        let linked = base.path().join("linked");
+        std::fs::create_dir_all(&linked).expect("mkdir");
+        std::os::unix::fs::symlink(
+            runtime.join("lanectl"),
+            linked.join(format!("lanectl-{uid}")),
+        )
+        .expect("symlink");
+        assert_eq!(ledger_path(None, &linked, uid), None, "a symlink");
     }
 
     #[test]

@@ -8,14 +8,13 @@
 //! Deciding, hashing and probing take no lock.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::info;
 
-use crate::lock::lock;
+use crate::lock::{FlockError, lock};
 
 /// Why the lock could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -107,32 +106,17 @@ fn take(dir: &Path, wait: Duration) -> Result<File, ChangeLockError> {
         dir: dir.to_path_buf(),
         source,
     })?;
-    let started = Instant::now();
-    let mut said = false;
-    loop {
-        // SAFETY: flock on a descriptor this function owns.
-        let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        if taken {
-            return Ok(file);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(ChangeLockError::Lock {
-                dir: dir.to_path_buf(),
-                source: e,
-            });
-        }
-        if started.elapsed() >= wait {
-            return Err(ChangeLockError::TimedOut {
-                dir: dir.to_path_buf(),
-                waited: started.elapsed(),
-            });
-        }
-        if !said {
-            info!(dir = %dir.display(), "another lanectl is changing this directory's containers: waiting for it");
-            said = true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let waiting = || info!(dir = %dir.display(), "another lanectl is changing this directory's containers: waiting for it");
+    match crate::lock::flock(&file, wait, Duration::from_millis(50), waiting) {
+        Ok(()) => Ok(file),
+        Err(FlockError::Os(source)) => Err(ChangeLockError::Lock {
+            dir: dir.to_path_buf(),
+            source,
+        }),
+        Err(FlockError::TimedOut(waited)) => Err(ChangeLockError::TimedOut {
+            dir: dir.to_path_buf(),
+            waited,
+        }),
     }
 }
 

@@ -274,8 +274,15 @@ impl Lanes {
     /// A worker lane whose probe never passes (the worker answers 404 on
     /// its path) and gives up after 1 s; `extra` as for `worker_lane`.
     pub fn failing_probe_lane(&self, extra: &str) -> String {
-        self.worker_lane(extra)
-            .replace("path: /healthz, timeout: 10s", "path: /nope, timeout: 1s")
+        self.failing_probe_lane_after("1s", extra)
+    }
+
+    /// [`Self::failing_probe_lane`] giving up after `timeout`.
+    pub fn failing_probe_lane_after(&self, timeout: &str, extra: &str) -> String {
+        self.worker_lane(extra).replace(
+            "path: /healthz, timeout: 10s",
+            &format!("path: /nope, timeout: {timeout}"),
+        )
     }
 
     /// GET on a lane's endpoint: the worker's JSON report.

@@ -19,12 +19,7 @@ fn a_missing_image_a_failing_probe_and_a_foreign_name_fail_only_their_own_lane()
     );
     // 5 s, not 1: a worker that is slow to listen on a busy machine would
     // give "no answer in time" rather than the 404 this test reads.
-    lanes.write(
-        "badprobe",
-        &lanes
-            .failing_probe_lane("")
-            .replace("timeout: 1s", "timeout: 5s"),
-    );
+    lanes.write("badprobe", &lanes.failing_probe_lane_after("5s", ""));
     lanes.write(
         "taken",
         &lanes.worker_lane(&format!("container_name: {foreign_name}\n")),

@@ -92,7 +92,6 @@ fn both_serve(lanes: &Lanes, other: &Other, port: &str) {
 
 #[test]
 fn a_recreate_leaves_its_old_port_to_another_lanectl_that_was_just_handed_it() {
-    use std::os::unix::fs::DirBuilderExt;
     let lanes = Lanes::new("port-handed");
     let runtime = tempfile::tempdir().expect("tempdir");
     let apply = || {
@@ -112,23 +111,23 @@ fn a_recreate_leaves_its_old_port_to_another_lanectl_that_was_just_handed_it() {
     let port = port_of(&lanes, "a");
     // Another lanectl of this user picks the port the moment the lane's
     // old container lets go of it, and writes it down before its start.
-    let ledger = runtime.path().join("lanectl");
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .recursive(true)
-        .create(&ledger)
-        .expect("mkdir");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis();
-    let mut written = std::fs::read_to_string(ledger.join("host-ports")).unwrap_or_default();
-    assert!(
-        written.contains(&format!(" {port} {}/a\n", lanes.instance)),
-        "the lane's own pick is written down: {written:?}"
+    let ledger = lanectl::hostports::Ledger::at(&runtime.path().join("lanectl/host-ports"));
+    let (taken, own) = (
+        port.parse::<u16>().expect("a port"),
+        format!("{}/a", lanes.instance),
     );
-    written.push_str(&format!("{now} {port} another-instance/b\n"));
-    std::fs::write(ledger.join("host-ports"), written).expect("write the ledger");
+    let now = lanectl::hostports::now_ms();
+    ledger.update(now, |entries| {
+        assert!(
+            entries.iter().any(|e| e.port == taken && e.owner == own),
+            "the lane's own pick is written down: {entries:?}"
+        );
+        entries.push(lanectl::hostports::Entry {
+            at_ms: now,
+            port: taken,
+            owner: "another-instance/b".into(),
+        });
+    });
     lanes.write("a", &lanes.worker_lane("env: {V: '1'}\n"));
     apply();
     // Its container comes only now: Podman could not have told.
